@@ -1,0 +1,128 @@
+//! Wiring: builds every stage, connects them with bounded channels and stops them in the
+//! order the data flows.
+//!
+//! Stop order (crash-only design: correctness never depends on it, it only saves redelivery):
+//! 1. sources stop taking data (MQTT stops reading; its messages not yet acknowledged stay
+//!    with the broker);
+//! 2. intake commits and acknowledges what it holds, then ends (its input closed);
+//! 3. sinks finish the request in flight and start no new one;
+//! 4. the queue checkpoints its WAL and closes.
+//!
+//! All of it runs under `gateway.shutdown_grace_ms`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::bindings;
+use crate::config::Config;
+use crate::ingest::{self, mqtt::MqttSource};
+use crate::queue::QueueHandle;
+use crate::sink::{self, influx::InfluxClient};
+use crate::telemetry::Counters;
+
+/// Messages between the sources and intake. MQTT's inflight window bounds what is in here.
+const ENVELOPE_CHANNEL: usize = 4096;
+
+/// How often the counters are logged.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Runs the gateway until `shutdown` completes.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let counters = Arc::new(Counters::default());
+    let (queue, store_thread) = QueueHandle::open(&cfg.gateway.data_dir, cfg.queue.synchronous)
+        .map_err(|e| StartError::Runtime(format!("opening the queue in {}: {e}", cfg.gateway.data_dir.display())))?;
+    let stats = queue.stats().await.map_err(|e| StartError::Runtime(e.to_string()))?;
+    info!(data_dir = %cfg.gateway.data_dir.display(), waiting = stats.points, "Queue opened.");
+
+    let table = bindings::load_table(cfg.bindings.file.as_deref(), &queue)
+        .await
+        .map_err(|p| StartError::Config(p.join("\n")))?;
+    if table.is_empty() {
+        warn!(source = %table.source, "No bindings: every reading will be counted as unbound and not written.");
+    } else {
+        info!(bindings = table.len(), source = %table.source, version = %table.version, "Bindings loaded.");
+    }
+    let (_table_tx, table_rx) = watch::channel(Arc::new(table));
+
+    let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(StartError::Config)?);
+    let mqtt = if cfg.mqtt.enabled {
+        Some(MqttSource::new(&cfg, counters.clone()).map_err(StartError::Config)?)
+    } else {
+        None
+    };
+
+    let ingest_stop = CancellationToken::new();
+    let sink_stop = CancellationToken::new();
+    let intake_done = CancellationToken::new();
+    let (env_tx, env_rx) = mpsc::channel(ENVELOPE_CHANNEL);
+    let (touched_tx, touched_rx) = mpsc::unbounded_channel();
+
+    let sinks = tokio::spawn(sink::run_sinks(
+        queue.clone(),
+        client,
+        cfg.influx.clone(),
+        counters.clone(),
+        touched_rx,
+        sink_stop.clone(),
+    ));
+    let intake = {
+        let (queue, counters, done) = (queue.clone(), counters.clone(), intake_done.clone());
+        tokio::spawn(async move {
+            ingest::run_intake(env_rx, table_rx, queue, counters, touched_tx).await;
+            done.cancel();
+        })
+    };
+    let source = mqtt.map(|m| tokio::spawn(m.run(env_tx.clone(), ingest_stop.clone(), intake_done.clone())));
+    drop(env_tx);
+
+    let summary = {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SUMMARY_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                info!(counters = %counters.summary(), "Periodic summary.");
+            }
+        })
+    };
+
+    info!(gateway = %cfg.gateway.id, version = env!("CARGO_PKG_VERSION"), "Gateway running.");
+    shutdown.await;
+    info!("Stopping: no new readings are taken; committing and delivering what is in hand.");
+
+    let grace = Duration::from_millis(cfg.gateway.shutdown_grace_ms);
+    let stop = async {
+        ingest_stop.cancel();
+        if let Some(s) = source {
+            let _ = s.await;
+        }
+        let _ = intake.await;
+        sink_stop.cancel();
+        let _ = sinks.await;
+        summary.abort();
+        if let Err(e) = queue.close().await {
+            warn!(error = %e, "Closing the queue failed; SQLite recovers from its WAL at the next start.");
+        }
+    };
+    if tokio::time::timeout(grace, stop).await.is_err() {
+        warn!(grace_ms = grace.as_millis() as u64, "Graceful stop overran its grace period; exiting anyway (nothing committed is lost).");
+    } else {
+        let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    }
+    info!(counters = %counters.summary(), "Gateway stopped.");
+    Ok(())
+}

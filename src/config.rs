@@ -1,0 +1,401 @@
+//! The configuration file (TOML). Every struct refuses unknown keys; [`Config::validate`]
+//! then reports *every* remaining problem at once, each naming its key.
+//!
+//! Secrets are never in this file: `*_file` keys name files that hold them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::queue::Synchronous;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub mqtt: Mqtt,
+    pub influx: Influx,
+    pub queue: Queue,
+    pub bindings: Bindings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gateway {
+    /// Names this gateway (MQTT client id, logs). Letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    /// Holds the SQLite database: queue, binding cache.
+    pub data_dir: PathBuf,
+    /// How long a graceful stop may take before the process exits anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self { id: "gateway".into(), data_dir: "/var/lib/heartguard-gateway".into(), shutdown_grace_ms: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mqtt {
+    /// Set to false to run without MQTT.
+    pub enabled: bool,
+    /// `mqtt://host:port`.
+    pub url: String,
+    /// Topic filters; a level written `{serial}` names the device serial.
+    pub topics: Vec<String>,
+    /// Fixed client id of the persistent session; default `heartguard-gateway-<gateway.id>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub keep_alive_secs: u64,
+    /// Largest payload decoded; larger ones are counted and dropped.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: "mqtt://127.0.0.1:1883".into(),
+            topics: vec!["devices/{serial}/vitals".into()],
+            client_id: None,
+            username: None,
+            password_file: None,
+            keep_alive_secs: 30,
+            max_payload_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Influx {
+    pub url: String,
+    pub api: InfluxApi,
+    /// v2: file holding the API token.
+    pub token_file: Option<PathBuf>,
+    /// v1: user name and the file holding the password (HTTP basic auth).
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub batch_max_lines: usize,
+    pub batch_max_bytes: usize,
+    pub flush_interval_ms: u64,
+    pub gzip: bool,
+    pub request_timeout_ms: u64,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for Influx {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8086".into(),
+            api: InfluxApi::V1,
+            token_file: None,
+            username: None,
+            password_file: None,
+            batch_max_lines: 5000,
+            batch_max_bytes: 4 * 1024 * 1024,
+            flush_interval_ms: 1000,
+            gzip: true,
+            request_timeout_ms: 30_000,
+            retry_initial_ms: 500,
+            retry_max_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bindings {
+    /// A bindings file (`[[binding]]` tables). Without one, the cached copy is used.
+    pub file: Option<PathBuf>,
+}
+
+/// A problem in the file, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Where the MQTT broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigProblem>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![ConfigProblem { key: path.display().to_string(), message: e.to_string() }])?;
+        let cfg = Self::parse(&text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML; unknown keys and wrong types are refused with the key named.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+        toml::from_str(text).map_err(|e| {
+            let key = e.span().map(|s| text[s].lines().next().unwrap_or("").to_owned()).unwrap_or_default();
+            vec![ConfigProblem { key: if key.is_empty() { "config".into() } else { key }, message: e.message().to_owned() }]
+        })
+    }
+
+    /// Every problem in the configuration, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
+        let mut p = Vec::new();
+        let mut bad = |key: &str, message: String| p.push(ConfigProblem { key: key.into(), message });
+
+        let g = &self.gateway;
+        if g.id.is_empty() || g.id.len() > 64 || !g.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            bad("gateway.id", "1 to 64 characters: letters, digits, '-', '_', '.'".into());
+        }
+        if g.data_dir.as_os_str().is_empty() {
+            bad("gateway.data_dir", "must not be empty".into());
+        }
+        if g.shutdown_grace_ms == 0 {
+            bad("gateway.shutdown_grace_ms", "must be greater than 0".into());
+        }
+
+        let m = &self.mqtt;
+        if m.enabled {
+            if let Err(e) = broker_addr(&m.url) {
+                bad("mqtt.url", e);
+            }
+            if m.topics.is_empty() {
+                bad("mqtt.topics", "at least one topic filter".into());
+            }
+            for (i, t) in m.topics.iter().enumerate() {
+                if let Err(e) = TopicPattern::parse(t) {
+                    bad(&format!("mqtt.topics[{i}]"), e);
+                }
+            }
+            if let Some(id) = &m.client_id
+                && (id.is_empty() || id.len() > 23 * 4 || id.contains(['+', '#', '/']))
+            {
+                bad("mqtt.client_id", "must be non-empty (the persistent session needs a fixed id), without '+', '#', '/'".into());
+            }
+            if m.password_file.is_some() && m.username.is_none() {
+                bad("mqtt.password_file", "needs mqtt.username".into());
+            }
+            if !(2..=65_535).contains(&m.keep_alive_secs) {
+                bad("mqtt.keep_alive_secs", "between 2 and 65535".into());
+            }
+            if !(64..=64 * 1024 * 1024).contains(&m.max_payload_bytes) {
+                bad("mqtt.max_payload_bytes", "between 64 and 67108864".into());
+            }
+        }
+
+        let i = &self.influx;
+        match reqwest::Url::parse(&i.url) {
+            Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+            Ok(u) if u.scheme() == "https" => bad("influx.url", "https:// is not supported yet; use http:// on a trusted link".into()),
+            _ => bad("influx.url", format!("{:?} is not an http:// URL", i.url)),
+        }
+        match i.api {
+            InfluxApi::V2 if i.token_file.is_none() => bad("influx.token_file", "required for api = \"v2\"".into()),
+            InfluxApi::V1 if i.token_file.is_some() => bad("influx.token_file", "only for api = \"v2\" (v1 uses username/password_file)".into()),
+            _ => {}
+        }
+        if i.password_file.is_some() && i.username.is_none() {
+            bad("influx.password_file", "needs influx.username".into());
+        }
+        if !(1..=100_000).contains(&i.batch_max_lines) {
+            bad("influx.batch_max_lines", "between 1 and 100000".into());
+        }
+        if !(1024..=25_000_000).contains(&i.batch_max_bytes) {
+            bad("influx.batch_max_bytes", "between 1024 and 25000000 (InfluxDB 1.x refuses larger bodies)".into());
+        }
+        if !(10..=3_600_000).contains(&i.flush_interval_ms) {
+            bad("influx.flush_interval_ms", "between 10 and 3600000".into());
+        }
+        if i.request_timeout_ms < 100 {
+            bad("influx.request_timeout_ms", "at least 100".into());
+        }
+        if i.retry_initial_ms == 0 || i.retry_max_ms < i.retry_initial_ms {
+            bad("influx.retry_max_ms", "retry_initial_ms must be > 0 and <= retry_max_ms".into());
+        }
+
+        for (key, file) in [
+            ("mqtt.password_file", &m.password_file),
+            ("influx.token_file", &i.token_file),
+            ("influx.password_file", &i.password_file),
+            ("bindings.file", &self.bindings.file),
+        ] {
+            if let Some(f) = file
+                && let Err(e) = std::fs::metadata(f)
+            {
+                bad(key, format!("{}: {e}", f.display()));
+            }
+        }
+        if p.is_empty() { Ok(()) } else { Err(p) }
+    }
+
+    pub fn mqtt_client_id(&self) -> String {
+        self.mqtt.client_id.clone().unwrap_or_else(|| format!("heartguard-gateway-{}", self.gateway.id))
+    }
+}
+
+/// Parses `mqtt://host[:port]`.
+pub fn broker_addr(url: &str) -> Result<BrokerAddr, String> {
+    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
+        if url.starts_with("mqtts://") {
+            "mqtts:// (TLS) is not supported yet".to_owned()
+        } else {
+            format!("{url:?} must start with mqtt://")
+        }
+    })?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h, p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))?)
+        }
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(BrokerAddr { host: host.to_owned(), port })
+}
+
+/// A configured topic filter: what to subscribe to and where the serial sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPattern {
+    /// The MQTT filter (`{serial}` replaced by `+`).
+    pub filter: String,
+    /// Index of the `{serial}` level, if any.
+    pub serial_level: Option<usize>,
+}
+
+impl TopicPattern {
+    pub fn parse(t: &str) -> Result<Self, String> {
+        if t.is_empty() {
+            return Err("must not be empty".into());
+        }
+        let levels: Vec<&str> = t.split('/').collect();
+        let mut serial_level = None;
+        for (i, l) in levels.iter().enumerate() {
+            match *l {
+                "{serial}" if serial_level.is_none() => serial_level = Some(i),
+                "{serial}" => return Err("{serial} may appear once".into()),
+                "#" if i + 1 != levels.len() => return Err("'#' must be the last level".into()),
+                l if l != "#" && l != "+" && (l.contains(['+', '#', '{', '}'])) => {
+                    return Err(format!("level {l:?}: wildcards must fill a whole level"));
+                }
+                _ => {}
+            }
+        }
+        let filter = levels.iter().map(|l| if *l == "{serial}" { "+" } else { l }).collect::<Vec<_>>().join("/");
+        Ok(Self { filter, serial_level })
+    }
+
+    /// The serial named by `topic`, when this pattern matches it and has a `{serial}` level.
+    pub fn serial_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let idx = self.serial_level?;
+        if !topic_matches(&self.filter, topic) {
+            return None;
+        }
+        topic.split('/').nth(idx)
+    }
+}
+
+/// MQTT filter matching (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match (f, t.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(l)) if f == l => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
+}
+
+/// Reads a secret file, trimming one trailing newline. Refuses an empty secret.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    let s = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let s = s.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&s).to_owned();
+    if s.is_empty() {
+        return Err(format!("{}: empty", path.display()));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("embedded defaults validate");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[mqtt]\nurll = \"x\"\n").expect_err("unknown");
+        assert!(e[0].message.contains("urll"), "{e:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let cfg = Config::parse(
+            r#"
+[gateway]
+id = "bad id"
+[mqtt]
+url = "tcp://x"
+topics = ["a/{serial}/{serial}"]
+[influx]
+api = "v2"
+batch_max_lines = 0
+"#,
+        )
+        .expect("parses");
+        let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["gateway.id", "mqtt.url", "mqtt.topics[0]", "influx.token_file", "influx.batch_max_lines"]);
+    }
+
+    #[test]
+    fn topic_patterns_extract_the_serial() {
+        let p = TopicPattern::parse("devices/{serial}/vitals").expect("valid");
+        assert_eq!(p.filter, "devices/+/vitals");
+        assert_eq!(p.serial_of("devices/ABC-001/vitals"), Some("ABC-001"));
+        assert_eq!(p.serial_of("devices/ABC-001/other"), None);
+        assert!(topic_matches("a/#", "a/b/c") && !topic_matches("a/+", "a/b/c"));
+        assert!(TopicPattern::parse("a/#/b").is_err() && TopicPattern::parse("a/x+/b").is_err());
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(broker_addr("mqtt://127.0.0.1:1884"), Ok(BrokerAddr { host: "127.0.0.1".into(), port: 1884 }));
+        assert_eq!(broker_addr("mqtt://broker").map(|b| b.port), Ok(1883));
+        assert!(broker_addr("http://x").is_err() && broker_addr("mqtt://:1").is_err());
+    }
+}

@@ -1,0 +1,362 @@
+//! The MQTT JSON payload format.
+//!
+//! A payload is one reading object or an array of them:
+//! `{"serial": "ABC-001", "ts": 1700000000123, "heart_rate": 72, "temperature": 36.5}`.
+//! - `serial`: from the payload or the topic; when both are given they must agree (a reading
+//!   that names another device than its topic is refused, never guessed).
+//! - `ts` (alias `timestamp`): epoch milliseconds (integer or fractional) or an RFC 3339
+//!   string; the time of receipt when absent.
+//! - `signal_type`: optional, routes readings of a device with several streams.
+//! - every other key is looked up in [`crate::fields`]; unknown keys are counted and skipped,
+//!   `null` means "no value". A wrong type rejects the whole reading; a negative count (a
+//!   device's "no value" sentinel) drops only that field.
+
+use serde_json::{Map, Value};
+
+use super::{RejectReason, Rejection};
+use crate::fields::{self, FieldKind};
+use crate::model::{FieldValue, Reading, valid_serial};
+
+/// Earliest reading time accepted: 2000-01-01T00:00:00Z. Older stamps are a device clock that
+/// was never set (or seconds sent as milliseconds), not a reading from then.
+pub const MIN_TS_NS: i64 = 946_684_800_000_000_000;
+/// How far into the future a reading may be stamped before it is refused.
+pub const MAX_FUTURE_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// What one payload yielded.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decoded {
+    pub readings: Vec<Reading>,
+    pub rejected: Vec<Rejection>,
+    /// Keys that are neither reserved nor canonical fields nor aliases (skipped).
+    pub unknown_fields: u32,
+    /// Fields dropped for an out-of-range value while the rest of the reading was kept.
+    pub dropped_fields: u32,
+}
+
+/// Decodes one MQTT payload. `topic_serial` is the `{serial}` level of the topic, if the
+/// subscription has one; `now_ns` stamps readings without `ts` and bounds future stamps.
+pub fn decode(payload: &[u8], topic_serial: Option<&str>, now_ns: i64, max_bytes: usize) -> Decoded {
+    let mut out = Decoded::default();
+    if payload.len() > max_bytes {
+        out.rejected.push(Rejection::new(RejectReason::Oversized, format!("{} bytes", payload.len())));
+        return out;
+    }
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        out.rejected.push(Rejection::new(RejectReason::Empty, "empty payload"));
+        return out;
+    }
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => {
+            // serde_json's message names a line and column, not the content.
+            out.rejected.push(Rejection::new(RejectReason::InvalidJson, e.to_string()));
+            return out;
+        }
+    };
+    match value {
+        Value::Object(obj) => decode_one(&obj, topic_serial, now_ns, &mut out),
+        Value::Array(items) if items.is_empty() => {
+            out.rejected.push(Rejection::new(RejectReason::Empty, "empty array"));
+        }
+        Value::Array(items) => {
+            for item in &items {
+                match item {
+                    Value::Object(obj) => decode_one(obj, topic_serial, now_ns, &mut out),
+                    other => out.rejected.push(Rejection::new(
+                        RejectReason::NotAnObject,
+                        format!("array element is {}", type_name(other)),
+                    )),
+                }
+            }
+        }
+        other => out.rejected.push(Rejection::new(
+            RejectReason::NotAnObject,
+            format!("payload is {}", type_name(&other)),
+        )),
+    }
+    out
+}
+
+fn decode_one(obj: &Map<String, Value>, topic_serial: Option<&str>, now_ns: i64, out: &mut Decoded) {
+    match reading_from(obj, topic_serial, now_ns, out) {
+        Ok(r) => out.readings.push(r),
+        Err(rej) => out.rejected.push(rej),
+    }
+}
+
+fn reading_from(
+    obj: &Map<String, Value>,
+    topic_serial: Option<&str>,
+    now_ns: i64,
+    out: &mut Decoded,
+) -> Result<Reading, Rejection> {
+    let serial = match (obj.get("serial"), topic_serial) {
+        (Some(Value::String(s)), topic) => {
+            if !valid_serial(s) {
+                return Err(Rejection::new(RejectReason::InvalidSerial, "serial in payload"));
+            }
+            if topic.is_some_and(|t| t != s) {
+                return Err(Rejection::new(RejectReason::SerialMismatch, "payload serial differs from topic"));
+            }
+            s.clone()
+        }
+        (Some(Value::Null) | None, Some(t)) => {
+            if !valid_serial(t) {
+                return Err(Rejection::new(RejectReason::InvalidSerial, "serial in topic"));
+            }
+            t.to_owned()
+        }
+        (Some(Value::Null) | None, None) => {
+            return Err(Rejection::new(RejectReason::MissingSerial, "no serial in payload or topic"));
+        }
+        (Some(other), _) => {
+            return Err(Rejection::new(RejectReason::InvalidSerial, format!("serial is {}", type_name(other))));
+        }
+    };
+
+    let ts_value = match (obj.get("ts"), obj.get("timestamp")) {
+        (Some(_), Some(_)) => {
+            return Err(Rejection::new(RejectReason::InvalidTimestamp, "both ts and timestamp given"));
+        }
+        (Some(v), None) | (None, Some(v)) => Some(v),
+        (None, None) => None,
+    };
+    let ts_ns = match ts_value {
+        None | Some(Value::Null) => now_ns,
+        Some(v) => timestamp_ns(v)?,
+    };
+    if ts_ns < MIN_TS_NS || ts_ns > now_ns.saturating_add(MAX_FUTURE_NS) {
+        return Err(Rejection::new(RejectReason::TimestampOutOfRange, "before 2000 or more than a day ahead"));
+    }
+
+    let signal_type = match obj.get("signal_type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 60 && !s.chars().any(char::is_control) => {
+            Some(s.clone())
+        }
+        Some(_) => return Err(Rejection::new(RejectReason::InvalidField, "signal_type")),
+    };
+
+    let mut fields: Vec<(&'static crate::fields::FieldSpec, FieldValue)> = Vec::with_capacity(obj.len());
+    for (key, value) in obj {
+        if matches!(key.as_str(), "serial" | "ts" | "timestamp" | "signal_type") {
+            continue;
+        }
+        let Some(spec) = fields::lookup(key) else {
+            out.unknown_fields += 1;
+            continue;
+        };
+        let v = match (spec.kind, value) {
+            (_, Value::Null) => continue,
+            (FieldKind::Int, Value::Number(n)) => {
+                let int = n.as_i64().or_else(|| {
+                    n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)
+                });
+                match int {
+                    Some(i) if i < 0 => {
+                        out.dropped_fields += 1;
+                        continue;
+                    }
+                    Some(i) => FieldValue::Int(i),
+                    None => {
+                        return Err(Rejection::new(
+                            RejectReason::InvalidField,
+                            format!("{} must be a whole number", spec.name),
+                        ));
+                    }
+                }
+            }
+            (FieldKind::Float, Value::Number(n)) => match n.as_f64() {
+                Some(f) if f.is_finite() => FieldValue::Float(f),
+                _ => {
+                    return Err(Rejection::new(RejectReason::InvalidField, format!("{} out of range", spec.name)));
+                }
+            },
+            (_, other) => {
+                return Err(Rejection::new(
+                    RejectReason::InvalidField,
+                    format!("{} is {}, expected a number", spec.name, type_name(other)),
+                ));
+            }
+        };
+        if let Some((_, prev)) = fields.iter().find(|(s, _)| s.name == spec.name) {
+            if *prev != v {
+                return Err(Rejection::new(
+                    RejectReason::InvalidField,
+                    format!("{} given twice with different values (alias)", spec.name),
+                ));
+            }
+            continue;
+        }
+        fields.push((spec, v));
+    }
+    if fields.is_empty() {
+        return Err(Rejection::new(RejectReason::NoFields, "no known field with a value"));
+    }
+    fields.sort_by_key(|(s, _)| s.name);
+    Ok(Reading { serial, ts_ns, signal_type, fields })
+}
+
+fn timestamp_ns(v: &Value) -> Result<i64, Rejection> {
+    let bad = |d: &str| Rejection::new(RejectReason::InvalidTimestamp, d.to_owned());
+    match v {
+        Value::Number(n) => {
+            if let Some(ms) = n.as_i64() {
+                ms.checked_mul(1_000_000).ok_or_else(|| bad("ts out of range"))
+            } else if let Some(ms) = n.as_f64().filter(|f| f.is_finite() && f.abs() < 9.0e12) {
+                // Whole and fractional milliseconds apart: their product would lose the
+                // sub-millisecond digits to f64 rounding.
+                Ok(ms.trunc() as i64 * 1_000_000 + (ms.fract() * 1_000_000.0).round() as i64)
+            } else {
+                Err(bad("ts out of range"))
+            }
+        }
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .and_then(|t| t.timestamp_nanos_opt())
+            .ok_or_else(|| bad("ts is not RFC 3339")),
+        other => Err(bad(&format!("ts is {}", type_name(other)))),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_764_000_000_000_000_000;
+    const MAX: usize = 64 * 1024;
+
+    fn one(p: &str, topic: Option<&str>) -> Result<Reading, RejectReason> {
+        let d = decode(p.as_bytes(), topic, NOW, MAX);
+        match (d.readings.len(), d.rejected.first()) {
+            (1, None) => Ok(d.readings.into_iter().next().expect("one")),
+            (0, Some(r)) => Err(r.reason),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn field(r: &Reading, name: &str) -> Option<FieldValue> {
+        r.fields.iter().find(|(s, _)| s.name == name).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn decodes_the_documented_example_with_types() {
+        let r = one(
+            r#"{"serial":"ABC-001","ts":1700000000123,"heart_rate":72,"spo2":98,"systolic_bp":120,"diastolic_bp":80,"temperature":36.5}"#,
+            None,
+        )
+        .expect("valid");
+        assert_eq!(r.serial, "ABC-001");
+        assert_eq!(r.ts_ns, 1_700_000_000_123_000_000);
+        assert_eq!(field(&r, "heart_rate"), Some(FieldValue::Int(72)));
+        assert_eq!(field(&r, "temperature"), Some(FieldValue::Float(36.5)));
+        let names: Vec<_> = r.fields.iter().map(|(s, _)| s.name).collect();
+        assert_eq!(names, ["diastolic_bp", "heart_rate", "spo2", "systolic_bp", "temperature"]);
+    }
+
+    #[test]
+    fn whole_temperature_stays_float_and_whole_float_count_becomes_int() {
+        let r = one(r#"{"serial":"A","temperature":37,"heart_rate":72.0}"#, None).expect("valid");
+        assert_eq!(field(&r, "temperature"), Some(FieldValue::Float(37.0)));
+        assert_eq!(field(&r, "heart_rate"), Some(FieldValue::Int(72)));
+        assert_eq!(one(r#"{"serial":"A","heart_rate":72.5}"#, None), Err(RejectReason::InvalidField));
+    }
+
+    #[test]
+    fn legacy_alias_is_normalized() {
+        let r = one(r#"{"serial":"A","body_temperature":36.6}"#, None).expect("valid");
+        assert_eq!(field(&r, "temperature"), Some(FieldValue::Float(36.6)));
+        assert_eq!(
+            one(r#"{"serial":"A","body_temperature":36.6,"temperature":37.0}"#, None),
+            Err(RejectReason::InvalidField)
+        );
+    }
+
+    #[test]
+    fn serial_comes_from_topic_or_payload_and_must_agree() {
+        assert_eq!(one(r#"{"heart_rate":1}"#, Some("T-1")).expect("topic").serial, "T-1");
+        assert_eq!(one(r#"{"serial":"T-1","heart_rate":1}"#, Some("T-1")).expect("same").serial, "T-1");
+        assert_eq!(one(r#"{"serial":"X","heart_rate":1}"#, Some("T-1")), Err(RejectReason::SerialMismatch));
+        assert_eq!(one(r#"{"heart_rate":1}"#, None), Err(RejectReason::MissingSerial));
+        assert_eq!(one(r#"{"serial":7,"heart_rate":1}"#, None), Err(RejectReason::InvalidSerial));
+        assert_eq!(one(r#"{"serial":"","heart_rate":1}"#, None), Err(RejectReason::InvalidSerial));
+    }
+
+    #[test]
+    fn timestamps_in_every_accepted_form() {
+        let ms = one(r#"{"serial":"A","ts":1700000000123,"spo2":1}"#, None).expect("ms");
+        let rfc = one(r#"{"serial":"A","ts":"2023-11-14T22:13:20.123Z","spo2":1}"#, None).expect("rfc");
+        let frac = one(r#"{"serial":"A","timestamp":1700000000123.5,"spo2":1}"#, None).expect("frac");
+        assert_eq!(ms.ts_ns, rfc.ts_ns);
+        assert_eq!(frac.ts_ns, 1_700_000_000_123_500_000);
+        assert_eq!(one(r#"{"serial":"A","spo2":1}"#, None).expect("now").ts_ns, NOW);
+        assert_eq!(one(r#"{"serial":"A","ts":"yesterday","spo2":1}"#, None), Err(RejectReason::InvalidTimestamp));
+        assert_eq!(one(r#"{"serial":"A","ts":1700000000,"spo2":1}"#, None), Err(RejectReason::TimestampOutOfRange));
+        assert_eq!(one(r#"{"serial":"A","ts":true,"spo2":1}"#, None), Err(RejectReason::InvalidTimestamp));
+    }
+
+    #[test]
+    fn unknown_fields_are_counted_not_written() {
+        let d = decode(br#"{"serial":"A","seq":17,"debug":"x","spo2":97}"#, None, NOW, MAX);
+        assert_eq!(d.unknown_fields, 2);
+        assert_eq!(d.readings[0].fields.len(), 1);
+    }
+
+    #[test]
+    fn bad_payloads_are_rejected_with_reasons() {
+        let reason = |p: &[u8]| decode(p, None, NOW, MAX).rejected.first().map(|r| r.reason);
+        assert_eq!(reason(b""), Some(RejectReason::Empty));
+        assert_eq!(reason(b"null"), Some(RejectReason::NotAnObject));
+        assert_eq!(reason(b"[]"), Some(RejectReason::Empty));
+        assert_eq!(reason(b"{\"serial\":"), Some(RejectReason::InvalidJson));
+        assert_eq!(reason(b"\xff\xfe"), Some(RejectReason::InvalidJson));
+        assert_eq!(reason(br#"{"serial":"A","spo2":"97"}"#), Some(RejectReason::InvalidField));
+        assert_eq!(reason(br#"{"serial":"A","spo2":null}"#), Some(RejectReason::NoFields));
+        assert_eq!(reason(&vec![b' '; MAX + 1]), Some(RejectReason::Oversized));
+    }
+
+    #[test]
+    fn array_keeps_good_readings_next_to_bad_ones() {
+        let d = decode(br#"[{"serial":"A","spo2":97},7,{"serial":"B","spo2":"x"},{"serial":"C","spo2":-1,"heart_rate":60}]"#, None, NOW, MAX);
+        assert_eq!(d.readings.len(), 2);
+        assert_eq!(d.rejected.len(), 2);
+        assert_eq!(d.dropped_fields, 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode(&bytes, Some("T"), NOW, MAX);
+        }
+
+        #[test]
+        fn accepted_readings_are_always_well_typed(
+            hr in proptest::num::f64::ANY, t in proptest::num::f64::ANY, ts in proptest::num::i64::ANY,
+        ) {
+            let p = serde_json::json!({"serial": "A", "heart_rate": hr, "temperature": t, "ts": ts});
+            let d = decode(p.to_string().as_bytes(), None, NOW, MAX);
+            for r in &d.readings {
+                proptest::prop_assert!(r.ts_ns >= MIN_TS_NS);
+                for (spec, v) in &r.fields {
+                    match (spec.kind, v) {
+                        (FieldKind::Int, FieldValue::Int(i)) => proptest::prop_assert!(*i >= 0),
+                        (FieldKind::Float, FieldValue::Float(f)) => proptest::prop_assert!(f.is_finite()),
+                        _ => proptest::prop_assert!(false, "type mismatch"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Decoders: bytes from a transport → [`crate::model::Reading`]s.
+//!
+//! A decoder never panics and never stops on bad input: every rejected reading comes back as
+//! a [`Rejection`] with a reason that is counted and logged (by reason and device serial,
+//! never with payload contents, which could carry personal data).
+
+pub mod json;
+
+/// Why a payload or a reading in it was not accepted. The string form is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    Oversized,
+    Empty,
+    InvalidJson,
+    NotAnObject,
+    MissingSerial,
+    InvalidSerial,
+    SerialMismatch,
+    InvalidTimestamp,
+    TimestampOutOfRange,
+    InvalidField,
+    NoFields,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 11] = [
+        Self::Oversized,
+        Self::Empty,
+        Self::InvalidJson,
+        Self::NotAnObject,
+        Self::MissingSerial,
+        Self::InvalidSerial,
+        Self::SerialMismatch,
+        Self::InvalidTimestamp,
+        Self::TimestampOutOfRange,
+        Self::InvalidField,
+        Self::NoFields,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Oversized => "oversized",
+            Self::Empty => "empty",
+            Self::InvalidJson => "invalid_json",
+            Self::NotAnObject => "not_an_object",
+            Self::MissingSerial => "missing_serial",
+            Self::InvalidSerial => "invalid_serial",
+            Self::SerialMismatch => "serial_mismatch",
+            Self::InvalidTimestamp => "invalid_timestamp",
+            Self::TimestampOutOfRange => "timestamp_out_of_range",
+            Self::InvalidField => "invalid_field",
+            Self::NoFields => "no_fields",
+        }
+    }
+}
+
+/// One rejected payload or reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    /// Short, content-free detail for the log: a field *name*, a type, a size. Never a value.
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+}

@@ -1,0 +1,157 @@
+//! Ingest: sources hand decoded readings to the intake stage, which resolves them, commits
+//! them to the queue and only then acknowledges them to their source.
+//!
+//! ```text
+//! source ──Envelope{readings, ack}──► intake: resolve + encode ─► queue.append (commit) ─► ack, in order
+//! ```
+//! Shutdown flows with the data: when every source has dropped its sender, intake commits what
+//! it holds, acknowledges it and returns.
+
+pub mod mqtt;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, warn};
+
+use crate::bindings::SharedTable;
+use crate::model::{Reading, loggable};
+use crate::queue::{NewPoint, QueueHandle};
+use crate::resolve;
+use crate::telemetry::Counters;
+
+/// Most envelopes gathered into one commit.
+const INTAKE_BATCH_MAX: usize = 2048;
+
+/// What a source hands to intake: the readings of one message and how to acknowledge it.
+pub struct Envelope {
+    pub readings: Vec<Reading>,
+    /// `None` for sources without acknowledgement; a message that yielded no reading still
+    /// carries its ack, so acknowledgements stay in arrival order.
+    pub ack: Option<Ack>,
+}
+
+/// How to tell a source that its message is safely committed.
+pub enum Ack {
+    Mqtt { client: rumqttc::AsyncClient, publish: rumqttc::Publish },
+}
+
+impl Ack {
+    fn send(self) {
+        match self {
+            // The request channel is sized above the broker's inflight window (see
+            // `mqtt::REQUEST_CHANNEL`), so `try_ack` cannot find it full; an error means the
+            // event loop is gone, and the broker will redeliver the message.
+            Ack::Mqtt { client, publish } => {
+                if let Err(e) = client.try_ack(&publish) {
+                    debug!(error = %e, "MQTT acknowledgement not sent; the broker will redeliver.");
+                }
+            }
+        }
+    }
+}
+
+/// Tells sinks how many points a commit added per destination.
+pub type Touched = Vec<(i64, u64)>;
+
+/// The intake stage. Returns when every sender is dropped and the last batch is committed.
+pub async fn run_intake(
+    mut rx: mpsc::Receiver<Envelope>,
+    table: watch::Receiver<SharedTable>,
+    queue: QueueHandle,
+    counters: Arc<Counters>,
+    touched_tx: mpsc::UnboundedSender<Touched>,
+) {
+    let mut batch: Vec<Envelope> = Vec::with_capacity(INTAKE_BATCH_MAX);
+    let mut unbound_log = RateLimited::new(std::time::Duration::from_secs(60));
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < INTAKE_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let table = table.borrow().clone();
+        let now = crate::now_ns();
+        let mut points = Vec::new();
+        let mut touched: HashMap<i64, u64> = HashMap::new();
+        for r in batch.iter().flat_map(|e| &e.readings) {
+            match resolve::resolve(&table, r) {
+                Ok(c) => {
+                    let mut line = String::with_capacity(c.prefix.len() + 24 * r.fields.len() + 24);
+                    resolve::encode(c, r, &mut line);
+                    *touched.entry(c.dest_id).or_default() += 1;
+                    points.push(NewPoint { dest_id: c.dest_id, line, enqueued_ns: now });
+                }
+                Err(why) => {
+                    counters.unbound(why);
+                    if unbound_log.allow(&r.serial) {
+                        warn!(
+                            device = %loggable(&r.serial),
+                            reason = why.as_str(),
+                            "Reading has no binding and was not queued (counted; logged once a minute per device)."
+                        );
+                    }
+                }
+            }
+        }
+        let n = points.len() as u64;
+        if !points.is_empty() {
+            commit(&queue, Arc::new(points)).await;
+        }
+        counters.readings_queued.fetch_add(n, Relaxed);
+        for env in batch.drain(..) {
+            if let Some(ack) = env.ack {
+                ack.send();
+            }
+        }
+        if !touched.is_empty() {
+            let _ = touched_tx.send(touched.into_iter().collect());
+        }
+    }
+}
+
+/// Commits, retrying until it works: nothing was acknowledged yet, and giving up would mean
+/// acknowledging data that is not stored.
+async fn commit(queue: &QueueHandle, points: Arc<Vec<NewPoint>>) {
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match queue.append_shared(points.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                error!(error = %e, points = points.len(), "Queue commit failed; holding the readings unacknowledged and retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Lets one log line per key through per period; bounded memory.
+pub struct RateLimited {
+    period: std::time::Duration,
+    last: HashMap<String, tokio::time::Instant>,
+}
+
+impl RateLimited {
+    pub fn new(period: std::time::Duration) -> Self {
+        Self { period, last: HashMap::new() }
+    }
+
+    pub fn allow(&mut self, key: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.last.len() > 10_000 {
+            self.last.clear();
+        }
+        match self.last.get(key) {
+            Some(t) if now.duration_since(*t) < self.period => false,
+            _ => {
+                self.last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! heartguard-gateway: bedside readings → HeartGuard stream → durable queue → InfluxDB.
+//!
+//! ```text
+//! device ─► ingest::mqtt ─► decode (JSON) ─► Reading ─► resolve (+bindings) ─► lineproto
+//!                                                              │ unknown serial: counted
+//!            ack to broker ◄── commit ◄── queue (SQLite, one writer thread, group commit)
+//!                                             │
+//!                                             └─► sink (one worker per destination) ─► InfluxDB
+//! ```
+//!
+//! Module map, in the order data flows:
+//! - [`ingest`]: transports (MQTT) and the intake stage that resolves, commits and only then
+//!   acknowledges.
+//! - [`decode`]: payload formats → [`model::Reading`]. Never panics on any input.
+//! - [`fields`]: the canonical field table (names, types, legacy aliases).
+//! - [`bindings`]: which stream a device's reading belongs to; loaded into the SQLite cache.
+//! - [`resolve`]: `Reading` + binding → an encoded line for one destination.
+//! - [`lineproto`]: the only place that knows InfluxDB line-protocol syntax.
+//! - [`queue`]: the only place that knows SQL; a point waits here until InfluxDB answered 2xx.
+//! - [`sink`]: batching, HTTP, retries; one worker per destination.
+//! - [`app`]: wiring and the shutdown order. [`config`]: the TOML file and its validation.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod app;
+pub mod backoff;
+pub mod bindings;
+pub mod config;
+pub mod decode;
+pub mod fields;
+pub mod ingest;
+pub mod lineproto;
+pub mod model;
+pub mod queue;
+pub mod resolve;
+pub mod sink;
+pub mod telemetry;
+
+/// Now, in nanoseconds since the Unix epoch (UTC).
+pub fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}

@@ -1,0 +1,232 @@
+//! `heartguard-gateway`: the daemon and the operator's tools in one binary.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use heartguard_gateway::{app, config::Config, queue::store};
+
+/// Exit codes (sysexits.h): usage and configuration errors are told apart from failures.
+const EX_USAGE: u8 = 64;
+const EX_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "heartguard-gateway", version, about = "Bedside readings → HeartGuard streams → durable queue → InfluxDB")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon. Without --config it runs on its embedded defaults.
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and its bindings file; print every problem; start nothing.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the embedded default configuration (a valid starting point).
+    DefaultConfig,
+    /// Inspect the durable queue (safe while the daemon runs).
+    Queue {
+        #[command(subcommand)]
+        what: QueueCmd,
+    },
+    /// Inspect the cached bindings (safe while the daemon runs).
+    Bindings {
+        #[command(subcommand)]
+        what: BindingsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// Points waiting, per destination, and the oldest one's age.
+    Stats {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BindingsCmd {
+    /// Every cached binding, one line each (no personal data: ids only).
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// The cached bindings of one device serial, in the bindings-file format.
+    Show {
+        serial: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(EX_USAGE),
+            };
+        }
+    };
+    match cli.command {
+        Command::Run { config } => run(config.as_deref()),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::DefaultConfig => {
+            print!("{}", toml::to_string_pretty(&Config::default()).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Command::Queue { what: QueueCmd::Stats { config } } => with_config(config.as_deref(), queue_stats),
+        Command::Bindings { what: BindingsCmd::List { config } } => with_config(config.as_deref(), |c| bindings(c, None)),
+        Command::Bindings { what: BindingsCmd::Show { serial, config } } => {
+            with_config(config.as_deref(), |c| bindings(c, Some(&serial)))
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
+    let Some(path) = path else { return Ok(Config::default()) };
+    Config::load(path).map_err(|problems| {
+        eprintln!("{}: {} problem(s):", path.display(), problems.len());
+        for p in problems {
+            eprintln!("  {p}");
+        }
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> Result<(), String>) -> ExitCode {
+    match load(path) {
+        Err(code) => code,
+        Ok(cfg) => match f(&cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: Option<&Path>) -> ExitCode {
+    heartguard_gateway::telemetry::init_logging();
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if path.is_none() {
+        tracing::info!("No --config given: running on the embedded defaults (see `heartguard-gateway default-config`).");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the async runtime.");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(app::run(cfg, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(app::StartError::Config(e)) => {
+            tracing::error!(error = %e, "Configuration refused.");
+            ExitCode::from(EX_CONFIG)
+        }
+        Err(app::StartError::Runtime(e)) => {
+            tracing::error!(error = %e, "Gateway failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (systemd) or SIGINT (a terminal), whichever comes first.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("Cannot install signal handlers; stop with SIGKILL (nothing is lost).");
+        return std::future::pending().await;
+    };
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = which, "Shutdown requested.");
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let cfg = match load(Some(path)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(f) = &cfg.bindings.file {
+        match heartguard_gateway::bindings::file::load(f) {
+            Ok(b) => println!("{}: {} binding(s) valid.", f.display(), b.len()),
+            Err(problems) => {
+                eprintln!("{}: {} problem(s):", f.display(), problems.len());
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+                return ExitCode::from(EX_CONFIG);
+            }
+        }
+    }
+    println!("{}: configuration valid.", path.display());
+    ExitCode::SUCCESS
+}
+
+fn queue_stats(cfg: &Config) -> Result<(), String> {
+    let conn = store::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
+    let s = store::stats(&conn, &cfg.gateway.data_dir.join(store::DB_FILE)).map_err(|e| e.to_string())?;
+    println!("points waiting: {}", s.points);
+    println!("bytes waiting:  {}", s.bytes);
+    println!("database size:  {} bytes (with WAL)", s.db_file_bytes);
+    if let Some(oldest) = s.oldest_enqueued_ns {
+        let age = (heartguard_gateway::now_ns() - oldest).max(0) / 1_000_000_000;
+        println!("oldest point:   queued {age} s ago");
+    }
+    for (id, dest, n) in store::destinations(&conn).map_err(|e| e.to_string())? {
+        println!("destination {id} {dest}: {n} waiting");
+    }
+    Ok(())
+}
+
+fn bindings(cfg: &Config, serial: Option<&str>) -> Result<(), String> {
+    let conn = store::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
+    let Some((list, source, version)) = store::load_bindings(&conn).map_err(|e| e.to_string())? else {
+        println!("no bindings cached yet");
+        return Ok(());
+    };
+    match serial {
+        None => {
+            println!("source: {source}  version: {version}  bindings: {}", list.len());
+            for b in &list {
+                println!(
+                    "{}\tstream {}\tpatient {}\t{}\t{}/{}\t{}",
+                    b.serial,
+                    b.stream_id,
+                    b.patient_id,
+                    b.signal_type,
+                    b.influx_bucket,
+                    b.measurement,
+                    if b.ended_at.is_some() { "ended" } else { "active" }
+                );
+            }
+        }
+        Some(s) => {
+            let mine: Vec<_> = list.into_iter().filter(|b| b.serial == s).collect();
+            if mine.is_empty() {
+                return Err(format!("no binding for serial {s:?} (source: {source})"));
+            }
+            print!("{}", heartguard_gateway::bindings::file::to_toml(&mine));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The durable queue: the only place a point waits, and the only module that knows SQL.
+//!
+//! Invariants (everything else in the gateway relies on them):
+//! - A point is *accepted* when the transaction holding it has committed (WAL,
+//!   `synchronous=FULL` by default, so a commit survives power loss). Only after that are the
+//!   readings acknowledged to their source.
+//! - A row leaves `points` only after InfluxDB answered 2xx for it. Nothing here drops data.
+//! - Rows are encoded lines: replaying them is byte-identical, so a second write after a crash
+//!   overwrites the first with the same values (InfluxDB's duplicate-point rule).
+//! - Each destination is read in id order, one batch at a time: points of a destination are
+//!   delivered in the order they were accepted.
+//! - One thread owns the connection (a small actor, [`store`]); appends that arrive while a
+//!   commit runs are committed together (group commit), never one transaction per reading.
+
+pub mod store;
+
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+
+use tokio::sync::oneshot;
+
+use crate::bindings::{Binding, Destination};
+
+pub use store::{Leased, NewPoint, QueueStats, Synchronous};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("queue database: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the queue is closed")]
+    Closed,
+    #[error("queue database: {0}")]
+    Invalid(String),
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
+
+pub(crate) enum Command {
+    Append(Arc<Vec<NewPoint>>, Reply<()>),
+    Lease { dest_id: i64, max_lines: usize, max_bytes: usize, reply: Reply<Vec<Leased>> },
+    Delete { dest_id: i64, first: i64, last: i64, reply: Reply<u64> },
+    DestinationId(Destination, Reply<i64>),
+    Destinations(Reply<Vec<(i64, Destination, u64)>>),
+    ReplaceBindings { bindings: Vec<Binding>, source: String, version: String, reply: Reply<()> },
+    LoadBindings(Reply<Option<(Vec<Binding>, String, String)>>),
+    Stats(Reply<QueueStats>),
+    Close(Reply<()>),
+}
+
+/// Cheap to clone; every clone talks to the one store thread.
+#[derive(Clone)]
+pub struct QueueHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl QueueHandle {
+    /// Opens (creating if needed) the database in `data_dir` and starts the store thread.
+    pub fn open(data_dir: &Path, sync: Synchronous) -> Result<(Self, std::thread::JoinHandle<()>), QueueError> {
+        let (tx, join) = store::spawn(data_dir, sync)?;
+        Ok((Self { tx }, join))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Commits `points`; returns once they are durable.
+    pub async fn append(&self, points: Vec<NewPoint>) -> Result<(), QueueError> {
+        self.append_shared(Arc::new(points)).await
+    }
+
+    /// As [`Self::append`], keeping the points with the caller so a failed commit can be
+    /// retried without copying them.
+    pub async fn append_shared(&self, points: Arc<Vec<NewPoint>>) -> Result<(), QueueError> {
+        self.call(|r| Command::Append(points, r)).await
+    }
+
+    /// The oldest points of a destination, at most `max_lines` and about `max_bytes`.
+    pub async fn lease(&self, dest_id: i64, max_lines: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
+        self.call(|reply| Command::Lease { dest_id, max_lines, max_bytes, reply }).await
+    }
+
+    /// Removes a delivered batch (ids `first..=last` of that destination).
+    pub async fn delete(&self, dest_id: i64, first: i64, last: i64) -> Result<u64, QueueError> {
+        self.call(|reply| Command::Delete { dest_id, first, last, reply }).await
+    }
+
+    /// The stable id of a destination, registering it on first use.
+    pub async fn destination_id(&self, d: Destination) -> Result<i64, QueueError> {
+        self.call(|r| Command::DestinationId(d, r)).await
+    }
+
+    /// Every known destination with its number of waiting points.
+    pub async fn destinations(&self) -> Result<Vec<(i64, Destination, u64)>, QueueError> {
+        self.call(Command::Destinations).await
+    }
+
+    /// Replaces the cached bindings in one transaction.
+    pub async fn replace_bindings(&self, bindings: Vec<Binding>, source: String, version: String) -> Result<(), QueueError> {
+        self.call(|reply| Command::ReplaceBindings { bindings, source, version, reply }).await
+    }
+
+    /// The cached bindings, if a copy was ever stored.
+    pub async fn load_bindings(&self) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
+        self.call(Command::LoadBindings).await
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.call(Command::Stats).await
+    }
+
+    /// Checkpoints the WAL and closes the database; the store thread then exits.
+    pub async fn close(&self) -> Result<(), QueueError> {
+        self.call(Command::Close).await
+    }
+}

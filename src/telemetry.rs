@@ -1,0 +1,82 @@
+//! Logs and counters. Counters are plain atomics today; the metrics endpoint reads them.
+//!
+//! Logs carry ids (device serial, stream id, destination), reasons and counts — never a
+//! payload's contents or anything about a patient but the patient id.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::decode::RejectReason;
+use crate::resolve::Unbound;
+
+/// Sets up `tracing`: `RUST_LOG` or `info`, plain text on stderr (journald adds time stamps).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Every counter of the data path.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub messages_received: AtomicU64,
+    pub readings_decoded: AtomicU64,
+    pub readings_queued: AtomicU64,
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
+    pub unknown_fields: AtomicU64,
+    pub dropped_fields: AtomicU64,
+    pub unbound: [AtomicU64; 3],
+    pub points_delivered: AtomicU64,
+    pub write_failures: AtomicU64,
+}
+
+impl Counters {
+    pub fn reject(&self, r: RejectReason) {
+        let i = RejectReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.rejected[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn unbound(&self, u: Unbound) {
+        let i = match u {
+            Unbound::UnknownSerial => 0,
+            Unbound::NotCovered => 1,
+            Unbound::Ambiguous => 2,
+        };
+        self.unbound[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    pub fn unbound_total(&self) -> u64 {
+        self.unbound.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// One line for the periodic summary log.
+    pub fn summary(&self) -> String {
+        let rejected: Vec<String> = RejectReason::ALL
+            .iter()
+            .zip(&self.rejected)
+            .filter(|(_, c)| c.load(Relaxed) > 0)
+            .map(|(r, c)| format!("{}={}", r.as_str(), c.load(Relaxed)))
+            .collect();
+        format!(
+            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} unknown_fields={} dropped_fields={} write_failures={}",
+            self.messages_received.load(Relaxed),
+            self.readings_decoded.load(Relaxed),
+            self.readings_queued.load(Relaxed),
+            self.points_delivered.load(Relaxed),
+            self.rejected_total(),
+            rejected.join(" "),
+            self.unbound_total(),
+            self.unknown_fields.load(Relaxed),
+            self.dropped_fields.load(Relaxed),
+            self.write_failures.load(Relaxed),
+        )
+    }
+}
