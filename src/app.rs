@@ -43,8 +43,16 @@ pub enum StartError {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let counters = Arc::new(Counters::default());
     let (queue, store_thread) = QueueHandle::open(&cfg.gateway.data_dir, cfg.queue.synchronous)
-        .map_err(|e| StartError::Runtime(format!("opening the queue in {}: {e}", cfg.gateway.data_dir.display())))?;
-    let stats = queue.stats().await.map_err(|e| StartError::Runtime(e.to_string()))?;
+        .map_err(|e| {
+            StartError::Runtime(format!(
+                "opening the queue in {}: {e}",
+                cfg.gateway.data_dir.display()
+            ))
+        })?;
+    let stats = queue
+        .stats()
+        .await
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
     info!(data_dir = %cfg.gateway.data_dir.display(), waiting = stats.points, "Queue opened.");
 
     let table = bindings::load_table(cfg.bindings.file.as_deref(), &queue)
@@ -85,7 +93,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             done.cancel();
         })
     };
-    let source = mqtt.map(|m| tokio::spawn(m.run(env_tx.clone(), ingest_stop.clone(), intake_done.clone())));
+    let source =
+        mqtt.map(|m| tokio::spawn(m.run(env_tx.clone(), ingest_stop.clone(), intake_done.clone())));
     drop(env_tx);
 
     let summary = {
@@ -119,7 +128,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
     };
     if tokio::time::timeout(grace, stop).await.is_err() {
-        warn!(grace_ms = grace.as_millis() as u64, "Graceful stop overran its grace period; exiting anyway (nothing committed is lost).");
+        warn!(
+            grace_ms = grace.as_millis() as u64,
+            "Graceful stop overran its grace period; exiting anyway (nothing committed is lost)."
+        );
     } else {
         let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     }

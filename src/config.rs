@@ -32,7 +32,11 @@ pub struct Gateway {
 
 impl Default for Gateway {
     fn default() -> Self {
-        Self { id: "gateway".into(), data_dir: "/var/lib/heartguard-gateway".into(), shutdown_grace_ms: 10_000 }
+        Self {
+            id: "gateway".into(),
+            data_dir: "/var/lib/heartguard-gateway".into(),
+            shutdown_grace_ms: 10_000,
+        }
     }
 }
 
@@ -150,8 +154,12 @@ pub struct BrokerAddr {
 impl Config {
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigProblem>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![ConfigProblem { key: path.display().to_string(), message: e.to_string() }])?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigProblem {
+                key: path.display().to_string(),
+                message: e.to_string(),
+            }]
+        })?;
         let cfg = Self::parse(&text)?;
         cfg.validate()?;
         Ok(cfg)
@@ -160,19 +168,39 @@ impl Config {
     /// Parses TOML; unknown keys and wrong types are refused with the key named.
     pub fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
         toml::from_str(text).map_err(|e| {
-            let key = e.span().map(|s| text[s].lines().next().unwrap_or("").to_owned()).unwrap_or_default();
-            vec![ConfigProblem { key: if key.is_empty() { "config".into() } else { key }, message: e.message().to_owned() }]
+            let key = e
+                .span()
+                .map(|s| text[s].lines().next().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            vec![ConfigProblem {
+                key: if key.is_empty() { "config".into() } else { key },
+                message: e.message().to_owned(),
+            }]
         })
     }
 
     /// Every problem in the configuration, each naming its key.
     pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
         let mut p = Vec::new();
-        let mut bad = |key: &str, message: String| p.push(ConfigProblem { key: key.into(), message });
+        let mut bad = |key: &str, message: String| {
+            p.push(ConfigProblem {
+                key: key.into(),
+                message,
+            })
+        };
 
         let g = &self.gateway;
-        if g.id.is_empty() || g.id.len() > 64 || !g.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            bad("gateway.id", "1 to 64 characters: letters, digits, '-', '_', '.'".into());
+        if g.id.is_empty()
+            || g.id.len() > 64
+            || !g
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bad(
+                "gateway.id",
+                "1 to 64 characters: letters, digits, '-', '_', '.'".into(),
+            );
         }
         if g.data_dir.as_os_str().is_empty() {
             bad("gateway.data_dir", "must not be empty".into());
@@ -213,12 +241,20 @@ impl Config {
         let i = &self.influx;
         match reqwest::Url::parse(&i.url) {
             Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
-            Ok(u) if u.scheme() == "https" => bad("influx.url", "https:// is not supported yet; use http:// on a trusted link".into()),
+            Ok(u) if u.scheme() == "https" => bad(
+                "influx.url",
+                "https:// is not supported yet; use http:// on a trusted link".into(),
+            ),
             _ => bad("influx.url", format!("{:?} is not an http:// URL", i.url)),
         }
         match i.api {
-            InfluxApi::V2 if i.token_file.is_none() => bad("influx.token_file", "required for api = \"v2\"".into()),
-            InfluxApi::V1 if i.token_file.is_some() => bad("influx.token_file", "only for api = \"v2\" (v1 uses username/password_file)".into()),
+            InfluxApi::V2 if i.token_file.is_none() => {
+                bad("influx.token_file", "required for api = \"v2\"".into())
+            }
+            InfluxApi::V1 if i.token_file.is_some() => bad(
+                "influx.token_file",
+                "only for api = \"v2\" (v1 uses username/password_file)".into(),
+            ),
             _ => {}
         }
         if i.password_file.is_some() && i.username.is_none() {
@@ -228,7 +264,10 @@ impl Config {
             bad("influx.batch_max_lines", "between 1 and 100000".into());
         }
         if !(1024..=25_000_000).contains(&i.batch_max_bytes) {
-            bad("influx.batch_max_bytes", "between 1024 and 25000000 (InfluxDB 1.x refuses larger bodies)".into());
+            bad(
+                "influx.batch_max_bytes",
+                "between 1024 and 25000000 (InfluxDB 1.x refuses larger bodies)".into(),
+            );
         }
         if !(10..=3_600_000).contains(&i.flush_interval_ms) {
             bad("influx.flush_interval_ms", "between 10 and 3600000".into());
@@ -237,7 +276,10 @@ impl Config {
             bad("influx.request_timeout_ms", "at least 100".into());
         }
         if i.retry_initial_ms == 0 || i.retry_max_ms < i.retry_initial_ms {
-            bad("influx.retry_max_ms", "retry_initial_ms must be > 0 and <= retry_max_ms".into());
+            bad(
+                "influx.retry_max_ms",
+                "retry_initial_ms must be > 0 and <= retry_max_ms".into(),
+            );
         }
 
         for (key, file) in [
@@ -256,7 +298,10 @@ impl Config {
     }
 
     pub fn mqtt_client_id(&self) -> String {
-        self.mqtt.client_id.clone().unwrap_or_else(|| format!("heartguard-gateway-{}", self.gateway.id))
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("heartguard-gateway-{}", self.gateway.id))
     }
 }
 
@@ -271,16 +316,21 @@ pub fn broker_addr(url: &str) -> Result<BrokerAddr, String> {
     })?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h, p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))?)
-        }
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{p:?} is not a port number"))?,
+        ),
         _ => (rest, 1883),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains('/') {
         return Err(format!("{url:?} has no host"));
     }
-    Ok(BrokerAddr { host: host.to_owned(), port })
+    Ok(BrokerAddr {
+        host: host.to_owned(),
+        port,
+    })
 }
 
 /// A configured topic filter: what to subscribe to and where the serial sits.
@@ -310,8 +360,15 @@ impl TopicPattern {
                 _ => {}
             }
         }
-        let filter = levels.iter().map(|l| if *l == "{serial}" { "+" } else { l }).collect::<Vec<_>>().join("/");
-        Ok(Self { filter, serial_level })
+        let filter = levels
+            .iter()
+            .map(|l| if *l == "{serial}" { "+" } else { l })
+            .collect::<Vec<_>>()
+            .join("/");
+        Ok(Self {
+            filter,
+            serial_level,
+        })
     }
 
     /// The serial named by `topic`, when this pattern matches it and has a `{serial}` level.
@@ -341,7 +398,11 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 /// Reads a secret file, trimming one trailing newline. Refuses an empty secret.
 pub fn read_secret(path: &Path) -> Result<String, String> {
     let s = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let s = s.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&s).to_owned();
+    let s = s
+        .strip_suffix('\n')
+        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+        .unwrap_or(&s)
+        .to_owned();
     if s.is_empty() {
         return Err(format!("{}: empty", path.display()));
     }
@@ -354,7 +415,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        Config::default().validate().expect("embedded defaults validate");
+        Config::default()
+            .validate()
+            .expect("embedded defaults validate");
     }
 
     #[test]
@@ -378,8 +441,22 @@ batch_max_lines = 0
 "#,
         )
         .expect("parses");
-        let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
-        assert_eq!(keys, ["gateway.id", "mqtt.url", "mqtt.topics[0]", "influx.token_file", "influx.batch_max_lines"]);
+        let keys: Vec<String> = cfg
+            .validate()
+            .expect_err("invalid")
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "gateway.id",
+                "mqtt.url",
+                "mqtt.topics[0]",
+                "influx.token_file",
+                "influx.batch_max_lines"
+            ]
+        );
     }
 
     #[test]
@@ -394,7 +471,13 @@ batch_max_lines = 0
 
     #[test]
     fn broker_urls() {
-        assert_eq!(broker_addr("mqtt://127.0.0.1:1884"), Ok(BrokerAddr { host: "127.0.0.1".into(), port: 1884 }));
+        assert_eq!(
+            broker_addr("mqtt://127.0.0.1:1884"),
+            Ok(BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1884
+            })
+        );
         assert_eq!(broker_addr("mqtt://broker").map(|b| b.port), Ok(1883));
         assert!(broker_addr("http://x").is_err() && broker_addr("mqtt://:1").is_err());
     }

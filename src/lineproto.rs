@@ -26,7 +26,10 @@ pub fn carried(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains(['\n', '\r']) && !s.ends_with('\\') {
         return std::borrow::Cow::Borrowed(s);
     }
-    let mut out: String = s.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }).collect();
+    let mut out: String = s
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
     if out.ends_with('\\') {
         out.pop();
         out.push('/');
@@ -55,8 +58,15 @@ pub fn push_key(out: &mut String, s: &str) {
 
 /// The series part of a line (`measurement,k=v,…`), built once per binding so that encoding a
 /// point is a copy plus the fields. `tags` need not be sorted; empty values are skipped.
-pub fn series_prefix<'a>(measurement: &str, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut tags: Vec<_> = tags.into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (carried(k), v)).collect();
+pub fn series_prefix<'a>(
+    measurement: &str,
+    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut tags: Vec<_> = tags
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (carried(k), v))
+        .collect();
     // InfluxDB sorts by the key it reads back, so sort by the carried key.
     tags.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let mut out = String::with_capacity(64 + tags.len() * 48);
@@ -150,7 +160,10 @@ pub(crate) mod tests {
             if v_end < b.len() && b[v_end] == b'=' {
                 return None;
             }
-            tags.push((unescape(&line[i + 1..k_end], TAG_SPECIALS), unescape(&line[k_end + 1..v_end], TAG_SPECIALS)));
+            tags.push((
+                unescape(&line[i + 1..k_end], TAG_SPECIALS),
+                unescape(&line[k_end + 1..v_end], TAG_SPECIALS),
+            ));
             i = v_end;
         }
         if i >= b.len() || b[i] != b' ' {
@@ -163,13 +176,21 @@ pub(crate) mod tests {
     fn encodes_the_design_example() {
         let prefix = series_prefix(
             "vital_signs",
-            [("stream_id", "s-789"), ("patient_id", "p-456"), ("location", "ICU-5"), ("empty", "")],
+            [
+                ("stream_id", "s-789"),
+                ("patient_id", "p-456"),
+                ("location", "ICU-5"),
+                ("empty", ""),
+            ],
         );
         let mut line = String::new();
         encode_line(
             &mut line,
             &prefix,
-            [("heart_rate", FieldValue::Int(72)), ("temperature", FieldValue::Float(36.0))],
+            [
+                ("heart_rate", FieldValue::Int(72)),
+                ("temperature", FieldValue::Float(36.0)),
+            ],
             1_700_000_000_000_000_000,
         );
         assert_eq!(
@@ -180,8 +201,18 @@ pub(crate) mod tests {
 
     #[test]
     fn escapes_specials_and_applies_the_rule() {
-        let p = series_prefix("vital signs,x", [("location", "Ward 3, bed=7"), ("path", "C:\\dir\\"), ("note", "a\nb")]);
-        assert_eq!(p, "vital\\ signs\\,x,location=Ward\\ 3\\,\\ bed\\=7,note=a\\ b,path=C:\\dir/");
+        let p = series_prefix(
+            "vital signs,x",
+            [
+                ("location", "Ward 3, bed=7"),
+                ("path", "C:\\dir\\"),
+                ("note", "a\nb"),
+            ],
+        );
+        assert_eq!(
+            p,
+            "vital\\ signs\\,x,location=Ward\\ 3\\,\\ bed\\=7,note=a\\ b,path=C:\\dir/"
+        );
     }
 
     #[test]

@@ -21,7 +21,13 @@ use serde::{Deserialize, Serialize};
 use crate::lineproto;
 
 /// Tag keys the gateway itself writes; a binding's custom tags may not reuse them.
-pub const CORE_TAGS: [&str; 5] = ["device_id", "org_id", "patient_id", "signal_type", "stream_id"];
+pub const CORE_TAGS: [&str; 5] = [
+    "device_id",
+    "org_id",
+    "patient_id",
+    "signal_type",
+    "stream_id",
+];
 
 /// Tag keys that would carry personal data (the platform's old generator tagged
 /// `patient_name`); refused in any binding.
@@ -72,17 +78,25 @@ impl Binding {
             p.push("serial: at most 80 characters, no control characters, '/', '+' or '#'".into());
         }
         if self.measurement.starts_with(['_', '#']) {
-            p.push("measurement: must not start with '_' (reserved) or '#' (a comment line)".into());
+            p.push(
+                "measurement: must not start with '_' (reserved) or '#' (a comment line)".into(),
+            );
         }
         for (k, _) in &self.tags {
             if k.is_empty() || k.starts_with('_') || k == "time" {
-                p.push(format!("tags.{k:?}: tag keys must be non-empty, not 'time', not start with '_'"));
+                p.push(format!(
+                    "tags.{k:?}: tag keys must be non-empty, not 'time', not start with '_'"
+                ));
             }
             if PERSONAL_TAGS.contains(&k.as_str()) {
-                p.push(format!("tags.{k}: personal data must never be written to InfluxDB"));
+                p.push(format!(
+                    "tags.{k}: personal data must never be written to InfluxDB"
+                ));
             }
             if CORE_TAGS.contains(&k.as_str()) {
-                p.push(format!("tags.{k}: '{k}' is written by the gateway itself and cannot be overridden"));
+                p.push(format!(
+                    "tags.{k}: '{k}' is written by the gateway itself and cannot be overridden"
+                ));
             }
         }
         if let (Some(s), Some(e)) = (self.started_at, self.ended_at)
@@ -100,7 +114,10 @@ impl Binding {
 
     /// The InfluxDB destination of this binding's points.
     pub fn destination(&self) -> Destination {
-        Destination { org: self.influx_org.clone(), bucket: self.influx_bucket.clone() }
+        Destination {
+            org: self.influx_org.clone(),
+            bucket: self.influx_bucket.clone(),
+        }
     }
 
     /// `measurement,tags…` with the core tags and the custom tags, escaped and sorted.
@@ -114,7 +131,8 @@ impl Binding {
         ];
         lineproto::series_prefix(
             &self.measurement,
-            core.into_iter().chain(self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            core.into_iter()
+                .chain(self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
         )
     }
 }
@@ -129,7 +147,11 @@ pub struct Destination {
 
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.org.is_empty() { write!(f, "{}", self.bucket) } else { write!(f, "{}/{}", self.org, self.bucket) }
+        if self.org.is_empty() {
+            write!(f, "{}", self.bucket)
+        } else {
+            write!(f, "{}/{}", self.org, self.bucket)
+        }
     }
 }
 
@@ -155,9 +177,16 @@ impl BindingTable {
     pub fn new(compiled: Vec<Compiled>, source: String, version: String) -> Self {
         let mut by_serial: HashMap<String, Vec<Compiled>> = HashMap::new();
         for c in compiled {
-            by_serial.entry(c.binding.serial.clone()).or_default().push(c);
+            by_serial
+                .entry(c.binding.serial.clone())
+                .or_default()
+                .push(c);
         }
-        Self { by_serial, source, version }
+        Self {
+            by_serial,
+            source,
+            version,
+        }
     }
 
     pub fn for_serial(&self, serial: &str) -> &[Compiled] {
@@ -187,7 +216,8 @@ mod opt_rfc3339 {
     pub fn serialize<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(ns) => s.serialize_str(
-                &chrono::DateTime::from_timestamp_nanos(*ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                &chrono::DateTime::from_timestamp_nanos(*ns)
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             ),
             None => s.serialize_none(),
         }
@@ -195,8 +225,11 @@ mod opt_rfc3339 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
-        s.map(|s| parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time"))))
-            .transpose()
+        s.map(|s| {
+            parse(&s)
+                .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time")))
+        })
+        .transpose()
     }
 
     pub fn parse(s: &str) -> Option<i64> {
@@ -268,25 +301,42 @@ pub async fn load_table(
     let one = |e: crate::queue::QueueError| vec![e.to_string()];
     let (bindings, source, version) = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-            let b = file::parse(&text)
-                .map_err(|p| p.into_iter().map(|m| format!("{}: {m}", path.display())).collect::<Vec<_>>())?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+            let b = file::parse(&text).map_err(|p| {
+                p.into_iter()
+                    .map(|m| format!("{}: {m}", path.display()))
+                    .collect::<Vec<_>>()
+            })?;
             let source = format!("file {}", path.display());
             let version = format!("{:016x}", fnv1a(text.as_bytes()));
-            queue.replace_bindings(b.clone(), source.clone(), version.clone()).await.map_err(one)?;
+            queue
+                .replace_bindings(b.clone(), source.clone(), version.clone())
+                .await
+                .map_err(one)?;
             (b, source, version)
         }
-        None => queue.load_bindings().await.map_err(one)?.unwrap_or_else(|| (Vec::new(), "none".into(), String::new())),
+        None => queue
+            .load_bindings()
+            .await
+            .map_err(one)?
+            .unwrap_or_else(|| (Vec::new(), "none".into(), String::new())),
     };
     let mut compiled = Vec::with_capacity(bindings.len());
     for b in bindings {
         let dest_id = queue.destination_id(b.destination()).await.map_err(one)?;
-        compiled.push(Compiled { prefix: b.series_prefix(), binding: b, dest_id });
+        compiled.push(Compiled {
+            prefix: b.series_prefix(),
+            binding: b,
+            dest_id,
+        });
     }
     Ok(BindingTable::new(compiled, source, version))
 }
 
 /// A stable content hash, used as the version of a bindings file.
 fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -35,7 +35,10 @@ pub struct Envelope {
 
 /// How to tell a source that its message is safely committed.
 pub enum Ack {
-    Mqtt { client: rumqttc::AsyncClient, publish: rumqttc::Publish },
+    Mqtt {
+        client: rumqttc::AsyncClient,
+        publish: rumqttc::Publish,
+    },
 }
 
 impl Ack {
@@ -84,7 +87,11 @@ pub async fn run_intake(
                     let mut line = String::with_capacity(c.prefix.len() + 24 * r.fields.len() + 24);
                     resolve::encode(c, r, &mut line);
                     *touched.entry(c.dest_id).or_default() += 1;
-                    points.push(NewPoint { dest_id: c.dest_id, line, enqueued_ns: now });
+                    points.push(NewPoint {
+                        dest_id: c.dest_id,
+                        line,
+                        enqueued_ns: now,
+                    });
                 }
                 Err(why) => {
                     counters.unbound(why);
@@ -138,7 +145,10 @@ pub struct RateLimited {
 
 impl RateLimited {
     pub fn new(period: std::time::Duration) -> Self {
-        Self { period, last: HashMap::new() }
+        Self {
+            period,
+            last: HashMap::new(),
+        }
     }
 
     pub fn allow(&mut self, key: &str) -> bool {

@@ -39,11 +39,26 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
 pub(crate) enum Command {
     Append(Arc<Vec<NewPoint>>, Reply<()>),
-    Lease { dest_id: i64, max_lines: usize, max_bytes: usize, reply: Reply<Vec<Leased>> },
-    Delete { dest_id: i64, first: i64, last: i64, reply: Reply<u64> },
+    Lease {
+        dest_id: i64,
+        max_lines: usize,
+        max_bytes: usize,
+        reply: Reply<Vec<Leased>>,
+    },
+    Delete {
+        dest_id: i64,
+        first: i64,
+        last: i64,
+        reply: Reply<u64>,
+    },
     DestinationId(Destination, Reply<i64>),
     Destinations(Reply<Vec<(i64, Destination, u64)>>),
-    ReplaceBindings { bindings: Vec<Binding>, source: String, version: String, reply: Reply<()> },
+    ReplaceBindings {
+        bindings: Vec<Binding>,
+        source: String,
+        version: String,
+        reply: Reply<()>,
+    },
     LoadBindings(Reply<Option<(Vec<Binding>, String, String)>>),
     Stats(Reply<QueueStats>),
     Close(Reply<()>),
@@ -57,7 +72,10 @@ pub struct QueueHandle {
 
 impl QueueHandle {
     /// Opens (creating if needed) the database in `data_dir` and starts the store thread.
-    pub fn open(data_dir: &Path, sync: Synchronous) -> Result<(Self, std::thread::JoinHandle<()>), QueueError> {
+    pub fn open(
+        data_dir: &Path,
+        sync: Synchronous,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), QueueError> {
         let (tx, join) = store::spawn(data_dir, sync)?;
         Ok((Self { tx }, join))
     }
@@ -80,13 +98,30 @@ impl QueueHandle {
     }
 
     /// The oldest points of a destination, at most `max_lines` and about `max_bytes`.
-    pub async fn lease(&self, dest_id: i64, max_lines: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
-        self.call(|reply| Command::Lease { dest_id, max_lines, max_bytes, reply }).await
+    pub async fn lease(
+        &self,
+        dest_id: i64,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Leased>, QueueError> {
+        self.call(|reply| Command::Lease {
+            dest_id,
+            max_lines,
+            max_bytes,
+            reply,
+        })
+        .await
     }
 
     /// Removes a delivered batch (ids `first..=last` of that destination).
     pub async fn delete(&self, dest_id: i64, first: i64, last: i64) -> Result<u64, QueueError> {
-        self.call(|reply| Command::Delete { dest_id, first, last, reply }).await
+        self.call(|reply| Command::Delete {
+            dest_id,
+            first,
+            last,
+            reply,
+        })
+        .await
     }
 
     /// The stable id of a destination, registering it on first use.
@@ -100,12 +135,25 @@ impl QueueHandle {
     }
 
     /// Replaces the cached bindings in one transaction.
-    pub async fn replace_bindings(&self, bindings: Vec<Binding>, source: String, version: String) -> Result<(), QueueError> {
-        self.call(|reply| Command::ReplaceBindings { bindings, source, version, reply }).await
+    pub async fn replace_bindings(
+        &self,
+        bindings: Vec<Binding>,
+        source: String,
+        version: String,
+    ) -> Result<(), QueueError> {
+        self.call(|reply| Command::ReplaceBindings {
+            bindings,
+            source,
+            version,
+            reply,
+        })
+        .await
     }
 
     /// The cached bindings, if a copy was ever stored.
-    pub async fn load_bindings(&self) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
+    pub async fn load_bindings(
+        &self,
+    ) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
         self.call(Command::LoadBindings).await
     }
 

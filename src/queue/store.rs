@@ -88,7 +88,14 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel();
     let join = std::thread::Builder::new()
         .name("queue-store".into())
-        .spawn(move || Store { conn, path, deferred: VecDeque::new() }.run(rx))?;
+        .spawn(move || {
+            Store {
+                conn,
+                path,
+                deferred: VecDeque::new(),
+            }
+            .run(rx)
+        })?;
     Ok((tx, join))
 }
 
@@ -98,12 +105,18 @@ pub fn open(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(QueueError::Invalid(format!("could not enable WAL (journal_mode={mode})")));
+        return Err(QueueError::Invalid(format!(
+            "could not enable WAL (journal_mode={mode})"
+        )));
     }
-    conn.pragma_update(None, "synchronous", match sync {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
@@ -120,7 +133,10 @@ pub fn open(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
 pub fn open_read_only(data_dir: &Path) -> Result<Connection, QueueError> {
     let path = data_dir.join(DB_FILE);
     if !path.exists() {
-        return Err(QueueError::Invalid(format!("{} does not exist", path.display())));
+        return Err(QueueError::Invalid(format!(
+            "{} does not exist",
+            path.display()
+        )));
     }
     let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -150,13 +166,25 @@ impl Store {
             };
             match cmd {
                 Command::Append(points, reply) => self.group_commit(points, reply, &rx),
-                Command::Lease { dest_id, max_lines, max_bytes, reply } => {
+                Command::Lease {
+                    dest_id,
+                    max_lines,
+                    max_bytes,
+                    reply,
+                } => {
                     let _ = reply.send(self.lease(dest_id, max_lines, max_bytes));
                 }
-                Command::Delete { dest_id, first, last, reply } => {
+                Command::Delete {
+                    dest_id,
+                    first,
+                    last,
+                    reply,
+                } => {
                     let r = self
                         .conn
-                        .prepare_cached("DELETE FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3")
+                        .prepare_cached(
+                            "DELETE FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3",
+                        )
                         .and_then(|mut s| s.execute(params![dest_id, first, last]))
                         .map(|n| n as u64)
                         .map_err(QueueError::from);
@@ -168,7 +196,12 @@ impl Store {
                 Command::Destinations(reply) => {
                     let _ = reply.send(destinations(&self.conn));
                 }
-                Command::ReplaceBindings { bindings, source, version, reply } => {
+                Command::ReplaceBindings {
+                    bindings,
+                    source,
+                    version,
+                    reply,
+                } => {
                     let _ = reply.send(self.replace_bindings(&bindings, &source, &version));
                 }
                 Command::LoadBindings(reply) => {
@@ -189,7 +222,12 @@ impl Store {
     }
 
     /// Commits `first` together with every append already waiting in the channel.
-    fn group_commit(&mut self, first: std::sync::Arc<Vec<NewPoint>>, reply: super::Reply<()>, rx: &mpsc::Receiver<Command>) {
+    fn group_commit(
+        &mut self,
+        first: std::sync::Arc<Vec<NewPoint>>,
+        reply: super::Reply<()>,
+        rx: &mpsc::Receiver<Command>,
+    ) {
         let mut total = first.len();
         let mut batches = vec![(first, reply)];
         while total < GROUP_COMMIT_MAX_POINTS {
@@ -214,10 +252,15 @@ impl Store {
         }
     }
 
-    fn insert_all<'a>(&mut self, batches: impl Iterator<Item = &'a std::sync::Arc<Vec<NewPoint>>>) -> Result<(), QueueError> {
+    fn insert_all<'a>(
+        &mut self,
+        batches: impl Iterator<Item = &'a std::sync::Arc<Vec<NewPoint>>>,
+    ) -> Result<(), QueueError> {
         let tx = self.conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached("INSERT INTO points (dest_id, line, enqueued_ns) VALUES (?1, ?2, ?3)")?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO points (dest_id, line, enqueued_ns) VALUES (?1, ?2, ?3)",
+            )?;
             for p in batches.flat_map(|b| b.iter()) {
                 stmt.execute(params![p.dest_id, p.line, p.enqueued_ns])?;
             }
@@ -226,9 +269,15 @@ impl Store {
         Ok(())
     }
 
-    fn lease(&mut self, dest_id: i64, max_lines: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT id, line FROM points WHERE dest_id = ?1 ORDER BY id LIMIT ?2")?;
+    fn lease(
+        &mut self,
+        dest_id: i64,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Leased>, QueueError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, line FROM points WHERE dest_id = ?1 ORDER BY id LIMIT ?2",
+        )?;
         let mut rows = stmt.query(params![dest_id, max_lines as i64])?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -240,14 +289,19 @@ impl Store {
                 break;
             }
             bytes += line.len() + 1;
-            out.push(Leased { id: row.get(0)?, line });
+            out.push(Leased {
+                id: row.get(0)?,
+                line,
+            });
         }
         Ok(out)
     }
 
     fn destination_id(&mut self, d: &Destination) -> Result<i64, QueueError> {
         self.conn
-            .prepare_cached("INSERT INTO destinations (org, bucket) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+            .prepare_cached(
+                "INSERT INTO destinations (org, bucket) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?
             .execute(params![d.org, d.bucket])?;
         Ok(self
             .conn
@@ -255,16 +309,23 @@ impl Store {
             .query_row(params![d.org, d.bucket], |r| r.get(0))?)
     }
 
-    fn replace_bindings(&mut self, bindings: &[Binding], source: &str, version: &str) -> Result<(), QueueError> {
+    fn replace_bindings(
+        &mut self,
+        bindings: &[Binding],
+        source: &str,
+        version: &str,
+    ) -> Result<(), QueueError> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM binding_cache", [])?;
         {
             let mut stmt = tx.prepare("INSERT INTO binding_cache (body) VALUES (?1)")?;
             for b in bindings {
-                let body = serde_json::to_string(b).map_err(|e| QueueError::Invalid(e.to_string()))?;
+                let body =
+                    serde_json::to_string(b).map_err(|e| QueueError::Invalid(e.to_string()))?;
                 stmt.execute([body])?;
             }
-            let mut meta = tx.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+            let mut meta =
+                tx.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
             meta.execute(["bindings_source", source])?;
             meta.execute(["bindings_version", version])?;
             meta.execute(["bindings_stored_at", &chrono::Utc::now().to_rfc3339()])?;
@@ -274,7 +335,8 @@ impl Store {
     }
 
     fn checkpoint(&self) -> Result<(), QueueError> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 }
@@ -284,14 +346,25 @@ pub fn destinations(conn: &Connection) -> Result<Vec<(i64, Destination, u64)>, Q
         "SELECT d.id, d.org, d.bucket, (SELECT count(*) FROM points p WHERE p.dest_id = d.id) FROM destinations d ORDER BY d.id",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get(0)?, Destination { org: r.get(1)?, bucket: r.get(2)? }, r.get::<_, i64>(3)? as u64))
+        Ok((
+            r.get(0)?,
+            Destination {
+                org: r.get(1)?,
+                bucket: r.get(2)?,
+            },
+            r.get::<_, i64>(3)? as u64,
+        ))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn load_bindings(conn: &Connection) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
+pub fn load_bindings(
+    conn: &Connection,
+) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
     let meta = |key: &str| -> Result<Option<String>, QueueError> {
-        Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
     };
     let Some(source) = meta("bindings_source")? else {
         return Ok(None);
@@ -300,7 +373,8 @@ pub fn load_bindings(conn: &Connection) -> Result<Option<(Vec<Binding>, String, 
     let mut stmt = conn.prepare("SELECT body FROM binding_cache ORDER BY seq")?;
     let mut out = Vec::new();
     for body in stmt.query_map([], |r| r.get::<_, String>(0))? {
-        let b: Binding = serde_json::from_str(&body?).map_err(|e| QueueError::Invalid(format!("binding cache: {e}")))?;
+        let b: Binding = serde_json::from_str(&body?)
+            .map_err(|e| QueueError::Invalid(format!("binding cache: {e}")))?;
         out.push(b);
     }
     Ok(Some((out, source, version)))
@@ -329,11 +403,18 @@ mod tests {
     use crate::queue::QueueHandle;
 
     fn dest(b: &str) -> Destination {
-        Destination { org: "o".into(), bucket: b.into() }
+        Destination {
+            org: "o".into(),
+            bucket: b.into(),
+        }
     }
 
     fn point(dest_id: i64, n: usize) -> NewPoint {
-        NewPoint { dest_id, line: format!("m v={n}i {n}"), enqueued_ns: n as i64 }
+        NewPoint {
+            dest_id,
+            line: format!("m v={n}i {n}"),
+            enqueued_ns: n as i64,
+        }
     }
 
     #[tokio::test]
@@ -343,13 +424,26 @@ mod tests {
         let a = q.destination_id(dest("a")).await.expect("dest");
         let b = q.destination_id(dest("b")).await.expect("dest");
         assert_eq!(q.destination_id(dest("a")).await.expect("same"), a);
-        q.append((0..10).map(|n| point(a, n)).chain((0..3).map(|n| point(b, n))).collect()).await.expect("append");
+        q.append(
+            (0..10)
+                .map(|n| point(a, n))
+                .chain((0..3).map(|n| point(b, n)))
+                .collect(),
+        )
+        .await
+        .expect("append");
         let batch = q.lease(a, 4, usize::MAX).await.expect("lease");
-        assert_eq!(batch.iter().map(|l| l.line.as_str()).collect::<Vec<_>>()[0], "m v=0i 0");
+        assert_eq!(
+            batch.iter().map(|l| l.line.as_str()).collect::<Vec<_>>()[0],
+            "m v=0i 0"
+        );
         assert_eq!(batch.len(), 4);
         // Not deleted yet: leasing again yields the same batch (a failed send retries it).
         assert_eq!(q.lease(a, 4, usize::MAX).await.expect("again"), batch);
-        assert_eq!(q.delete(a, batch[0].id, batch[3].id).await.expect("delete"), 4);
+        assert_eq!(
+            q.delete(a, batch[0].id, batch[3].id).await.expect("delete"),
+            4
+        );
         q.close().await.expect("close");
         join.join().expect("thread");
 
@@ -367,7 +461,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal).expect("open");
         let a = q.destination_id(dest("a")).await.expect("dest");
-        q.append((0..5).map(|n| point(a, n)).collect()).await.expect("append");
+        q.append((0..5).map(|n| point(a, n)).collect())
+            .await
+            .expect("append");
         assert_eq!(q.lease(a, 100, 1).await.expect("lease").len(), 1);
         assert_eq!(q.lease(a, 100, 20).await.expect("lease").len(), 2);
     }
@@ -380,12 +476,98 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|t| {
                 let q = q.clone();
-                tokio::spawn(async move { q.append((0..50).map(|n| point(a, t * 50 + n)).collect()).await })
+                tokio::spawn(async move {
+                    q.append((0..50).map(|n| point(a, t * 50 + n)).collect())
+                        .await
+                })
             })
             .collect();
         for t in tasks {
             t.await.expect("join").expect("append");
         }
         assert_eq!(q.stats().await.expect("stats").points, 1000);
+    }
+}
+
+#[cfg(test)]
+mod model {
+    //! Model-based test: random appends, leases, acks and restarts against the real store and
+    //! a `VecDeque` per destination. No loss, no phantom rows, order kept.
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::queue::QueueHandle;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append {
+            dest: usize,
+            n: usize,
+        },
+        /// Lease up to `n` and acknowledge them (a delivered batch).
+        Deliver {
+            dest: usize,
+            n: usize,
+        },
+        /// Lease and do not acknowledge (a failed send): nothing may change.
+        Fail {
+            dest: usize,
+            n: usize,
+        },
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..2usize, 1..20usize).prop_map(|(dest, n)| Op::Append { dest, n }),
+            3 => (0..2usize, 1..15usize).prop_map(|(dest, n)| Op::Deliver { dest, n }),
+            1 => (0..2usize, 1..15usize).prop_map(|(dest, n)| Op::Fail { dest, n }),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn store_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async move {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let (mut q, _j) = QueueHandle::open(dir.path(), Synchronous::Normal).expect("open");
+                let mut ids = Vec::new();
+                for b in ["a", "b"] {
+                    ids.push(q.destination_id(Destination { org: String::new(), bucket: b.into() }).await.expect("dest"));
+                }
+                let mut model: Vec<VecDeque<String>> = vec![VecDeque::new(), VecDeque::new()];
+                let mut seq = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Append { dest, n } => {
+                            let lines: Vec<String> = (0..n).map(|_| { seq += 1; format!("m v={seq}i {seq}") }).collect();
+                            model[dest].extend(lines.iter().cloned());
+                            q.append(lines.into_iter().map(|line| NewPoint { dest_id: ids[dest], line, enqueued_ns: 0 }).collect()).await.expect("append");
+                        }
+                        Op::Deliver { dest, n } | Op::Fail { dest, n } => {
+                            let got = q.lease(ids[dest], n, usize::MAX).await.expect("lease");
+                            let want: Vec<String> = model[dest].iter().take(n).cloned().collect();
+                            assert_eq!(got.iter().map(|l| l.line.clone()).collect::<Vec<_>>(), want);
+                            if matches!(op, Op::Deliver { .. }) && !got.is_empty() {
+                                let k = q.delete(ids[dest], got[0].id, got[got.len() - 1].id).await.expect("delete");
+                                assert_eq!(k as usize, got.len());
+                                model[dest].drain(..got.len());
+                            }
+                        }
+                        Op::Restart => {
+                            q.close().await.expect("close");
+                            q = QueueHandle::open(dir.path(), Synchronous::Normal).expect("reopen").0;
+                        }
+                    }
+                }
+                let total: usize = model.iter().map(VecDeque::len).sum();
+                assert_eq!(q.stats().await.expect("stats").points as usize, total);
+            });
+        }
     }
 }

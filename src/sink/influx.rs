@@ -15,7 +15,10 @@ pub enum WriteOutcome {
     Written,
     /// Worth retrying as it is: network errors, timeouts, 5xx, 429. `after` is the server's
     /// `Retry-After`, to be waited at least.
-    Retry { after: Option<Duration>, why: String },
+    Retry {
+        after: Option<Duration>,
+        why: String,
+    },
     /// 413: the body is too large; split the batch.
     TooLarge,
     /// 401/403: the credentials are wrong; keep everything, back off, alert.
@@ -50,7 +53,9 @@ impl InfluxClient {
             InfluxApi::V2 => format!("{path}/api/v2/write"),
         });
         let auth = match (cfg.api, &cfg.token_file, &cfg.username) {
-            (InfluxApi::V2, Some(f), _) => Auth::Token(read_secret(f).map_err(|e| format!("influx.token_file: {e}"))?),
+            (InfluxApi::V2, Some(f), _) => {
+                Auth::Token(read_secret(f).map_err(|e| format!("influx.token_file: {e}"))?)
+            }
             (InfluxApi::V1, _, Some(user)) => Auth::Basic {
                 user: user.clone(),
                 password: match &cfg.password_file {
@@ -67,7 +72,13 @@ impl InfluxClient {
             .user_agent(concat!("heartguard-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Self { http, endpoint, api: cfg.api, auth, gzip: cfg.gzip })
+        Ok(Self {
+            http,
+            endpoint,
+            api: cfg.api,
+            auth,
+            gzip: cfg.gzip,
+        })
     }
 
     /// The URL a destination's batches are posted to (credentials are never in it).
@@ -118,7 +129,12 @@ impl InfluxClient {
         };
         let resp = match req.body(body).send().await {
             Ok(r) => r,
-            Err(e) => return WriteOutcome::Retry { after: None, why: describe(&e) },
+            Err(e) => {
+                return WriteOutcome::Retry {
+                    after: None,
+                    why: describe(&e),
+                };
+            }
         };
         let status = resp.status();
         let retry_after = resp
@@ -145,8 +161,14 @@ fn classify(status: StatusCode, retry_after: Option<Duration>, body: String) -> 
         200..=299 => WriteOutcome::Written,
         413 => WriteOutcome::TooLarge,
         401 | 403 => WriteOutcome::Auth { status: code, body },
-        429 | 500..=599 => WriteOutcome::Retry { after: retry_after, why: format!("HTTP {code}: {body}") },
-        408 => WriteOutcome::Retry { after: retry_after, why: "HTTP 408".into() },
+        429 | 500..=599 => WriteOutcome::Retry {
+            after: retry_after,
+            why: format!("HTTP {code}: {body}"),
+        },
+        408 => WriteOutcome::Retry {
+            after: retry_after,
+            why: "HTTP 408".into(),
+        },
         _ => WriteOutcome::Rejected { status: code, body },
     }
 }
@@ -159,11 +181,19 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     }
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let delta = when.signed_duration_since(chrono::Utc::now());
-    Some(delta.to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(24 * 3600)))
+    Some(
+        delta
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(24 * 3600)),
+    )
 }
 
 fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4 + 64), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
     enc.write_all(data)?;
     enc.finish()
 }
@@ -191,16 +221,32 @@ mod tests {
     use super::*;
 
     fn cfg(api: InfluxApi) -> Influx {
-        Influx { url: "http://127.0.0.1:8086/proxy/".into(), api, ..Influx::default() }
+        Influx {
+            url: "http://127.0.0.1:8086/proxy/".into(),
+            api,
+            ..Influx::default()
+        }
     }
 
     #[test]
     fn v1_maps_bucket_to_db_and_rp() {
         let c = InfluxClient::new(&cfg(InfluxApi::V1)).expect("client");
-        let d = Destination { org: "o".into(), bucket: "heartguard/30d".into() };
-        assert_eq!(c.url_for(&d).as_str(), "http://127.0.0.1:8086/proxy/write?db=heartguard&rp=30d&precision=ns");
-        let d = Destination { org: "o".into(), bucket: "heartguard vitals".into() };
-        assert_eq!(c.url_for(&d).as_str(), "http://127.0.0.1:8086/proxy/write?db=heartguard+vitals&precision=ns");
+        let d = Destination {
+            org: "o".into(),
+            bucket: "heartguard/30d".into(),
+        };
+        assert_eq!(
+            c.url_for(&d).as_str(),
+            "http://127.0.0.1:8086/proxy/write?db=heartguard&rp=30d&precision=ns"
+        );
+        let d = Destination {
+            org: "o".into(),
+            bucket: "heartguard vitals".into(),
+        };
+        assert_eq!(
+            c.url_for(&d).as_str(),
+            "http://127.0.0.1:8086/proxy/write?db=heartguard+vitals&precision=ns"
+        );
     }
 
     #[test]
@@ -208,8 +254,14 @@ mod tests {
         let mut c = cfg(InfluxApi::V2);
         c.url = "http://h:1".into();
         let c = InfluxClient::new(&c).expect("client");
-        let d = Destination { org: "heartguard".into(), bucket: "heartguard_vitals".into() };
-        assert_eq!(c.url_for(&d).as_str(), "http://h:1/api/v2/write?org=heartguard&bucket=heartguard_vitals&precision=ns");
+        let d = Destination {
+            org: "heartguard".into(),
+            bucket: "heartguard_vitals".into(),
+        };
+        assert_eq!(
+            c.url_for(&d).as_str(),
+            "http://h:1/api/v2/write?org=heartguard&bucket=heartguard_vitals&precision=ns"
+        );
     }
 
     #[test]
@@ -223,7 +275,10 @@ mod tests {
         assert!(matches!(c(503), WriteOutcome::Retry { .. }));
         assert!(matches!(c(429), WriteOutcome::Retry { .. }));
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

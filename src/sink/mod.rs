@@ -49,20 +49,24 @@ pub async fn run_sinks(
     let mut workers: HashMap<i64, Arc<Wake>> = HashMap::new();
     let mut names: HashMap<i64, Destination> = HashMap::new();
 
-    let spawn = |id: i64, dest: Destination, pending: u64, workers: &mut HashMap<i64, Arc<Wake>>| {
-        let wake = Arc::new(Wake { pending: AtomicU64::new(pending), notify: Notify::new() });
-        workers.insert(id, wake.clone());
-        let w = Worker {
-            id,
-            dest,
-            queue: queue.clone(),
-            client: client.clone(),
-            cfg: cfg.clone(),
-            counters: counters.clone(),
-            wake,
+    let spawn =
+        |id: i64, dest: Destination, pending: u64, workers: &mut HashMap<i64, Arc<Wake>>| {
+            let wake = Arc::new(Wake {
+                pending: AtomicU64::new(pending),
+                notify: Notify::new(),
+            });
+            workers.insert(id, wake.clone());
+            let w = Worker {
+                id,
+                dest,
+                queue: queue.clone(),
+                client: client.clone(),
+                cfg: cfg.clone(),
+                counters: counters.clone(),
+                wake,
+            };
+            tracker.spawn(w.run(shutdown.clone()));
         };
-        tracker.spawn(w.run(shutdown.clone()));
-    };
 
     match queue.destinations().await {
         Ok(list) => {
@@ -74,7 +78,9 @@ pub async fn run_sinks(
                 spawn(id, dest, pending, &mut workers);
             }
         }
-        Err(e) => error!(error = %e, "Could not list destinations; they start when new points arrive."),
+        Err(e) => {
+            error!(error = %e, "Could not list destinations; they start when new points arrive.")
+        }
     }
 
     loop {
@@ -94,7 +100,10 @@ pub async fn run_sinks(
                     names.extend(list.into_iter().map(|(i, d, _)| (i, d)));
                 }
                 let Some(dest) = names.get(&id).cloned() else {
-                    error!(dest_id = id, "Points for an unknown destination id; they wait in the queue.");
+                    error!(
+                        dest_id = id,
+                        "Points for an unknown destination id; they wait in the queue."
+                    );
                     continue;
                 };
                 spawn(id, dest, 0, &mut workers);
@@ -145,7 +154,11 @@ impl Worker {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                let rows = match self.queue.lease(self.id, max_lines, self.cfg.batch_max_bytes).await {
+                let rows = match self
+                    .queue
+                    .lease(self.id, max_lines, self.cfg.batch_max_bytes)
+                    .await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         error!(destination = %self.dest, error = %e, "Could not read the queue; retrying.");
@@ -155,7 +168,9 @@ impl Worker {
                         continue;
                     }
                 };
-                let (Some(first), Some(last)) = (rows.first().map(|r| r.id), rows.last().map(|r| r.id)) else {
+                let (Some(first), Some(last)) =
+                    (rows.first().map(|r| r.id), rows.last().map(|r| r.id))
+                else {
                     self.wake.pending.store(0, Relaxed);
                     break;
                 };
@@ -176,7 +191,10 @@ impl Worker {
                             error!(destination = %self.dest, error = %e, "Could not delete a delivered batch.");
                         }
                         self.counters.points_delivered.fetch_add(n as u64, Relaxed);
-                        let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n as u64)));
+                        let _ = self
+                            .wake
+                            .pending
+                            .fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n as u64)));
                         if failing {
                             info!(destination = %self.dest, "InfluxDB accepts writes again.");
                             failing = false;
