@@ -26,7 +26,7 @@ impl Backoff {
         self.attempts = 0;
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let step = self.current;
         self.current = (self.current * 2).min(self.max);
         self.attempts += 1;
@@ -41,7 +41,7 @@ mod tests {
     #[test]
     fn doubles_up_to_the_cap_with_jitter_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let steps: Vec<Duration> = (0..5).map(|_| b.next()).collect();
+        let steps: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
         for (s, full) in steps.iter().zip([100u64, 200, 400, 400, 400]) {
             assert!(
                 *s >= Duration::from_millis(full / 2) && *s <= Duration::from_millis(full),
@@ -49,6 +49,6 @@ mod tests {
             );
         }
         b.reset();
-        assert!(b.next() <= Duration::from_millis(100));
+        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

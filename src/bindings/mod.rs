@@ -82,7 +82,7 @@ impl Binding {
                 "measurement: must not start with '_' (reserved) or '#' (a comment line)".into(),
             );
         }
-        for (k, _) in &self.tags {
+        for k in self.tags.keys() {
             if k.is_empty() || k.starts_with('_') || k == "time" {
                 p.push(format!(
                     "tags.{k:?}: tag keys must be non-empty, not 'time', not start with '_'"

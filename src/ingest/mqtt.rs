@@ -139,7 +139,7 @@ impl MqttSource {
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
             }

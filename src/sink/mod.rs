@@ -162,7 +162,7 @@ impl Worker {
                     Ok(r) => r,
                     Err(e) => {
                         error!(destination = %self.dest, error = %e, "Could not read the queue; retrying.");
-                        if sleep_or_cancel(backoff.next(), &shutdown).await {
+                        if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
                             return;
                         }
                         continue;
@@ -212,12 +212,12 @@ impl Worker {
                         if n > 1 {
                             continue;
                         }
-                        backoff.next()
+                        backoff.next_delay()
                     }
                     WriteOutcome::Retry { after, why } => {
                         self.counters.write_failures.fetch_add(1, Relaxed);
-                        let step = backoff.next();
-                        if !failing || backoff.attempts % 10 == 0 {
+                        let step = backoff.next_delay();
+                        if !failing || backoff.attempts.is_multiple_of(10) {
                             warn!(destination = %self.dest, error = %why, waiting = n, attempt = backoff.attempts, "InfluxDB write failed; keeping the points and retrying.");
                         }
                         failing = true;
@@ -227,13 +227,13 @@ impl Worker {
                         self.counters.write_failures.fetch_add(1, Relaxed);
                         failing = true;
                         error!(destination = %self.dest, status, response = %body, "InfluxDB refused the credentials; keeping every point. Fix the token or password file.");
-                        backoff.next()
+                        backoff.next_delay()
                     }
                     WriteOutcome::Rejected { status, body } => {
                         self.counters.write_failures.fetch_add(1, Relaxed);
                         failing = true;
                         error!(destination = %self.dest, status, response = %body, "InfluxDB rejected the batch; keeping the points and retrying. Check the database/bucket exists.");
-                        backoff.next()
+                        backoff.next_delay()
                     }
                 };
                 if sleep_or_cancel(wait, &shutdown).await {
