@@ -168,14 +168,8 @@ impl Config {
     /// Parses TOML; unknown keys and wrong types are refused with the key named.
     pub fn parse(text: &str) -> Result<Config, Vec<ConfigProblem>> {
         toml::from_str(text).map_err(|e| {
-            let key = e
-                .span()
-                .map(|s| text[s].lines().next().unwrap_or("").to_owned())
-                .unwrap_or_default();
-            vec![ConfigProblem {
-                key: if key.is_empty() { "config".into() } else { key },
-                message: e.message().to_owned(),
-            }]
+            let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_else(|| "config".into());
+            vec![ConfigProblem { key, message: e.message().trim().to_owned() }]
         })
     }
 
@@ -288,10 +282,14 @@ impl Config {
             ("influx.password_file", &i.password_file),
             ("bindings.file", &self.bindings.file),
         ] {
-            if let Some(f) = file
-                && let Err(e) = std::fs::metadata(f)
-            {
-                bad(key, format!("{}: {e}", f.display()));
+            let Some(f) = file else { continue };
+            let check = if key == "bindings.file" {
+                std::fs::metadata(f).map(|_| ()).map_err(|e| format!("{}: {e}", f.display()))
+            } else {
+                read_secret(f).map(|_| ())
+            };
+            if let Err(e) = check {
+                bad(key, e);
             }
         }
         if p.is_empty() { Ok(()) } else { Err(p) }
@@ -302,6 +300,29 @@ impl Config {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("heartguard-gateway-{}", self.gateway.id))
+    }
+}
+
+/// The dotted key (`section.key`) at byte `offset` of a TOML text, for error messages.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    if line.starts_with('[') {
+        return line.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+    }
+    let key = line.split('=').next().unwrap_or("").trim().trim_matches('"');
+    match (section, key.is_empty()) {
+        (Some(s), false) => format!("{s}.{key}"),
+        (Some(s), true) => s,
+        (None, false) => key.to_owned(),
+        (None, true) => "config".into(),
     }
 }
 
@@ -424,6 +445,9 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::parse("[mqtt]\nurll = \"x\"\n").expect_err("unknown");
         assert!(e[0].message.contains("urll"), "{e:?}");
+        assert_eq!(e[0].key, "mqtt.urll");
+        let e = Config::parse("[gateway]\nid = \"a\"\n\n[influx]\nbatch_max_lines = -1\n").expect_err("type");
+        assert_eq!(e[0].key, "influx.batch_max_lines", "{e:?}");
     }
 
     #[test]

@@ -68,8 +68,14 @@ impl Counters {
             .filter(|(_, c)| c.load(Relaxed) > 0)
             .map(|(r, c)| format!("{}={}", r.as_str(), c.load(Relaxed)))
             .collect();
+        let unbound: Vec<String> = [Unbound::UnknownSerial, Unbound::NotCovered, Unbound::Ambiguous]
+            .iter()
+            .zip(&self.unbound)
+            .filter(|(_, c)| c.load(Relaxed) > 0)
+            .map(|(u, c)| format!("{}={}", u.as_str(), c.load(Relaxed)))
+            .collect();
         format!(
-            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} unknown_fields={} dropped_fields={} write_failures={}",
+            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={}",
             self.messages_received.load(Relaxed),
             self.readings_decoded.load(Relaxed),
             self.readings_queued.load(Relaxed),
@@ -77,6 +83,7 @@ impl Counters {
             self.rejected_total(),
             rejected.join(" "),
             self.unbound_total(),
+            unbound.join(" "),
             self.unknown_fields.load(Relaxed),
             self.dropped_fields.load(Relaxed),
             self.write_failures.load(Relaxed),

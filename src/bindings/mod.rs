@@ -31,7 +31,27 @@ pub const CORE_TAGS: [&str; 5] = [
 
 /// Tag keys that would carry personal data (the platform's old generator tagged
 /// `patient_name`); refused in any binding.
-pub const PERSONAL_TAGS: [&str; 4] = ["patient_name", "person_name", "name", "patient"];
+/// Compared without regard to case, `-` or `_`.
+pub const PERSONAL_TAGS: [&str; 12] = [
+    "patientname",
+    "personname",
+    "name",
+    "patient",
+    "firstname",
+    "lastname",
+    "fullname",
+    "surname",
+    "mrn",
+    "dob",
+    "birthdate",
+    "dateofbirth",
+];
+
+/// True when a tag key would carry personal data.
+pub fn is_personal_tag(key: &str) -> bool {
+    let norm: String = key.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect();
+    PERSONAL_TAGS.contains(&norm.as_str())
+}
 
 /// One binding, as exchanged in files and stored in the cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +108,7 @@ impl Binding {
                     "tags.{k:?}: tag keys must be non-empty, not 'time', not start with '_'"
                 ));
             }
-            if PERSONAL_TAGS.contains(&k.as_str()) {
+            if is_personal_tag(k) {
                 p.push(format!(
                     "tags.{k}: personal data must never be written to InfluxDB"
                 ));

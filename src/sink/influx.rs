@@ -148,7 +148,7 @@ impl InfluxClient {
 }
 
 fn classify(status: StatusCode, retry_after: Option<Duration>, body: String) -> WriteOutcome {
-    let mut body = body;
+    let mut body = body.trim().to_owned();
     if body.len() > MAX_BODY_IN_LOG {
         let mut cut = MAX_BODY_IN_LOG;
         while !body.is_char_boundary(cut) {
