@@ -42,17 +42,9 @@ pub enum StartError {
 /// Runs the gateway until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let counters = Arc::new(Counters::default());
-    let (queue, store_thread) = QueueHandle::open(&cfg.gateway.data_dir, cfg.queue.synchronous)
-        .map_err(|e| {
-            StartError::Runtime(format!(
-                "opening the queue in {}: {e}",
-                cfg.gateway.data_dir.display()
-            ))
-        })?;
-    let stats = queue
-        .stats()
-        .await
-        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    let (queue, store_thread) = QueueHandle::open(&cfg.gateway.data_dir, cfg.queue.synchronous, cfg.queue.limits())
+        .map_err(|e| StartError::Runtime(format!("opening the queue in {}: {e}", cfg.gateway.data_dir.display())))?;
+    let stats = queue.stats().await.map_err(|e| StartError::Runtime(e.to_string()))?;
     info!(data_dir = %cfg.gateway.data_dir.display(), waiting = stats.points, "Queue opened.");
 
     let table = bindings::load_table(cfg.bindings.file.as_deref(), &queue)
@@ -93,8 +85,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             done.cancel();
         })
     };
-    let source =
-        mqtt.map(|m| tokio::spawn(m.run(env_tx.clone(), ingest_stop.clone(), intake_done.clone())));
+    let source = mqtt.map(|m| tokio::spawn(m.run(env_tx.clone(), ingest_stop.clone(), intake_done.clone())));
     drop(env_tx);
 
     let summary = {

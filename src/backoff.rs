@@ -13,12 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            current: initial,
-            attempts: 0,
-        }
+        Self { initial, max, current: initial, attempts: 0 }
     }
 
     pub fn reset(&mut self) {
@@ -43,10 +38,7 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
         let steps: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
         for (s, full) in steps.iter().zip([100u64, 200, 400, 400, 400]) {
-            assert!(
-                *s >= Duration::from_millis(full / 2) && *s <= Duration::from_millis(full),
-                "{s:?} vs {full}"
-            );
+            assert!(*s >= Duration::from_millis(full / 2) && *s <= Duration::from_millis(full), "{s:?} vs {full}");
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::Synchronous;
+use crate::queue::{FullPolicy, Limits, Synchronous};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,11 +32,7 @@ pub struct Gateway {
 
 impl Default for Gateway {
     fn default() -> Self {
-        Self {
-            id: "gateway".into(),
-            data_dir: "/var/lib/heartguard-gateway".into(),
-            shutdown_grace_ms: 10_000,
-        }
+        Self { id: "gateway".into(), data_dir: "/var/lib/heartguard-gateway".into(), shutdown_grace_ms: 10_000 }
     }
 }
 
@@ -76,8 +72,12 @@ impl Default for Mqtt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InfluxApi {
+    /// InfluxDB 1.x: `/write?db=&rp=`, user/password.
     V1,
+    /// InfluxDB 2.x (and 1.8+/3.x compatibility): `/api/v2/write?org=&bucket=`, token.
     V2,
+    /// InfluxDB 3.x: `/api/v3/write_lp?db=`, token; lists rejected lines on a partial write.
+    V3,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,10 +118,38 @@ impl Default for Influx {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Queue {
+    /// `full` (every commit survives power loss) or `normal` (faster on slow storage; the
+    /// last commits may be lost on power loss, never on a process crash).
     pub synchronous: Synchronous,
+    /// Most bytes of line protocol waiting (about the disk space they take). The default
+    /// suits a small eMMC card: about 1.5 million readings.
+    pub max_bytes: u64,
+    /// When `max_bytes` is reached: `drop_oldest` (counted and logged) or `backpressure`
+    /// (stop acknowledging MQTT so the broker holds the data).
+    pub full_policy: FullPolicy,
+    /// Intake stops, whatever the policy, when less than this is free on the data
+    /// directory's filesystem, so the disk never fills up.
+    pub min_free_bytes: u64,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            max_bytes: 512 * 1024 * 1024,
+            full_policy: FullPolicy::DropOldest,
+            min_free_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Queue {
+    pub fn limits(&self) -> Limits {
+        Limits { max_bytes: self.max_bytes, policy: self.full_policy, min_free_bytes: self.min_free_bytes }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -154,12 +182,8 @@ pub struct BrokerAddr {
 impl Config {
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigProblem>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigProblem {
-                key: path.display().to_string(),
-                message: e.to_string(),
-            }]
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![ConfigProblem { key: path.display().to_string(), message: e.to_string() }])?;
         let cfg = Self::parse(&text)?;
         cfg.validate()?;
         Ok(cfg)
@@ -176,25 +200,11 @@ impl Config {
     /// Every problem in the configuration, each naming its key.
     pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
         let mut p = Vec::new();
-        let mut bad = |key: &str, message: String| {
-            p.push(ConfigProblem {
-                key: key.into(),
-                message,
-            })
-        };
+        let mut bad = |key: &str, message: String| p.push(ConfigProblem { key: key.into(), message });
 
         let g = &self.gateway;
-        if g.id.is_empty()
-            || g.id.len() > 64
-            || !g
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            bad(
-                "gateway.id",
-                "1 to 64 characters: letters, digits, '-', '_', '.'".into(),
-            );
+        if g.id.is_empty() || g.id.len() > 64 || !g.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            bad("gateway.id", "1 to 64 characters: letters, digits, '-', '_', '.'".into());
         }
         if g.data_dir.as_os_str().is_empty() {
             bad("gateway.data_dir", "must not be empty".into());
@@ -219,7 +229,10 @@ impl Config {
             if let Some(id) = &m.client_id
                 && (id.is_empty() || id.len() > 23 * 4 || id.contains(['+', '#', '/']))
             {
-                bad("mqtt.client_id", "must be non-empty (the persistent session needs a fixed id), without '+', '#', '/'".into());
+                bad(
+                    "mqtt.client_id",
+                    "must be non-empty (the persistent session needs a fixed id), without '+', '#', '/'".into(),
+                );
             }
             if m.password_file.is_some() && m.username.is_none() {
                 bad("mqtt.password_file", "needs mqtt.username".into());
@@ -235,20 +248,16 @@ impl Config {
         let i = &self.influx;
         match reqwest::Url::parse(&i.url) {
             Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
-            Ok(u) if u.scheme() == "https" => bad(
-                "influx.url",
-                "https:// is not supported yet; use http:// on a trusted link".into(),
-            ),
+            Ok(u) if u.scheme() == "https" => {
+                bad("influx.url", "https:// is not supported yet; use http:// on a trusted link".into())
+            }
             _ => bad("influx.url", format!("{:?} is not an http:// URL", i.url)),
         }
         match i.api {
-            InfluxApi::V2 if i.token_file.is_none() => {
-                bad("influx.token_file", "required for api = \"v2\"".into())
+            InfluxApi::V2 if i.token_file.is_none() => bad("influx.token_file", "required for api = \"v2\"".into()),
+            InfluxApi::V1 if i.token_file.is_some() => {
+                bad("influx.token_file", "only for api = \"v2\" (v1 uses username/password_file)".into())
             }
-            InfluxApi::V1 if i.token_file.is_some() => bad(
-                "influx.token_file",
-                "only for api = \"v2\" (v1 uses username/password_file)".into(),
-            ),
             _ => {}
         }
         if i.password_file.is_some() && i.username.is_none() {
@@ -258,10 +267,7 @@ impl Config {
             bad("influx.batch_max_lines", "between 1 and 100000".into());
         }
         if !(1024..=25_000_000).contains(&i.batch_max_bytes) {
-            bad(
-                "influx.batch_max_bytes",
-                "between 1024 and 25000000 (InfluxDB 1.x refuses larger bodies)".into(),
-            );
+            bad("influx.batch_max_bytes", "between 1024 and 25000000 (InfluxDB 1.x refuses larger bodies)".into());
         }
         if !(10..=3_600_000).contains(&i.flush_interval_ms) {
             bad("influx.flush_interval_ms", "between 10 and 3600000".into());
@@ -270,10 +276,11 @@ impl Config {
             bad("influx.request_timeout_ms", "at least 100".into());
         }
         if i.retry_initial_ms == 0 || i.retry_max_ms < i.retry_initial_ms {
-            bad(
-                "influx.retry_max_ms",
-                "retry_initial_ms must be > 0 and <= retry_max_ms".into(),
-            );
+            bad("influx.retry_max_ms", "retry_initial_ms must be > 0 and <= retry_max_ms".into());
+        }
+
+        if self.queue.max_bytes < 64 * 1024 {
+            bad("queue.max_bytes", "at least 65536".into());
         }
 
         for (key, file) in [
@@ -296,10 +303,7 @@ impl Config {
     }
 
     pub fn mqtt_client_id(&self) -> String {
-        self.mqtt
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("heartguard-gateway-{}", self.gateway.id))
+        self.mqtt.client_id.clone().unwrap_or_else(|| format!("heartguard-gateway-{}", self.gateway.id))
     }
 }
 
@@ -337,21 +341,16 @@ pub fn broker_addr(url: &str) -> Result<BrokerAddr, String> {
     })?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| format!("{p:?} is not a port number"))?,
-        ),
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h, p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))?)
+        }
         _ => (rest, 1883),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains('/') {
         return Err(format!("{url:?} has no host"));
     }
-    Ok(BrokerAddr {
-        host: host.to_owned(),
-        port,
-    })
+    Ok(BrokerAddr { host: host.to_owned(), port })
 }
 
 /// A configured topic filter: what to subscribe to and where the serial sits.
@@ -381,15 +380,8 @@ impl TopicPattern {
                 _ => {}
             }
         }
-        let filter = levels
-            .iter()
-            .map(|l| if *l == "{serial}" { "+" } else { l })
-            .collect::<Vec<_>>()
-            .join("/");
-        Ok(Self {
-            filter,
-            serial_level,
-        })
+        let filter = levels.iter().map(|l| if *l == "{serial}" { "+" } else { l }).collect::<Vec<_>>().join("/");
+        Ok(Self { filter, serial_level })
     }
 
     /// The serial named by `topic`, when this pattern matches it and has a `{serial}` level.
@@ -419,11 +411,7 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 /// Reads a secret file, trimming one trailing newline. Refuses an empty secret.
 pub fn read_secret(path: &Path) -> Result<String, String> {
     let s = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let s = s
-        .strip_suffix('\n')
-        .map(|s| s.strip_suffix('\r').unwrap_or(s))
-        .unwrap_or(&s)
-        .to_owned();
+    let s = s.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&s).to_owned();
     if s.is_empty() {
         return Err(format!("{}: empty", path.display()));
     }
@@ -436,9 +424,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        Config::default()
-            .validate()
-            .expect("embedded defaults validate");
+        Config::default().validate().expect("embedded defaults validate");
     }
 
     #[test]
@@ -465,22 +451,8 @@ batch_max_lines = 0
 "#,
         )
         .expect("parses");
-        let keys: Vec<String> = cfg
-            .validate()
-            .expect_err("invalid")
-            .into_iter()
-            .map(|p| p.key)
-            .collect();
-        assert_eq!(
-            keys,
-            [
-                "gateway.id",
-                "mqtt.url",
-                "mqtt.topics[0]",
-                "influx.token_file",
-                "influx.batch_max_lines"
-            ]
-        );
+        let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["gateway.id", "mqtt.url", "mqtt.topics[0]", "influx.token_file", "influx.batch_max_lines"]);
     }
 
     #[test]
@@ -495,13 +467,7 @@ batch_max_lines = 0
 
     #[test]
     fn broker_urls() {
-        assert_eq!(
-            broker_addr("mqtt://127.0.0.1:1884"),
-            Ok(BrokerAddr {
-                host: "127.0.0.1".into(),
-                port: 1884
-            })
-        );
+        assert_eq!(broker_addr("mqtt://127.0.0.1:1884"), Ok(BrokerAddr { host: "127.0.0.1".into(), port: 1884 }));
         assert_eq!(broker_addr("mqtt://broker").map(|b| b.port), Ok(1883));
         assert!(broker_addr("http://x").is_err() && broker_addr("mqtt://:1").is_err());
     }

@@ -25,61 +25,17 @@ pub struct FieldSpec {
 
 /// Every field the gateway can write. Kept sorted by name so encoded points are stable.
 pub const CANONICAL: &[FieldSpec] = &[
-    FieldSpec {
-        name: "diastolic_bp",
-        kind: FieldKind::Int,
-        unit: "mmHg",
-    },
-    FieldSpec {
-        name: "gps_latitude",
-        kind: FieldKind::Float,
-        unit: "degrees",
-    },
-    FieldSpec {
-        name: "gps_longitude",
-        kind: FieldKind::Float,
-        unit: "degrees",
-    },
-    FieldSpec {
-        name: "heart_rate",
-        kind: FieldKind::Int,
-        unit: "/min",
-    },
-    FieldSpec {
-        name: "mean_bp",
-        kind: FieldKind::Int,
-        unit: "mmHg",
-    },
-    FieldSpec {
-        name: "perfusion_index",
-        kind: FieldKind::Float,
-        unit: "%",
-    },
-    FieldSpec {
-        name: "pulse_rate",
-        kind: FieldKind::Int,
-        unit: "/min",
-    },
-    FieldSpec {
-        name: "resp_rate",
-        kind: FieldKind::Int,
-        unit: "/min",
-    },
-    FieldSpec {
-        name: "spo2",
-        kind: FieldKind::Int,
-        unit: "%",
-    },
-    FieldSpec {
-        name: "systolic_bp",
-        kind: FieldKind::Int,
-        unit: "mmHg",
-    },
-    FieldSpec {
-        name: "temperature",
-        kind: FieldKind::Float,
-        unit: "°C",
-    },
+    FieldSpec { name: "diastolic_bp", kind: FieldKind::Int, unit: "mmHg" },
+    FieldSpec { name: "gps_latitude", kind: FieldKind::Float, unit: "degrees" },
+    FieldSpec { name: "gps_longitude", kind: FieldKind::Float, unit: "degrees" },
+    FieldSpec { name: "heart_rate", kind: FieldKind::Int, unit: "/min" },
+    FieldSpec { name: "mean_bp", kind: FieldKind::Int, unit: "mmHg" },
+    FieldSpec { name: "perfusion_index", kind: FieldKind::Float, unit: "%" },
+    FieldSpec { name: "pulse_rate", kind: FieldKind::Int, unit: "/min" },
+    FieldSpec { name: "resp_rate", kind: FieldKind::Int, unit: "/min" },
+    FieldSpec { name: "spo2", kind: FieldKind::Int, unit: "%" },
+    FieldSpec { name: "systolic_bp", kind: FieldKind::Int, unit: "mmHg" },
+    FieldSpec { name: "temperature", kind: FieldKind::Float, unit: "°C" },
 ];
 
 /// Legacy names from older HeartGuard services and common device spellings → canonical name.
@@ -95,11 +51,7 @@ pub const ALIASES: &[(&str, &str)] = &[
 
 /// Looks a payload key up: a canonical name or an alias.
 pub fn lookup(name: &str) -> Option<&'static FieldSpec> {
-    let canonical = ALIASES
-        .iter()
-        .find(|(alias, _)| *alias == name)
-        .map(|(_, c)| *c)
-        .unwrap_or(name);
+    let canonical = ALIASES.iter().find(|(alias, _)| *alias == name).map(|(_, c)| *c).unwrap_or(name);
     CANONICAL.iter().find(|f| f.name == canonical)
 }
 
@@ -110,12 +62,7 @@ mod tests {
     #[test]
     fn table_is_sorted_and_unique() {
         for pair in CANONICAL.windows(2) {
-            assert!(
-                pair[0].name < pair[1].name,
-                "{} / {}",
-                pair[0].name,
-                pair[1].name
-            );
+            assert!(pair[0].name < pair[1].name, "{} / {}", pair[0].name, pair[1].name);
         }
     }
 
@@ -123,10 +70,7 @@ mod tests {
     fn every_alias_points_at_a_canonical_field_and_shadows_none() {
         for (alias, target) in ALIASES {
             assert!(lookup(alias).is_some_and(|f| f.name == *target), "{alias}");
-            assert!(
-                CANONICAL.iter().all(|f| f.name != *alias),
-                "{alias} shadows a field"
-            );
+            assert!(CANONICAL.iter().all(|f| f.name != *alias), "{alias} shadows a field");
         }
     }
 

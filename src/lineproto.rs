@@ -8,11 +8,12 @@
 //! - Backslashes are written as they are. InfluxDB 1.x/2.x treat a separator right after a
 //!   backslash as escaped and never unescape `\\`, so a backslash in the middle of a value
 //!   arrives intact.
-//! - **The one rule for what line protocol cannot carry:** a carriage return or line feed
-//!   becomes a space (a raw newline would split the point in two), and a name or tag value
-//!   that ends in a backslash gets its last backslash written as `/` (a trailing backslash
-//!   would escape the separator after it, and the server rejects the line). Nothing else is
-//!   changed, no line is ever broken, no point is ever lost to this.
+//! - **The one rule for what line protocol cannot carry:** a line break or other control
+//!   character (tab excepted) becomes a space (a raw newline would split the point in two),
+//!   and a tag key or value that ends in a backslash gets its last backslash written as `/`
+//!   (a trailing backslash would escape the separator after it, and the server rejects the
+//!   line). In a measurement name every backslash is written as `/`. Nothing else is changed,
+//!   no line is ever broken, no point is ever lost to this.
 //! - integers carry `i`; floats are finite and always written with a decimal point.
 
 use crate::model::FieldValue;
@@ -20,16 +21,22 @@ use crate::model::FieldValue;
 const MEASUREMENT_SPECIALS: &[char] = &[',', ' '];
 const TAG_SPECIALS: &[char] = &[',', '=', ' '];
 
-/// Applies the one rule for what line protocol cannot carry (module docs): CR/LF → space, a
-/// trailing backslash → `/`. This is exactly what a reader gets back for `s`.
+/// True for the characters line protocol cannot carry in any name or value: line breaks
+/// (a raw one splits the point in two) and other control characters (InfluxDB 1.x echoes a
+/// rejected line into a response header, where a control character makes the answer
+/// unreadable). Tab is carried as it is.
+fn uncarriable(c: char) -> bool {
+    c.is_control() && c != '\t'
+}
+
+/// Applies the one rule for what line protocol cannot carry (module docs) to a tag key, tag
+/// value or field key: control characters other than tab → space, a trailing backslash → `/`.
+/// This is exactly what a reader gets back for `s`.
 pub fn carried(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains(['\n', '\r']) && !s.ends_with('\\') {
+    if !s.contains(uncarriable) && !s.ends_with('\\') {
         return std::borrow::Cow::Borrowed(s);
     }
-    let mut out: String = s
-        .chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .collect();
+    let mut out: String = s.chars().map(|c| if uncarriable(c) { ' ' } else { c }).collect();
     if out.ends_with('\\') {
         out.pop();
         out.push('/');
@@ -37,8 +44,29 @@ pub fn carried(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// The rule for measurement names: as [`carried`], and every backslash becomes `/` (InfluxDB
+/// 1.x unescapes measurement names differently from tags, so no backslash survives reliably).
+pub fn carried_measurement(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(uncarriable) && !s.contains('\\') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if uncarriable(c) {
+                    ' '
+                } else if c == '\\' {
+                    '/'
+                } else {
+                    c
+                }
+            })
+            .collect(),
+    )
+}
+
 fn push_escaped(out: &mut String, s: &str, specials: &[char]) {
-    for c in carried(s).chars() {
+    for c in s.chars() {
         if specials.contains(&c) {
             out.push('\\');
         }
@@ -48,25 +76,18 @@ fn push_escaped(out: &mut String, s: &str, specials: &[char]) {
 
 /// Appends an escaped measurement name.
 pub fn push_measurement(out: &mut String, s: &str) {
-    push_escaped(out, s, MEASUREMENT_SPECIALS);
+    push_escaped(out, &carried_measurement(s), MEASUREMENT_SPECIALS);
 }
 
 /// Appends an escaped tag key, tag value or field key.
 pub fn push_key(out: &mut String, s: &str) {
-    push_escaped(out, s, TAG_SPECIALS);
+    push_escaped(out, &carried(s), TAG_SPECIALS);
 }
 
 /// The series part of a line (`measurement,k=v,…`), built once per binding so that encoding a
 /// point is a copy plus the fields. `tags` need not be sorted; empty values are skipped.
-pub fn series_prefix<'a>(
-    measurement: &str,
-    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> String {
-    let mut tags: Vec<_> = tags
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (carried(k), v))
-        .collect();
+pub fn series_prefix<'a>(measurement: &str, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut tags: Vec<_> = tags.into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (carried(k), v)).collect();
     // InfluxDB sorts by the key it reads back, so sort by the carried key.
     tags.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let mut out = String::with_capacity(64 + tags.len() * 48);
@@ -128,7 +149,10 @@ pub(crate) mod tests {
     /// A reference reader with InfluxDB 1.x/2.x semantics (`models/points.go`): a separator
     /// is escaped when the byte before it is a backslash, and only `\,` `\=` `\ ` (tags) or
     /// `\,` `\ ` (measurement) are unescaped. Returns (measurement, tags, rest).
-    pub(crate) fn parse_series(line: &str) -> Option<(String, Vec<(String, String)>, String)> {
+    /// (measurement, tags, rest of the line)
+    type Series = (String, Vec<(String, String)>, String);
+
+    pub(crate) fn parse_series(line: &str) -> Option<Series> {
         let b = line.as_bytes();
         let split = |from: usize, stops: &[u8]| -> usize {
             let mut i = from;
@@ -160,10 +184,7 @@ pub(crate) mod tests {
             if v_end < b.len() && b[v_end] == b'=' {
                 return None;
             }
-            tags.push((
-                unescape(&line[i + 1..k_end], TAG_SPECIALS),
-                unescape(&line[k_end + 1..v_end], TAG_SPECIALS),
-            ));
+            tags.push((unescape(&line[i + 1..k_end], TAG_SPECIALS), unescape(&line[k_end + 1..v_end], TAG_SPECIALS)));
             i = v_end;
         }
         if i >= b.len() || b[i] != b' ' {
@@ -176,21 +197,13 @@ pub(crate) mod tests {
     fn encodes_the_design_example() {
         let prefix = series_prefix(
             "vital_signs",
-            [
-                ("stream_id", "s-789"),
-                ("patient_id", "p-456"),
-                ("location", "ICU-5"),
-                ("empty", ""),
-            ],
+            [("stream_id", "s-789"), ("patient_id", "p-456"), ("location", "ICU-5"), ("empty", "")],
         );
         let mut line = String::new();
         encode_line(
             &mut line,
             &prefix,
-            [
-                ("heart_rate", FieldValue::Int(72)),
-                ("temperature", FieldValue::Float(36.0)),
-            ],
+            [("heart_rate", FieldValue::Int(72)), ("temperature", FieldValue::Float(36.0))],
             1_700_000_000_000_000_000,
         );
         assert_eq!(
@@ -201,18 +214,9 @@ pub(crate) mod tests {
 
     #[test]
     fn escapes_specials_and_applies_the_rule() {
-        let p = series_prefix(
-            "vital signs,x",
-            [
-                ("location", "Ward 3, bed=7"),
-                ("path", "C:\\dir\\"),
-                ("note", "a\nb"),
-            ],
-        );
-        assert_eq!(
-            p,
-            "vital\\ signs\\,x,location=Ward\\ 3\\,\\ bed\\=7,note=a\\ b,path=C:\\dir/"
-        );
+        let p =
+            series_prefix("vital signs,x", [("location", "Ward 3, bed=7"), ("path", "C:\\dir\\"), ("note", "a\nb")]);
+        assert_eq!(p, "vital\\ signs\\,x,location=Ward\\ 3\\,\\ bed\\=7,note=a\\ b,path=C:\\dir/");
     }
 
     #[test]
@@ -241,7 +245,7 @@ pub(crate) mod tests {
             encode_line(&mut line, &prefix, [("heart_rate", FieldValue::Int(1))], 1);
             prop_assert!(!line.contains('\n') && !line.contains('\r'));
             let (pm, ptags, rest) = parse_series(&line).expect("parses");
-            prop_assert_eq!(pm, carried(&m).into_owned());
+            prop_assert_eq!(pm, carried_measurement(&m).into_owned());
             let expected: Vec<(String, String)> = {
                 let mut e: Vec<_> = tags.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (carried(k).into_owned(), carried(v).into_owned())).collect();
                 e.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));

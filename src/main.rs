@@ -78,9 +78,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    ExitCode::SUCCESS
-                }
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
                 _ => ExitCode::from(EX_USAGE),
             };
         }
@@ -89,21 +87,16 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config.as_deref()),
         Command::CheckConfig { config } => check_config(&config),
         Command::DefaultConfig => {
-            print!(
-                "{}",
-                toml::to_string_pretty(&Config::default()).unwrap_or_default()
-            );
+            print!("{}", toml::to_string_pretty(&Config::default()).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Command::Queue {
-            what: QueueCmd::Stats { config },
-        } => with_config(config.as_deref(), queue_stats),
-        Command::Bindings {
-            what: BindingsCmd::List { config },
-        } => with_config(config.as_deref(), |c| bindings(c, None)),
-        Command::Bindings {
-            what: BindingsCmd::Show { serial, config },
-        } => with_config(config.as_deref(), |c| bindings(c, Some(&serial))),
+        Command::Queue { what: QueueCmd::Stats { config } } => with_config(config.as_deref(), queue_stats),
+        Command::Bindings { what: BindingsCmd::List { config } } => {
+            with_config(config.as_deref(), |c| bindings(c, None))
+        }
+        Command::Bindings { what: BindingsCmd::Show { serial, config } } => {
+            with_config(config.as_deref(), |c| bindings(c, Some(&serial)))
+        }
     }
 }
 
@@ -144,10 +137,7 @@ fn run(path: Option<&Path>) -> ExitCode {
             "No --config given: running on the embedded defaults (see `heartguard-gateway default-config`)."
         );
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "Cannot start the async runtime.");
@@ -170,10 +160,7 @@ fn run(path: Option<&Path>) -> ExitCode {
 /// SIGTERM (systemd) or SIGINT (a terminal), whichever comes first.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("Cannot install signal handlers; stop with SIGKILL (nothing is lost).");
         return std::future::pending().await;
     };
@@ -207,8 +194,7 @@ fn check_config(path: &Path) -> ExitCode {
 
 fn queue_stats(cfg: &Config) -> Result<(), String> {
     let conn = store::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
-    let s = store::stats(&conn, &cfg.gateway.data_dir.join(store::DB_FILE))
-        .map_err(|e| e.to_string())?;
+    let s = store::stats(&conn, &cfg.gateway.data_dir.join(store::DB_FILE)).map_err(|e| e.to_string())?;
     println!("points waiting: {}", s.points);
     println!("bytes waiting:  {}", s.bytes);
     println!("database size:  {} bytes (with WAL)", s.db_file_bytes);
@@ -224,17 +210,13 @@ fn queue_stats(cfg: &Config) -> Result<(), String> {
 
 fn bindings(cfg: &Config, serial: Option<&str>) -> Result<(), String> {
     let conn = store::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
-    let Some((list, source, version)) = store::load_bindings(&conn).map_err(|e| e.to_string())?
-    else {
+    let Some((list, source, version)) = store::load_bindings(&conn).map_err(|e| e.to_string())? else {
         println!("no bindings cached yet");
         return Ok(());
     };
     match serial {
         None => {
-            println!(
-                "source: {source}  version: {version}  bindings: {}",
-                list.len()
-            );
+            println!("source: {source}  version: {version}  bindings: {}", list.len());
             for b in &list {
                 println!(
                     "{}\tstream {}\tpatient {}\t{}\t{}/{}\t{}",
@@ -244,11 +226,7 @@ fn bindings(cfg: &Config, serial: Option<&str>) -> Result<(), String> {
                     b.signal_type,
                     b.influx_bucket,
                     b.measurement,
-                    if b.ended_at.is_some() {
-                        "ended"
-                    } else {
-                        "active"
-                    }
+                    if b.ended_at.is_some() { "ended" } else { "active" }
                 );
             }
         }

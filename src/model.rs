@@ -33,9 +33,7 @@ pub const MAX_SERIAL_LEN: usize = 80;
 pub fn valid_serial(s: &str) -> bool {
     !s.is_empty()
         && s.chars().count() <= MAX_SERIAL_LEN
-        && !s
-            .chars()
-            .any(|c| c.is_control() || matches!(c, '/' | '+' | '#'))
+        && !s.chars().any(|c| c.is_control() || matches!(c, '/' | '+' | '#'))
 }
 
 /// Shortens untrusted text before it goes into a log line.

@@ -40,10 +40,7 @@ pub fn resolve<'a>(table: &'a BindingTable, r: &Reading) -> Result<&'a Compiled,
         if !c.binding.covers(r.ts_ns) {
             continue;
         }
-        if r.signal_type
-            .as_deref()
-            .is_some_and(|t| t != c.binding.signal_type)
-        {
+        if r.signal_type.as_deref().is_some_and(|t| t != c.binding.signal_type) {
             continue;
         }
         if found.is_some() {
@@ -56,12 +53,7 @@ pub fn resolve<'a>(table: &'a BindingTable, r: &Reading) -> Result<&'a Compiled,
 
 /// Appends the line for `r` under binding `c` (no trailing newline).
 pub fn encode(c: &Compiled, r: &Reading, out: &mut String) {
-    lineproto::encode_line(
-        out,
-        &c.prefix,
-        r.fields.iter().map(|(s, v)| (s.name, *v)),
-        r.ts_ns,
-    );
+    lineproto::encode_line(out, &c.prefix, r.fields.iter().map(|(s, v)| (s.name, *v)), r.ts_ns);
 }
 
 #[cfg(test)]
@@ -72,11 +64,7 @@ mod tests {
     use crate::model::FieldValue;
 
     fn compiled(b: Binding) -> Compiled {
-        Compiled {
-            prefix: b.series_prefix(),
-            binding: b,
-            dest_id: 1,
-        }
+        Compiled { prefix: b.series_prefix(), binding: b, dest_id: 1 }
     }
 
     fn binding(stream: &str, signal: &str, start: Option<i64>, end: Option<i64>) -> Binding {
@@ -115,18 +103,9 @@ mod tests {
             "test".into(),
             "1".into(),
         );
-        assert_eq!(
-            resolve(&t, &reading(99, None)).map(|c| c.binding.stream_id.as_str()),
-            Ok("old")
-        );
-        assert_eq!(
-            resolve(&t, &reading(100, None)).map(|c| c.binding.stream_id.as_str()),
-            Ok("new")
-        );
-        assert_eq!(
-            resolve(&t, &reading(-1, None)).err(),
-            Some(Unbound::NotCovered)
-        );
+        assert_eq!(resolve(&t, &reading(99, None)).map(|c| c.binding.stream_id.as_str()), Ok("old"));
+        assert_eq!(resolve(&t, &reading(100, None)).map(|c| c.binding.stream_id.as_str()), Ok("new"));
+        assert_eq!(resolve(&t, &reading(-1, None)).err(), Some(Unbound::NotCovered));
         let mut other = reading(5, None);
         other.serial = "OTHER".into();
         assert_eq!(resolve(&t, &other).err(), Some(Unbound::UnknownSerial));
@@ -135,25 +114,13 @@ mod tests {
     #[test]
     fn several_signal_types_route_by_type_and_never_guess() {
         let t = BindingTable::new(
-            vec![
-                compiled(binding("a", "spo2", None, None)),
-                compiled(binding("b", "ecg", None, None)),
-            ],
+            vec![compiled(binding("a", "spo2", None, None)), compiled(binding("b", "ecg", None, None))],
             "test".into(),
             "1".into(),
         );
-        assert_eq!(
-            resolve(&t, &reading(5, Some("ecg"))).map(|c| c.binding.stream_id.as_str()),
-            Ok("b")
-        );
-        assert_eq!(
-            resolve(&t, &reading(5, None)).err(),
-            Some(Unbound::Ambiguous)
-        );
-        assert_eq!(
-            resolve(&t, &reading(5, Some("x"))).err(),
-            Some(Unbound::NotCovered)
-        );
+        assert_eq!(resolve(&t, &reading(5, Some("ecg"))).map(|c| c.binding.stream_id.as_str()), Ok("b"));
+        assert_eq!(resolve(&t, &reading(5, None)).err(), Some(Unbound::Ambiguous));
+        assert_eq!(resolve(&t, &reading(5, Some("x"))).err(), Some(Unbound::NotCovered));
     }
 
     #[test]

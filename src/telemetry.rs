@@ -15,10 +15,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(
-            std::env::var_os("NO_COLOR").is_none()
-                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        )
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -35,6 +32,7 @@ pub struct Counters {
     pub unbound: [AtomicU64; 3],
     pub points_delivered: AtomicU64,
     pub write_failures: AtomicU64,
+    pub dead_lettered: AtomicU64,
 }
 
 impl Counters {
@@ -75,7 +73,7 @@ impl Counters {
             .map(|(u, c)| format!("{}={}", u.as_str(), c.load(Relaxed)))
             .collect();
         format!(
-            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={}",
+            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={} dead_lettered={}",
             self.messages_received.load(Relaxed),
             self.readings_decoded.load(Relaxed),
             self.readings_queued.load(Relaxed),
@@ -87,6 +85,7 @@ impl Counters {
             self.unknown_fields.load(Relaxed),
             self.dropped_fields.load(Relaxed),
             self.write_failures.load(Relaxed),
+            self.dead_lettered.load(Relaxed),
         )
     }
 }

@@ -17,13 +17,8 @@ pub struct BindingsFile {
 /// Reads and validates a bindings file. Every problem is reported, each with the binding's
 /// position and serial, so one pass fixes the file.
 pub fn load(path: &Path) -> Result<Vec<Binding>, Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-    parse(&text).map_err(|p| {
-        p.into_iter()
-            .map(|m| format!("{}: {m}", path.display()))
-            .collect()
-    })
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    parse(&text).map_err(|p| p.into_iter().map(|m| format!("{}: {m}", path.display())).collect())
 }
 
 pub fn parse(text: &str) -> Result<Vec<Binding>, Vec<String>> {
@@ -31,10 +26,7 @@ pub fn parse(text: &str) -> Result<Vec<Binding>, Vec<String>> {
     let mut problems = Vec::new();
     for (i, b) in file.bindings.iter().enumerate() {
         for p in b.problems() {
-            problems.push(format!(
-                "binding[{i}] (serial {:?}): {p}",
-                crate::model::loggable(&b.serial)
-            ));
+            problems.push(format!("binding[{i}] (serial {:?}): {p}", crate::model::loggable(&b.serial)));
         }
     }
     for (i, a) in file.bindings.iter().enumerate() {
@@ -48,11 +40,7 @@ pub fn parse(text: &str) -> Result<Vec<Binding>, Vec<String>> {
             }
         }
     }
-    if problems.is_empty() {
-        Ok(file.bindings)
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(file.bindings) } else { Err(problems) }
 }
 
 fn overlaps(a: &Binding, b: &Binding) -> bool {
@@ -63,10 +51,7 @@ fn overlaps(a: &Binding, b: &Binding) -> bool {
 
 /// Serializes bindings in the file format (the export format).
 pub fn to_toml(bindings: &[Binding]) -> String {
-    toml::to_string(&BindingsFile {
-        bindings: bindings.to_vec(),
-    })
-    .unwrap_or_default()
+    toml::to_string(&BindingsFile { bindings: bindings.to_vec() }).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -103,10 +88,7 @@ priority = "high"
     fn unknown_keys_and_overlaps_are_refused() {
         let bad = SAMPLE.replace("measurement =", "patient_name = \"x\"\nmeasurement =");
         assert!(parse(&bad).is_err());
-        let twice = format!(
-            "{SAMPLE}{}",
-            SAMPLE.replace("[binding.tags]", "[binding.tags]\nx = \"1\"")
-        );
+        let twice = format!("{SAMPLE}{}", SAMPLE.replace("[binding.tags]", "[binding.tags]\nx = \"1\""));
         let err = parse(&twice).expect_err("overlap");
         assert!(err[0].contains("overlap"), "{err:?}");
     }

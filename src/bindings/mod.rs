@@ -21,13 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::lineproto;
 
 /// Tag keys the gateway itself writes; a binding's custom tags may not reuse them.
-pub const CORE_TAGS: [&str; 5] = [
-    "device_id",
-    "org_id",
-    "patient_id",
-    "signal_type",
-    "stream_id",
-];
+pub const CORE_TAGS: [&str; 5] = ["device_id", "org_id", "patient_id", "signal_type", "stream_id"];
 
 /// Tag keys that would carry personal data (the platform's old generator tagged
 /// `patient_name`); refused in any binding.
@@ -98,25 +92,17 @@ impl Binding {
             p.push("serial: at most 80 characters, no control characters, '/', '+' or '#'".into());
         }
         if self.measurement.starts_with(['_', '#']) {
-            p.push(
-                "measurement: must not start with '_' (reserved) or '#' (a comment line)".into(),
-            );
+            p.push("measurement: must not start with '_' (reserved) or '#' (a comment line)".into());
         }
         for k in self.tags.keys() {
             if k.is_empty() || k.starts_with('_') || k == "time" {
-                p.push(format!(
-                    "tags.{k:?}: tag keys must be non-empty, not 'time', not start with '_'"
-                ));
+                p.push(format!("tags.{k:?}: tag keys must be non-empty, not 'time', not start with '_'"));
             }
             if is_personal_tag(k) {
-                p.push(format!(
-                    "tags.{k}: personal data must never be written to InfluxDB"
-                ));
+                p.push(format!("tags.{k}: personal data must never be written to InfluxDB"));
             }
             if CORE_TAGS.contains(&k.as_str()) {
-                p.push(format!(
-                    "tags.{k}: '{k}' is written by the gateway itself and cannot be overridden"
-                ));
+                p.push(format!("tags.{k}: '{k}' is written by the gateway itself and cannot be overridden"));
             }
         }
         if let (Some(s), Some(e)) = (self.started_at, self.ended_at)
@@ -134,10 +120,7 @@ impl Binding {
 
     /// The InfluxDB destination of this binding's points.
     pub fn destination(&self) -> Destination {
-        Destination {
-            org: self.influx_org.clone(),
-            bucket: self.influx_bucket.clone(),
-        }
+        Destination { org: self.influx_org.clone(), bucket: self.influx_bucket.clone() }
     }
 
     /// `measurement,tags…` with the core tags and the custom tags, escaped and sorted.
@@ -151,8 +134,7 @@ impl Binding {
         ];
         lineproto::series_prefix(
             &self.measurement,
-            core.into_iter()
-                .chain(self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            core.into_iter().chain(self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
         )
     }
 }
@@ -167,11 +149,7 @@ pub struct Destination {
 
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.org.is_empty() {
-            write!(f, "{}", self.bucket)
-        } else {
-            write!(f, "{}/{}", self.org, self.bucket)
-        }
+        if self.org.is_empty() { write!(f, "{}", self.bucket) } else { write!(f, "{}/{}", self.org, self.bucket) }
     }
 }
 
@@ -197,16 +175,9 @@ impl BindingTable {
     pub fn new(compiled: Vec<Compiled>, source: String, version: String) -> Self {
         let mut by_serial: HashMap<String, Vec<Compiled>> = HashMap::new();
         for c in compiled {
-            by_serial
-                .entry(c.binding.serial.clone())
-                .or_default()
-                .push(c);
+            by_serial.entry(c.binding.serial.clone()).or_default().push(c);
         }
-        Self {
-            by_serial,
-            source,
-            version,
-        }
+        Self { by_serial, source, version }
     }
 
     pub fn for_serial(&self, serial: &str) -> &[Compiled] {
@@ -236,8 +207,7 @@ mod opt_rfc3339 {
     pub fn serialize<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(ns) => s.serialize_str(
-                &chrono::DateTime::from_timestamp_nanos(*ns)
-                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                &chrono::DateTime::from_timestamp_nanos(*ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             ),
             None => s.serialize_none(),
         }
@@ -245,11 +215,8 @@ mod opt_rfc3339 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
-        s.map(|s| {
-            parse(&s)
-                .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time")))
-        })
-        .transpose()
+        s.map(|s| parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time"))))
+            .transpose()
     }
 
     pub fn parse(s: &str) -> Option<i64> {
@@ -261,6 +228,38 @@ mod opt_rfc3339 {
             .ok()
             .and_then(|t| t.and_utc().timestamp_nanos_opt())
     }
+}
+
+/// Builds the table in force at start: the bindings file if configured (stored into the
+/// cache first), else the cached copy, else an empty table.
+pub async fn load_table(
+    file: Option<&std::path::Path>,
+    queue: &crate::queue::QueueHandle,
+) -> Result<BindingTable, Vec<String>> {
+    let one = |e: crate::queue::QueueError| vec![e.to_string()];
+    let (bindings, source, version) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+            let b = file::parse(&text)
+                .map_err(|p| p.into_iter().map(|m| format!("{}: {m}", path.display())).collect::<Vec<_>>())?;
+            let source = format!("file {}", path.display());
+            let version = format!("{:016x}", fnv1a(text.as_bytes()));
+            queue.replace_bindings(b.clone(), source.clone(), version.clone()).await.map_err(one)?;
+            (b, source, version)
+        }
+        None => queue.load_bindings().await.map_err(one)?.unwrap_or_else(|| (Vec::new(), "none".into(), String::new())),
+    };
+    let mut compiled = Vec::with_capacity(bindings.len());
+    for b in bindings {
+        let dest_id = queue.destination_id(b.destination()).await.map_err(one)?;
+        compiled.push(Compiled { prefix: b.series_prefix(), binding: b, dest_id });
+    }
+    Ok(BindingTable::new(compiled, source, version))
+}
+
+/// A stable content hash, used as the version of a bindings file.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -310,53 +309,4 @@ mod tests {
             "vital_signs,device_id=d,location=ICU-5,org_id=o,patient_id=p,signal_type=vital_signs,stream_id=s"
         );
     }
-}
-
-/// Builds the table in force at start: the bindings file if configured (stored into the
-/// cache first), else the cached copy, else an empty table.
-pub async fn load_table(
-    file: Option<&std::path::Path>,
-    queue: &crate::queue::QueueHandle,
-) -> Result<BindingTable, Vec<String>> {
-    let one = |e: crate::queue::QueueError| vec![e.to_string()];
-    let (bindings, source, version) = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| vec![format!("{}: {e}", path.display())])?;
-            let b = file::parse(&text).map_err(|p| {
-                p.into_iter()
-                    .map(|m| format!("{}: {m}", path.display()))
-                    .collect::<Vec<_>>()
-            })?;
-            let source = format!("file {}", path.display());
-            let version = format!("{:016x}", fnv1a(text.as_bytes()));
-            queue
-                .replace_bindings(b.clone(), source.clone(), version.clone())
-                .await
-                .map_err(one)?;
-            (b, source, version)
-        }
-        None => queue
-            .load_bindings()
-            .await
-            .map_err(one)?
-            .unwrap_or_else(|| (Vec::new(), "none".into(), String::new())),
-    };
-    let mut compiled = Vec::with_capacity(bindings.len());
-    for b in bindings {
-        let dest_id = queue.destination_id(b.destination()).await.map_err(one)?;
-        compiled.push(Compiled {
-            prefix: b.series_prefix(),
-            binding: b,
-            dest_id,
-        });
-    }
-    Ok(BindingTable::new(compiled, source, version))
-}
-
-/// A stable content hash, used as the version of a bindings file.
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }

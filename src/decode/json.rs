@@ -36,39 +36,28 @@ pub struct Decoded {
 
 /// Decodes one MQTT payload. `topic_serial` is the `{serial}` level of the topic, if the
 /// subscription has one; `now_ns` stamps readings without `ts` and bounds future stamps.
-pub fn decode(
-    payload: &[u8],
-    topic_serial: Option<&str>,
-    now_ns: i64,
-    max_bytes: usize,
-) -> Decoded {
+pub fn decode(payload: &[u8], topic_serial: Option<&str>, now_ns: i64, max_bytes: usize) -> Decoded {
     let mut out = Decoded::default();
     if payload.len() > max_bytes {
-        out.rejected.push(Rejection::new(
-            RejectReason::Oversized,
-            format!("{} bytes", payload.len()),
-        ));
+        out.rejected.push(Rejection::new(RejectReason::Oversized, format!("{} bytes", payload.len())));
         return out;
     }
     if payload.iter().all(u8::is_ascii_whitespace) {
-        out.rejected
-            .push(Rejection::new(RejectReason::Empty, "empty payload"));
+        out.rejected.push(Rejection::new(RejectReason::Empty, "empty payload"));
         return out;
     }
     let value: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
         Err(e) => {
             // serde_json's message names a line and column, not the content.
-            out.rejected
-                .push(Rejection::new(RejectReason::InvalidJson, e.to_string()));
+            out.rejected.push(Rejection::new(RejectReason::InvalidJson, e.to_string()));
             return out;
         }
     };
     match value {
         Value::Object(obj) => decode_one(&obj, topic_serial, now_ns, &mut out),
         Value::Array(items) if items.is_empty() => {
-            out.rejected
-                .push(Rejection::new(RejectReason::Empty, "empty array"));
+            out.rejected.push(Rejection::new(RejectReason::Empty, "empty array"));
         }
         Value::Array(items) => {
             for item in &items {
@@ -81,20 +70,14 @@ pub fn decode(
                 }
             }
         }
-        other => out.rejected.push(Rejection::new(
-            RejectReason::NotAnObject,
-            format!("payload is {}", type_name(&other)),
-        )),
+        other => {
+            out.rejected.push(Rejection::new(RejectReason::NotAnObject, format!("payload is {}", type_name(&other))))
+        }
     }
     out
 }
 
-fn decode_one(
-    obj: &Map<String, Value>,
-    topic_serial: Option<&str>,
-    now_ns: i64,
-    out: &mut Decoded,
-) {
+fn decode_one(obj: &Map<String, Value>, topic_serial: Option<&str>, now_ns: i64, out: &mut Decoded) {
     match reading_from(obj, topic_serial, now_ns, out) {
         Ok(r) => out.readings.push(r),
         Err(rej) => out.rejected.push(rej),
@@ -110,48 +93,30 @@ fn reading_from(
     let serial = match (obj.get("serial"), topic_serial) {
         (Some(Value::String(s)), topic) => {
             if !valid_serial(s) {
-                return Err(Rejection::new(
-                    RejectReason::InvalidSerial,
-                    "serial in payload",
-                ));
+                return Err(Rejection::new(RejectReason::InvalidSerial, "serial in payload"));
             }
             if topic.is_some_and(|t| t != s) {
-                return Err(Rejection::new(
-                    RejectReason::SerialMismatch,
-                    "payload serial differs from topic",
-                ));
+                return Err(Rejection::new(RejectReason::SerialMismatch, "payload serial differs from topic"));
             }
             s.clone()
         }
         (Some(Value::Null) | None, Some(t)) => {
             if !valid_serial(t) {
-                return Err(Rejection::new(
-                    RejectReason::InvalidSerial,
-                    "serial in topic",
-                ));
+                return Err(Rejection::new(RejectReason::InvalidSerial, "serial in topic"));
             }
             t.to_owned()
         }
         (Some(Value::Null) | None, None) => {
-            return Err(Rejection::new(
-                RejectReason::MissingSerial,
-                "no serial in payload or topic",
-            ));
+            return Err(Rejection::new(RejectReason::MissingSerial, "no serial in payload or topic"));
         }
         (Some(other), _) => {
-            return Err(Rejection::new(
-                RejectReason::InvalidSerial,
-                format!("serial is {}", type_name(other)),
-            ));
+            return Err(Rejection::new(RejectReason::InvalidSerial, format!("serial is {}", type_name(other))));
         }
     };
 
     let ts_value = match (obj.get("ts"), obj.get("timestamp")) {
         (Some(_), Some(_)) => {
-            return Err(Rejection::new(
-                RejectReason::InvalidTimestamp,
-                "both ts and timestamp given",
-            ));
+            return Err(Rejection::new(RejectReason::InvalidTimestamp, "both ts and timestamp given"));
         }
         (Some(v), None) | (None, Some(v)) => Some(v),
         (None, None) => None,
@@ -161,24 +126,16 @@ fn reading_from(
         Some(v) => timestamp_ns(v)?,
     };
     if ts_ns < MIN_TS_NS || ts_ns > now_ns.saturating_add(MAX_FUTURE_NS) {
-        return Err(Rejection::new(
-            RejectReason::TimestampOutOfRange,
-            "before 2000 or more than a day ahead",
-        ));
+        return Err(Rejection::new(RejectReason::TimestampOutOfRange, "before 2000 or more than a day ahead"));
     }
 
     let signal_type = match obj.get("signal_type") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s))
-            if !s.is_empty() && s.len() <= 60 && !s.chars().any(char::is_control) =>
-        {
-            Some(s.clone())
-        }
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 60 && !s.chars().any(char::is_control) => Some(s.clone()),
         Some(_) => return Err(Rejection::new(RejectReason::InvalidField, "signal_type")),
     };
 
-    let mut fields: Vec<(&'static crate::fields::FieldSpec, FieldValue)> =
-        Vec::with_capacity(obj.len());
+    let mut fields: Vec<(&'static crate::fields::FieldSpec, FieldValue)> = Vec::with_capacity(obj.len());
     for (key, value) in obj {
         if matches!(key.as_str(), "serial" | "ts" | "timestamp" | "signal_type") {
             continue;
@@ -190,11 +147,9 @@ fn reading_from(
         let v = match (spec.kind, value) {
             (_, Value::Null) => continue,
             (FieldKind::Int, Value::Number(n)) => {
-                let int = n.as_i64().or_else(|| {
-                    n.as_f64()
-                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                        .map(|f| f as i64)
-                });
+                let int = n
+                    .as_i64()
+                    .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64));
                 match int {
                     Some(i) if i < 0 => {
                         out.dropped_fields += 1;
@@ -212,10 +167,7 @@ fn reading_from(
             (FieldKind::Float, Value::Number(n)) => match n.as_f64() {
                 Some(f) if f.is_finite() => FieldValue::Float(f),
                 _ => {
-                    return Err(Rejection::new(
-                        RejectReason::InvalidField,
-                        format!("{} out of range", spec.name),
-                    ));
+                    return Err(Rejection::new(RejectReason::InvalidField, format!("{} out of range", spec.name)));
                 }
             },
             (_, other) => {
@@ -237,18 +189,10 @@ fn reading_from(
         fields.push((spec, v));
     }
     if fields.is_empty() {
-        return Err(Rejection::new(
-            RejectReason::NoFields,
-            "no known field with a value",
-        ));
+        return Err(Rejection::new(RejectReason::NoFields, "no known field with a value"));
     }
     fields.sort_by_key(|(s, _)| s.name);
-    Ok(Reading {
-        serial,
-        ts_ns,
-        signal_type,
-        fields,
-    })
+    Ok(Reading { serial, ts_ns, signal_type, fields })
 }
 
 fn timestamp_ns(v: &Value) -> Result<i64, Rejection> {
@@ -256,8 +200,7 @@ fn timestamp_ns(v: &Value) -> Result<i64, Rejection> {
     match v {
         Value::Number(n) => {
             if let Some(ms) = n.as_i64() {
-                ms.checked_mul(1_000_000)
-                    .ok_or_else(|| bad("ts out of range"))
+                ms.checked_mul(1_000_000).ok_or_else(|| bad("ts out of range"))
             } else if let Some(ms) = n.as_f64().filter(|f| f.is_finite() && f.abs() < 9.0e12) {
                 // Whole and fractional milliseconds apart: their product would lose the
                 // sub-millisecond digits to f64 rounding.
@@ -302,10 +245,7 @@ mod tests {
     }
 
     fn field(r: &Reading, name: &str) -> Option<FieldValue> {
-        r.fields
-            .iter()
-            .find(|(s, _)| s.name == name)
-            .map(|(_, v)| *v)
+        r.fields.iter().find(|(s, _)| s.name == name).map(|(_, v)| *v)
     }
 
     #[test]
@@ -320,16 +260,7 @@ mod tests {
         assert_eq!(field(&r, "heart_rate"), Some(FieldValue::Int(72)));
         assert_eq!(field(&r, "temperature"), Some(FieldValue::Float(36.5)));
         let names: Vec<_> = r.fields.iter().map(|(s, _)| s.name).collect();
-        assert_eq!(
-            names,
-            [
-                "diastolic_bp",
-                "heart_rate",
-                "spo2",
-                "systolic_bp",
-                "temperature"
-            ]
-        );
+        assert_eq!(names, ["diastolic_bp", "heart_rate", "spo2", "systolic_bp", "temperature"]);
     }
 
     #[test]
@@ -337,10 +268,7 @@ mod tests {
         let r = one(r#"{"serial":"A","temperature":37,"heart_rate":72.0}"#, None).expect("valid");
         assert_eq!(field(&r, "temperature"), Some(FieldValue::Float(37.0)));
         assert_eq!(field(&r, "heart_rate"), Some(FieldValue::Int(72)));
-        assert_eq!(
-            one(r#"{"serial":"A","heart_rate":72.5}"#, None),
-            Err(RejectReason::InvalidField)
-        );
+        assert_eq!(one(r#"{"serial":"A","heart_rate":72.5}"#, None), Err(RejectReason::InvalidField));
     }
 
     #[test]
@@ -348,87 +276,37 @@ mod tests {
         let r = one(r#"{"serial":"A","body_temperature":36.6}"#, None).expect("valid");
         assert_eq!(field(&r, "temperature"), Some(FieldValue::Float(36.6)));
         assert_eq!(
-            one(
-                r#"{"serial":"A","body_temperature":36.6,"temperature":37.0}"#,
-                None
-            ),
+            one(r#"{"serial":"A","body_temperature":36.6,"temperature":37.0}"#, None),
             Err(RejectReason::InvalidField)
         );
     }
 
     #[test]
     fn serial_comes_from_topic_or_payload_and_must_agree() {
-        assert_eq!(
-            one(r#"{"heart_rate":1}"#, Some("T-1"))
-                .expect("topic")
-                .serial,
-            "T-1"
-        );
-        assert_eq!(
-            one(r#"{"serial":"T-1","heart_rate":1}"#, Some("T-1"))
-                .expect("same")
-                .serial,
-            "T-1"
-        );
-        assert_eq!(
-            one(r#"{"serial":"X","heart_rate":1}"#, Some("T-1")),
-            Err(RejectReason::SerialMismatch)
-        );
-        assert_eq!(
-            one(r#"{"heart_rate":1}"#, None),
-            Err(RejectReason::MissingSerial)
-        );
-        assert_eq!(
-            one(r#"{"serial":7,"heart_rate":1}"#, None),
-            Err(RejectReason::InvalidSerial)
-        );
-        assert_eq!(
-            one(r#"{"serial":"","heart_rate":1}"#, None),
-            Err(RejectReason::InvalidSerial)
-        );
+        assert_eq!(one(r#"{"heart_rate":1}"#, Some("T-1")).expect("topic").serial, "T-1");
+        assert_eq!(one(r#"{"serial":"T-1","heart_rate":1}"#, Some("T-1")).expect("same").serial, "T-1");
+        assert_eq!(one(r#"{"serial":"X","heart_rate":1}"#, Some("T-1")), Err(RejectReason::SerialMismatch));
+        assert_eq!(one(r#"{"heart_rate":1}"#, None), Err(RejectReason::MissingSerial));
+        assert_eq!(one(r#"{"serial":7,"heart_rate":1}"#, None), Err(RejectReason::InvalidSerial));
+        assert_eq!(one(r#"{"serial":"","heart_rate":1}"#, None), Err(RejectReason::InvalidSerial));
     }
 
     #[test]
     fn timestamps_in_every_accepted_form() {
         let ms = one(r#"{"serial":"A","ts":1700000000123,"spo2":1}"#, None).expect("ms");
-        let rfc = one(
-            r#"{"serial":"A","ts":"2023-11-14T22:13:20.123Z","spo2":1}"#,
-            None,
-        )
-        .expect("rfc");
-        let frac = one(
-            r#"{"serial":"A","timestamp":1700000000123.5,"spo2":1}"#,
-            None,
-        )
-        .expect("frac");
+        let rfc = one(r#"{"serial":"A","ts":"2023-11-14T22:13:20.123Z","spo2":1}"#, None).expect("rfc");
+        let frac = one(r#"{"serial":"A","timestamp":1700000000123.5,"spo2":1}"#, None).expect("frac");
         assert_eq!(ms.ts_ns, rfc.ts_ns);
         assert_eq!(frac.ts_ns, 1_700_000_000_123_500_000);
-        assert_eq!(
-            one(r#"{"serial":"A","spo2":1}"#, None).expect("now").ts_ns,
-            NOW
-        );
-        assert_eq!(
-            one(r#"{"serial":"A","ts":"yesterday","spo2":1}"#, None),
-            Err(RejectReason::InvalidTimestamp)
-        );
-        assert_eq!(
-            one(r#"{"serial":"A","ts":1700000000,"spo2":1}"#, None),
-            Err(RejectReason::TimestampOutOfRange)
-        );
-        assert_eq!(
-            one(r#"{"serial":"A","ts":true,"spo2":1}"#, None),
-            Err(RejectReason::InvalidTimestamp)
-        );
+        assert_eq!(one(r#"{"serial":"A","spo2":1}"#, None).expect("now").ts_ns, NOW);
+        assert_eq!(one(r#"{"serial":"A","ts":"yesterday","spo2":1}"#, None), Err(RejectReason::InvalidTimestamp));
+        assert_eq!(one(r#"{"serial":"A","ts":1700000000,"spo2":1}"#, None), Err(RejectReason::TimestampOutOfRange));
+        assert_eq!(one(r#"{"serial":"A","ts":true,"spo2":1}"#, None), Err(RejectReason::InvalidTimestamp));
     }
 
     #[test]
     fn unknown_fields_are_counted_not_written() {
-        let d = decode(
-            br#"{"serial":"A","seq":17,"debug":"x","spo2":97}"#,
-            None,
-            NOW,
-            MAX,
-        );
+        let d = decode(br#"{"serial":"A","seq":17,"debug":"x","spo2":97}"#, None, NOW, MAX);
         assert_eq!(d.unknown_fields, 2);
         assert_eq!(d.readings[0].fields.len(), 1);
     }
@@ -441,20 +319,19 @@ mod tests {
         assert_eq!(reason(b"[]"), Some(RejectReason::Empty));
         assert_eq!(reason(b"{\"serial\":"), Some(RejectReason::InvalidJson));
         assert_eq!(reason(b"\xff\xfe"), Some(RejectReason::InvalidJson));
-        assert_eq!(
-            reason(br#"{"serial":"A","spo2":"97"}"#),
-            Some(RejectReason::InvalidField)
-        );
-        assert_eq!(
-            reason(br#"{"serial":"A","spo2":null}"#),
-            Some(RejectReason::NoFields)
-        );
+        assert_eq!(reason(br#"{"serial":"A","spo2":"97"}"#), Some(RejectReason::InvalidField));
+        assert_eq!(reason(br#"{"serial":"A","spo2":null}"#), Some(RejectReason::NoFields));
         assert_eq!(reason(&vec![b' '; MAX + 1]), Some(RejectReason::Oversized));
     }
 
     #[test]
     fn array_keeps_good_readings_next_to_bad_ones() {
-        let d = decode(br#"[{"serial":"A","spo2":97},7,{"serial":"B","spo2":"x"},{"serial":"C","spo2":-1,"heart_rate":60}]"#, None, NOW, MAX);
+        let d = decode(
+            br#"[{"serial":"A","spo2":97},7,{"serial":"B","spo2":"x"},{"serial":"C","spo2":-1,"heart_rate":60}]"#,
+            None,
+            NOW,
+            MAX,
+        );
         assert_eq!(d.readings.len(), 2);
         assert_eq!(d.rejected.len(), 2);
         assert_eq!(d.dropped_fields, 1);

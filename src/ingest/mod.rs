@@ -35,10 +35,7 @@ pub struct Envelope {
 
 /// How to tell a source that its message is safely committed.
 pub enum Ack {
-    Mqtt {
-        client: rumqttc::AsyncClient,
-        publish: rumqttc::Publish,
-    },
+    Mqtt { client: rumqttc::AsyncClient, publish: rumqttc::Publish },
 }
 
 impl Ack {
@@ -87,11 +84,7 @@ pub async fn run_intake(
                     let mut line = String::with_capacity(c.prefix.len() + 24 * r.fields.len() + 24);
                     resolve::encode(c, r, &mut line);
                     *touched.entry(c.dest_id).or_default() += 1;
-                    points.push(NewPoint {
-                        dest_id: c.dest_id,
-                        line,
-                        enqueued_ns: now,
-                    });
+                    points.push(NewPoint { dest_id: c.dest_id, line, enqueued_ns: now });
                 }
                 Err(why) => {
                     counters.unbound(why);
@@ -127,7 +120,16 @@ async fn commit(queue: &QueueHandle, points: Arc<Vec<NewPoint>>) {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
         match queue.append_shared(points.clone()).await {
-            Ok(()) => return,
+            Ok(report) => {
+                if report.dropped > 0 {
+                    warn!(
+                        dropped = report.dropped,
+                        bytes = report.dropped_bytes,
+                        "Queue full: dropped the oldest waiting points to make room (policy drop_oldest)."
+                    );
+                }
+                return;
+            }
             Err(e) => {
                 error!(error = %e, points = points.len(), "Queue commit failed; holding the readings unacknowledged and retrying.");
                 tokio::time::sleep(delay).await;
@@ -145,10 +147,7 @@ pub struct RateLimited {
 
 impl RateLimited {
     pub fn new(period: std::time::Duration) -> Self {
-        Self {
-            period,
-            last: HashMap::new(),
-        }
+        Self { period, last: HashMap::new() }
     }
 
     pub fn allow(&mut self, key: &str) -> bool {

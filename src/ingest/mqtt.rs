@@ -56,42 +56,20 @@ impl MqttSource {
             };
             options.set_credentials(user, password);
         }
-        let patterns = cfg
-            .mqtt
-            .topics
-            .iter()
-            .map(|t| TopicPattern::parse(t))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            options,
-            patterns,
-            max_payload: cfg.mqtt.max_payload_bytes,
-            counters,
-        })
+        let patterns = cfg.mqtt.topics.iter().map(|t| TopicPattern::parse(t)).collect::<Result<_, _>>()?;
+        Ok(Self { options, patterns, max_payload: cfg.mqtt.max_payload_bytes, counters })
     }
 
     /// Runs until `shutdown`; then stops taking messages, lets intake commit and acknowledge
     /// what it holds (`intake_done`), flushes those acknowledgements and disconnects.
-    pub async fn run(
-        self,
-        tx: mpsc::Sender<Envelope>,
-        shutdown: CancellationToken,
-        intake_done: CancellationToken,
-    ) {
+    pub async fn run(self, tx: mpsc::Sender<Envelope>, shutdown: CancellationToken, intake_done: CancellationToken) {
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CHANNEL);
-        let filters: Vec<SubscribeFilter> = self
-            .patterns
-            .iter()
-            .map(|p| SubscribeFilter::new(p.filter.clone(), QoS::AtLeastOnce))
-            .collect();
+        let filters: Vec<SubscribeFilter> =
+            self.patterns.iter().map(|p| SubscribeFilter::new(p.filter.clone(), QoS::AtLeastOnce)).collect();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut connected = false;
         let mut reject_log = RateLimited::new(Duration::from_secs(10));
-        let broker = format!(
-            "{}:{}",
-            self.options.broker_address().0,
-            self.options.broker_address().1
-        );
+        let broker = format!("{}:{}", self.options.broker_address().0, self.options.broker_address().1);
 
         loop {
             let event = tokio::select! {
@@ -165,44 +143,20 @@ impl MqttSource {
                     }
                 }
             };
-            if tokio::time::timeout(Duration::from_secs(5), drain)
-                .await
-                .is_err()
-            {
-                warn!(
-                    "MQTT session did not close in time; unacknowledged messages will be redelivered."
-                );
+            if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+                warn!("MQTT session did not close in time; unacknowledged messages will be redelivered.");
             }
         }
         info!("MQTT source stopped.");
     }
 
-    fn decode(
-        &self,
-        client: &AsyncClient,
-        publish: rumqttc::Publish,
-        reject_log: &mut RateLimited,
-    ) -> Envelope {
+    fn decode(&self, client: &AsyncClient, publish: rumqttc::Publish, reject_log: &mut RateLimited) -> Envelope {
         self.counters.messages_received.fetch_add(1, Relaxed);
-        let topic_serial = self
-            .patterns
-            .iter()
-            .find_map(|p| p.serial_of(&publish.topic));
-        let d = json::decode(
-            &publish.payload,
-            topic_serial,
-            crate::now_ns(),
-            self.max_payload,
-        );
-        self.counters
-            .readings_decoded
-            .fetch_add(d.readings.len() as u64, Relaxed);
-        self.counters
-            .unknown_fields
-            .fetch_add(u64::from(d.unknown_fields), Relaxed);
-        self.counters
-            .dropped_fields
-            .fetch_add(u64::from(d.dropped_fields), Relaxed);
+        let topic_serial = self.patterns.iter().find_map(|p| p.serial_of(&publish.topic));
+        let d = json::decode(&publish.payload, topic_serial, crate::now_ns(), self.max_payload);
+        self.counters.readings_decoded.fetch_add(d.readings.len() as u64, Relaxed);
+        self.counters.unknown_fields.fetch_add(u64::from(d.unknown_fields), Relaxed);
+        self.counters.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
         for r in &d.rejected {
             self.counters.reject(r.reason);
             if reject_log.allow(r.reason.as_str()) {
@@ -214,13 +168,7 @@ impl MqttSource {
                 );
             }
         }
-        let ack = (publish.qos != QoS::AtMostOnce).then(|| Ack::Mqtt {
-            client: client.clone(),
-            publish,
-        });
-        Envelope {
-            readings: d.readings,
-            ack,
-        }
+        let ack = (publish.qos != QoS::AtMostOnce).then(|| Ack::Mqtt { client: client.clone(), publish });
+        Envelope { readings: d.readings, ack }
     }
 }

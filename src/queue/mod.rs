@@ -21,7 +21,9 @@ use tokio::sync::oneshot;
 
 use crate::bindings::{Binding, Destination};
 
-pub use store::{Leased, NewPoint, QueueStats, Synchronous};
+pub use store::{
+    AppendReport, DeadLetter, DeadLetterFilter, FullPolicy, Leased, Limits, NewPoint, QueueStats, Synchronous,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -31,6 +33,9 @@ pub enum QueueError {
     Io(#[from] std::io::Error),
     #[error("the queue is closed")]
     Closed,
+    /// The configured size limit (policy `backpressure`) or the free-disk floor is reached.
+    #[error("queue full: {0}")]
+    Full(String),
     #[error("queue database: {0}")]
     Invalid(String),
 }
@@ -38,7 +43,7 @@ pub enum QueueError {
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
 pub(crate) enum Command {
-    Append(Arc<Vec<NewPoint>>, Reply<()>),
+    Append(Arc<Vec<NewPoint>>, Reply<AppendReport>),
     Lease {
         dest_id: i64,
         max_lines: usize,
@@ -49,6 +54,14 @@ pub(crate) enum Command {
         dest_id: i64,
         first: i64,
         last: i64,
+        reply: Reply<u64>,
+    },
+    DeadLetter {
+        dest_id: i64,
+        ids: Vec<i64>,
+        reason: &'static str,
+        status: Option<u16>,
+        detail: String,
         reply: Reply<u64>,
     },
     DestinationId(Destination, Reply<i64>),
@@ -75,8 +88,9 @@ impl QueueHandle {
     pub fn open(
         data_dir: &Path,
         sync: Synchronous,
+        limits: Limits,
     ) -> Result<(Self, std::thread::JoinHandle<()>), QueueError> {
-        let (tx, join) = store::spawn(data_dir, sync)?;
+        let (tx, join) = store::spawn(data_dir, sync, limits)?;
         Ok((Self { tx }, join))
     }
 
@@ -86,42 +100,37 @@ impl QueueHandle {
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
-    /// Commits `points`; returns once they are durable.
-    pub async fn append(&self, points: Vec<NewPoint>) -> Result<(), QueueError> {
+    /// Commits `points`; returns once they are durable, with what had to be dropped to fit.
+    pub async fn append(&self, points: Vec<NewPoint>) -> Result<AppendReport, QueueError> {
         self.append_shared(Arc::new(points)).await
     }
 
     /// As [`Self::append`], keeping the points with the caller so a failed commit can be
     /// retried without copying them.
-    pub async fn append_shared(&self, points: Arc<Vec<NewPoint>>) -> Result<(), QueueError> {
+    pub async fn append_shared(&self, points: Arc<Vec<NewPoint>>) -> Result<AppendReport, QueueError> {
         self.call(|r| Command::Append(points, r)).await
     }
 
     /// The oldest points of a destination, at most `max_lines` and about `max_bytes`.
-    pub async fn lease(
-        &self,
-        dest_id: i64,
-        max_lines: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Leased>, QueueError> {
-        self.call(|reply| Command::Lease {
-            dest_id,
-            max_lines,
-            max_bytes,
-            reply,
-        })
-        .await
+    pub async fn lease(&self, dest_id: i64, max_lines: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
+        self.call(|reply| Command::Lease { dest_id, max_lines, max_bytes, reply }).await
     }
 
     /// Removes a delivered batch (ids `first..=last` of that destination).
     pub async fn delete(&self, dest_id: i64, first: i64, last: i64) -> Result<u64, QueueError> {
-        self.call(|reply| Command::Delete {
-            dest_id,
-            first,
-            last,
-            reply,
-        })
-        .await
+        self.call(|reply| Command::Delete { dest_id, first, last, reply }).await
+    }
+
+    /// Moves points InfluxDB refused for good to the dead letters, with the reason.
+    pub async fn dead_letter(
+        &self,
+        dest_id: i64,
+        ids: Vec<i64>,
+        reason: &'static str,
+        status: Option<u16>,
+        detail: String,
+    ) -> Result<u64, QueueError> {
+        self.call(|reply| Command::DeadLetter { dest_id, ids, reason, status, detail, reply }).await
     }
 
     /// The stable id of a destination, registering it on first use.
@@ -141,19 +150,11 @@ impl QueueHandle {
         source: String,
         version: String,
     ) -> Result<(), QueueError> {
-        self.call(|reply| Command::ReplaceBindings {
-            bindings,
-            source,
-            version,
-            reply,
-        })
-        .await
+        self.call(|reply| Command::ReplaceBindings { bindings, source, version, reply }).await
     }
 
     /// The cached bindings, if a copy was ever stored.
-    pub async fn load_bindings(
-        &self,
-    ) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
+    pub async fn load_bindings(&self) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
         self.call(Command::LoadBindings).await
     }
 

@@ -32,6 +32,17 @@ CREATE TABLE IF NOT EXISTS points (
     enqueued_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS points_by_dest ON points (dest_id, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,
+    dest_id     INTEGER NOT NULL REFERENCES destinations(id),
+    line        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    status      INTEGER,
+    detail      TEXT NOT NULL,
+    enqueued_ns INTEGER NOT NULL,
+    failed_ns   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_reason ON dead_letters (reason, id);
 CREATE TABLE IF NOT EXISTS binding_cache (
     seq  INTEGER PRIMARY KEY,
     body TEXT NOT NULL
@@ -51,6 +62,80 @@ pub enum Synchronous {
     #[default]
     Full,
     Normal,
+}
+
+/// What the queue does when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Delete the oldest waiting points (counted and logged) to make room for new ones.
+    #[default]
+    DropOldest,
+    /// Refuse new points: intake stops acknowledging, so the MQTT broker holds the data.
+    Backpressure,
+}
+
+/// Bounds on what the queue may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Waiting points, in bytes of line protocol (about the disk space they take).
+    pub max_bytes: u64,
+    pub policy: FullPolicy,
+    /// Intake stops (whatever the policy) when less than this is free on the data
+    /// directory's filesystem, counting the database's own free pages as free.
+    pub min_free_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_bytes: u64::MAX, policy: FullPolicy::DropOldest, min_free_bytes: 0 }
+    }
+}
+
+/// What a commit had to do to fit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendReport {
+    /// Oldest points deleted to make room (policy `drop_oldest`).
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    /// Enqueue times (ns) of the first and last point dropped.
+    pub dropped_span: Option<(i64, i64)>,
+}
+
+/// A point that InfluxDB refused for good, kept with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub destination: String,
+    pub line: String,
+    pub reason: String,
+    pub status: Option<u16>,
+    pub detail: String,
+    pub enqueued_ns: i64,
+    pub failed_ns: i64,
+}
+
+/// Which dead letters an operator command acts on.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    pub reason: Option<String>,
+    pub ids: Vec<i64>,
+}
+
+impl DeadLetterFilter {
+    fn clause(&self) -> (String, Vec<rusqlite::types::Value>) {
+        let mut sql = String::from(" WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(r) = &self.reason {
+            sql.push_str(" AND reason = ?");
+            args.push(r.clone().into());
+        }
+        if !self.ids.is_empty() {
+            sql.push_str(&format!(" AND id IN ({})", vec!["?"; self.ids.len()].join(",")));
+            args.extend(self.ids.iter().map(|i| rusqlite::types::Value::from(*i)));
+        }
+        (sql, args)
+    }
 }
 
 /// A point to commit.
@@ -73,6 +158,7 @@ pub struct Leased {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
     pub points: u64,
+    pub dead_letters: u64,
     pub bytes: u64,
     pub oldest_enqueued_ns: Option<i64>,
     pub db_file_bytes: u64,
@@ -81,22 +167,76 @@ pub struct QueueStats {
 pub(crate) fn spawn(
     data_dir: &Path,
     sync: Synchronous,
+    limits: Limits,
 ) -> Result<(mpsc::Sender<Command>, std::thread::JoinHandle<()>), QueueError> {
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join(DB_FILE);
-    let conn = open(&path, sync)?;
+    let conn = open_or_recover(&path, sync)?;
+    let bytes: i64 = conn.query_row("SELECT coalesce(sum(length(line) + 1), 0) FROM points", [], |r| r.get(0))?;
+    let data_version = data_version(&conn)?;
     let (tx, rx) = mpsc::channel();
-    let join = std::thread::Builder::new()
-        .name("queue-store".into())
-        .spawn(move || {
-            Store {
-                conn,
-                path,
-                deferred: VecDeque::new(),
-            }
-            .run(rx)
-        })?;
+    let store = Store {
+        conn,
+        path,
+        dir: data_dir.to_path_buf(),
+        deferred: VecDeque::new(),
+        limits,
+        bytes: bytes as u64,
+        data_version,
+        last_maintenance: std::time::Instant::now(),
+        full_logged: false,
+    };
+    let join = std::thread::Builder::new().name("queue-store".into()).spawn(move || store.run(rx))?;
     Ok((tx, join))
+}
+
+/// Opens the database; a damaged one is moved aside (with its WAL) and a fresh one started,
+/// so the gateway never refuses to run over its own state.
+pub fn open_or_recover(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
+    let problem = match open(path, sync) {
+        Ok(conn) => match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
+            Ok(ok) if ok == "ok" => return Ok(conn),
+            Ok(report) => report,
+            Err(e) => e.to_string(),
+        },
+        // Not a database at all, or unreadable: only corruption is worth moving aside.
+        Err(QueueError::Sqlite(e)) if is_corruption(&e) => e.to_string(),
+        Err(e) => return Err(e),
+    };
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let aside = path.with_file_name(format!("{DB_FILE}.damaged-{stamp}"));
+    tracing::error!(
+        database = %path.display(),
+        moved_to = %aside.display(),
+        problem = %crate::model::loggable(&problem),
+        "The queue database is damaged: moved aside and starting a fresh one. Points in the damaged file are not delivered; keep it for recovery."
+    );
+    std::fs::rename(path, &aside)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let mut moved = aside.as_os_str().to_owned();
+        moved.push(suffix);
+        let _ = std::fs::rename(&side, &moved);
+    }
+    open(path, sync)
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
+}
+
+fn data_version(conn: &Connection) -> Result<i64, QueueError> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+/// Bytes free for the queue: free space of the filesystem plus the database's free pages.
+fn free_bytes(conn: &Connection, dir: &Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(dir).ok()?;
+    let fs_free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    let pages: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).ok()?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).ok()?;
+    Some(fs_free.saturating_add((pages.max(0) * page_size.max(0)) as u64))
 }
 
 /// Opens the database with the queue's pragmas and schema.
@@ -105,9 +245,7 @@ pub fn open(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(QueueError::Invalid(format!(
-            "could not enable WAL (journal_mode={mode})"
-        )));
+        return Err(QueueError::Invalid(format!("could not enable WAL (journal_mode={mode})")));
     }
     conn.pragma_update(
         None,
@@ -133,32 +271,46 @@ pub fn open(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
 pub fn open_read_only(data_dir: &Path) -> Result<Connection, QueueError> {
     let path = data_dir.join(DB_FILE);
     if !path.exists() {
-        return Err(QueueError::Invalid(format!(
-            "{} does not exist",
-            path.display()
-        )));
+        return Err(QueueError::Invalid(format!("{} does not exist", path.display())));
     }
     let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
 
+/// How often the store checkpoints its WAL and re-reads figures other processes changed.
+const MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Store {
     conn: Connection,
     path: PathBuf,
+    dir: PathBuf,
     /// Commands read while gathering a group commit, handled right after it.
     deferred: VecDeque<Command>,
+    limits: Limits,
+    /// Bytes of waiting points, kept current on every insert and delete.
+    bytes: u64,
+    /// `PRAGMA data_version` at the last look: it changes when *another* connection (an
+    /// operator command) commits, and then `bytes` is recomputed.
+    data_version: i64,
+    last_maintenance: std::time::Instant,
+    /// Whether "queue full" was logged since the queue last had room (log once per episode).
+    full_logged: bool,
 }
 
 impl Store {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
+            if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+                self.maintain();
+            }
             let cmd = match self.deferred.pop_front() {
                 Some(c) => c,
-                None => match rx.recv() {
+                None => match rx.recv_timeout(MAINTENANCE_EVERY) {
                     Ok(c) => c,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     // Every handle dropped: close as on a clean stop.
-                    Err(_) => {
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
                         let _ = self.checkpoint();
                         return;
                     }
@@ -166,29 +318,14 @@ impl Store {
             };
             match cmd {
                 Command::Append(points, reply) => self.group_commit(points, reply, &rx),
-                Command::Lease {
-                    dest_id,
-                    max_lines,
-                    max_bytes,
-                    reply,
-                } => {
+                Command::Lease { dest_id, max_lines, max_bytes, reply } => {
                     let _ = reply.send(self.lease(dest_id, max_lines, max_bytes));
                 }
-                Command::Delete {
-                    dest_id,
-                    first,
-                    last,
-                    reply,
-                } => {
-                    let r = self
-                        .conn
-                        .prepare_cached(
-                            "DELETE FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3",
-                        )
-                        .and_then(|mut s| s.execute(params![dest_id, first, last]))
-                        .map(|n| n as u64)
-                        .map_err(QueueError::from);
-                    let _ = reply.send(r);
+                Command::Delete { dest_id, first, last, reply } => {
+                    let _ = reply.send(self.delete(dest_id, first, last));
+                }
+                Command::DeadLetter { dest_id, ids, reason, status, detail, reply } => {
+                    let _ = reply.send(self.dead_letter(dest_id, &ids, reason, status, &detail));
                 }
                 Command::DestinationId(d, reply) => {
                     let _ = reply.send(self.destination_id(&d));
@@ -196,12 +333,7 @@ impl Store {
                 Command::Destinations(reply) => {
                     let _ = reply.send(destinations(&self.conn));
                 }
-                Command::ReplaceBindings {
-                    bindings,
-                    source,
-                    version,
-                    reply,
-                } => {
+                Command::ReplaceBindings { bindings, source, version, reply } => {
                     let _ = reply.send(self.replace_bindings(&bindings, &source, &version));
                 }
                 Command::LoadBindings(reply) => {
@@ -225,7 +357,7 @@ impl Store {
     fn group_commit(
         &mut self,
         first: std::sync::Arc<Vec<NewPoint>>,
-        reply: super::Reply<()>,
+        reply: super::Reply<AppendReport>,
         rx: &mpsc::Receiver<Command>,
     ) {
         let mut total = first.len();
@@ -243,41 +375,149 @@ impl Store {
                 Err(_) => break,
             }
         }
-        let result = self.insert_all(batches.iter().map(|(p, _)| p));
-        for (_, reply) in batches {
-            let _ = reply.send(match &result {
-                Ok(()) => Ok(()),
+        let result = self.insert_all(&batches);
+        for (i, (_, reply)) in batches.into_iter().enumerate() {
+            // The first caller gets the report (it logs what was dropped); all get the outcome.
+            let r = match &result {
+                Ok(rep) if i == 0 => Ok(rep.clone()),
+                Ok(_) => Ok(AppendReport::default()),
+                Err(QueueError::Full(m)) => Err(QueueError::Full(m.clone())),
                 Err(e) => Err(QueueError::Invalid(e.to_string())),
-            });
+            };
+            let _ = reply.send(r);
         }
     }
 
-    fn insert_all<'a>(
+    fn insert_all(
         &mut self,
-        batches: impl Iterator<Item = &'a std::sync::Arc<Vec<NewPoint>>>,
-    ) -> Result<(), QueueError> {
-        let tx = self.conn.transaction()?;
+        batches: &[(std::sync::Arc<Vec<NewPoint>>, super::Reply<AppendReport>)],
+    ) -> Result<AppendReport, QueueError> {
+        let new_bytes: u64 = batches.iter().flat_map(|(b, _)| b.iter()).map(|p| p.line.len() as u64 + 1).sum();
+        if self.limits.min_free_bytes > 0
+            && let Some(free) = free_bytes(&self.conn, &self.dir)
+            && free < self.limits.min_free_bytes.saturating_add(new_bytes)
         {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO points (dest_id, line, enqueued_ns) VALUES (?1, ?2, ?3)",
-            )?;
-            for p in batches.flat_map(|b| b.iter()) {
+            return Err(self.full(format!(
+                "less than queue.min_free_bytes ({}) free on the data directory's filesystem ({free} free)",
+                self.limits.min_free_bytes
+            )));
+        }
+        let over = (self.bytes + new_bytes).saturating_sub(self.limits.max_bytes);
+        if over > 0 && self.limits.policy == FullPolicy::Backpressure {
+            return Err(self.full(format!("queue.max_bytes ({}) reached", self.limits.max_bytes)));
+        }
+        let tx = self.conn.transaction()?;
+        let mut report = AppendReport::default();
+        if over > 0 {
+            // Oldest first, whatever the destination: the newest readings matter most.
+            let mut freed = 0u64;
+            let mut last_id = None;
+            {
+                let mut stmt = tx.prepare_cached("SELECT id, length(line) + 1, enqueued_ns FROM points ORDER BY id")?;
+                let mut rows = stmt.query([])?;
+                while freed < over {
+                    let Some(row) = rows.next()? else { break };
+                    let (id, len, at): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+                    freed += len as u64;
+                    report.dropped += 1;
+                    report.dropped_span = Some(report.dropped_span.map_or((at, at), |(a, _)| (a, at)));
+                    last_id = Some(id);
+                }
+            }
+            if let Some(last) = last_id {
+                tx.execute("DELETE FROM points WHERE id <= ?1", [last])?;
+            }
+            report.dropped_bytes = freed;
+        }
+        {
+            let mut stmt = tx.prepare_cached("INSERT INTO points (dest_id, line, enqueued_ns) VALUES (?1, ?2, ?3)")?;
+            for p in batches.iter().flat_map(|(b, _)| b.iter()) {
                 stmt.execute(params![p.dest_id, p.line, p.enqueued_ns])?;
             }
         }
         tx.commit()?;
-        Ok(())
+        self.bytes = (self.bytes + new_bytes).saturating_sub(report.dropped_bytes);
+        self.full_logged = false;
+        Ok(report)
     }
 
-    fn lease(
+    fn full(&mut self, why: String) -> QueueError {
+        if !self.full_logged {
+            tracing::warn!(reason = %why, "Queue full: refusing new readings until there is room (sources hold them).");
+            self.full_logged = true;
+        }
+        QueueError::Full(why)
+    }
+
+    fn delete(&mut self, dest_id: i64, first: i64, last: i64) -> Result<u64, QueueError> {
+        let tx = self.conn.transaction()?;
+        let bytes: i64 = tx
+            .prepare_cached(
+                "SELECT coalesce(sum(length(line) + 1), 0) FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3",
+            )?
+            .query_row(params![dest_id, first, last], |r| r.get(0))?;
+        let n = tx
+            .prepare_cached("DELETE FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3")?
+            .execute(params![dest_id, first, last])?;
+        tx.commit()?;
+        self.bytes = self.bytes.saturating_sub(bytes as u64);
+        Ok(n as u64)
+    }
+
+    fn dead_letter(
         &mut self,
         dest_id: i64,
-        max_lines: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Leased>, QueueError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, line FROM points WHERE dest_id = ?1 ORDER BY id LIMIT ?2",
-        )?;
+        ids: &[i64],
+        reason: &str,
+        status: Option<u16>,
+        detail: &str,
+    ) -> Result<u64, QueueError> {
+        let now = crate::now_ns();
+        let tx = self.conn.transaction()?;
+        let mut moved = 0u64;
+        let mut bytes = 0u64;
+        {
+            let mut len = tx.prepare_cached("SELECT length(line) + 1 FROM points WHERE id = ?1 AND dest_id = ?2")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO dead_letters (dest_id, line, reason, status, detail, enqueued_ns, failed_ns)
+                 SELECT dest_id, line, ?3, ?4, ?5, enqueued_ns, ?6 FROM points WHERE id = ?1 AND dest_id = ?2",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM points WHERE id = ?1 AND dest_id = ?2")?;
+            for id in ids {
+                if let Some(l) = len.query_row(params![id, dest_id], |r| r.get::<_, i64>(0)).optional()? {
+                    bytes += l as u64;
+                }
+                ins.execute(params![id, dest_id, reason, status, detail, now])?;
+                moved += del.execute(params![id, dest_id])? as u64;
+            }
+        }
+        tx.commit()?;
+        self.bytes = self.bytes.saturating_sub(bytes);
+        Ok(moved)
+    }
+
+    /// Explicit WAL checkpoint (a long backlog must not grow the WAL without bound) and a
+    /// recount when another process (an operator command) changed the database.
+    fn maintain(&mut self) {
+        self.last_maintenance = std::time::Instant::now();
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying later.");
+        }
+        if let Ok(v) = data_version(&self.conn)
+            && v != self.data_version
+        {
+            self.data_version = v;
+            if let Ok(b) =
+                self.conn.query_row("SELECT coalesce(sum(length(line) + 1), 0) FROM points", [], |r| r.get::<_, i64>(0))
+            {
+                self.bytes = b as u64;
+            }
+        }
+    }
+
+    fn lease(&mut self, dest_id: i64, max_lines: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT id, line FROM points WHERE dest_id = ?1 ORDER BY id LIMIT ?2")?;
         let mut rows = stmt.query(params![dest_id, max_lines as i64])?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -289,19 +529,14 @@ impl Store {
                 break;
             }
             bytes += line.len() + 1;
-            out.push(Leased {
-                id: row.get(0)?,
-                line,
-            });
+            out.push(Leased { id: row.get(0)?, line });
         }
         Ok(out)
     }
 
     fn destination_id(&mut self, d: &Destination) -> Result<i64, QueueError> {
         self.conn
-            .prepare_cached(
-                "INSERT INTO destinations (org, bucket) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            )?
+            .prepare_cached("INSERT INTO destinations (org, bucket) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
             .execute(params![d.org, d.bucket])?;
         Ok(self
             .conn
@@ -309,23 +544,16 @@ impl Store {
             .query_row(params![d.org, d.bucket], |r| r.get(0))?)
     }
 
-    fn replace_bindings(
-        &mut self,
-        bindings: &[Binding],
-        source: &str,
-        version: &str,
-    ) -> Result<(), QueueError> {
+    fn replace_bindings(&mut self, bindings: &[Binding], source: &str, version: &str) -> Result<(), QueueError> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM binding_cache", [])?;
         {
             let mut stmt = tx.prepare("INSERT INTO binding_cache (body) VALUES (?1)")?;
             for b in bindings {
-                let body =
-                    serde_json::to_string(b).map_err(|e| QueueError::Invalid(e.to_string()))?;
+                let body = serde_json::to_string(b).map_err(|e| QueueError::Invalid(e.to_string()))?;
                 stmt.execute([body])?;
             }
-            let mut meta =
-                tx.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+            let mut meta = tx.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
             meta.execute(["bindings_source", source])?;
             meta.execute(["bindings_version", version])?;
             meta.execute(["bindings_stored_at", &chrono::Utc::now().to_rfc3339()])?;
@@ -335,8 +563,7 @@ impl Store {
     }
 
     fn checkpoint(&self) -> Result<(), QueueError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 }
@@ -346,25 +573,14 @@ pub fn destinations(conn: &Connection) -> Result<Vec<(i64, Destination, u64)>, Q
         "SELECT d.id, d.org, d.bucket, (SELECT count(*) FROM points p WHERE p.dest_id = d.id) FROM destinations d ORDER BY d.id",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get(0)?,
-            Destination {
-                org: r.get(1)?,
-                bucket: r.get(2)?,
-            },
-            r.get::<_, i64>(3)? as u64,
-        ))
+        Ok((r.get(0)?, Destination { org: r.get(1)?, bucket: r.get(2)? }, r.get::<_, i64>(3)? as u64))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn load_bindings(
-    conn: &Connection,
-) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
+pub fn load_bindings(conn: &Connection) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
     let meta = |key: &str| -> Result<Option<String>, QueueError> {
-        Ok(conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+        Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     };
     let Some(source) = meta("bindings_source")? else {
         return Ok(None);
@@ -373,24 +589,89 @@ pub fn load_bindings(
     let mut stmt = conn.prepare("SELECT body FROM binding_cache ORDER BY seq")?;
     let mut out = Vec::new();
     for body in stmt.query_map([], |r| r.get::<_, String>(0))? {
-        let b: Binding = serde_json::from_str(&body?)
-            .map_err(|e| QueueError::Invalid(format!("binding cache: {e}")))?;
+        let b: Binding =
+            serde_json::from_str(&body?).map_err(|e| QueueError::Invalid(format!("binding cache: {e}")))?;
         out.push(b);
     }
     Ok(Some((out, source, version)))
 }
 
-pub fn stats(conn: &Connection, path: &Path) -> Result<QueueStats, QueueError> {
-    let (points, bytes, oldest): (i64, Option<i64>, Option<i64>) = conn.query_row(
-        "SELECT count(*), sum(length(line) + 1), min(enqueued_ns) FROM points",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+/// Dead letters, oldest first (operator command).
+pub fn dead_letters(conn: &Connection, filter: &DeadLetterFilter, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    let (clause, mut args) = filter.clause();
+    let sql = format!(
+        "SELECT x.id, d.org, d.bucket, x.line, x.reason, x.status, x.detail, x.enqueued_ns, x.failed_ns
+         FROM (SELECT * FROM dead_letters{clause}) x JOIN destinations d ON d.id = x.dest_id ORDER BY x.id LIMIT ?"
+    );
+    args.push((limit.min(i64::MAX as usize) as i64).into());
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        Ok(DeadLetter {
+            id: r.get(0)?,
+            destination: Destination { org: r.get(1)?, bucket: r.get(2)? }.to_string(),
+            line: r.get(3)?,
+            reason: r.get(4)?,
+            status: r.get::<_, Option<i64>>(5)?.map(|s| s as u16),
+            detail: r.get(6)?,
+            enqueued_ns: r.get(7)?,
+            failed_ns: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Dead letters per reason (operator command, metrics).
+pub fn dead_letter_counts(conn: &Connection) -> Result<Vec<(String, u64)>, QueueError> {
+    let mut stmt = conn.prepare("SELECT reason, count(*) FROM dead_letters GROUP BY reason ORDER BY reason")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Moves dead letters back into the queue, after their cause was fixed. Returns how many.
+pub fn replay_dead_letters(conn: &mut Connection, filter: &DeadLetterFilter) -> Result<u64, QueueError> {
+    let (clause, args) = filter.clause();
+    let tx = conn.transaction()?;
+    tx.execute(
+        &format!(
+            "INSERT INTO points (dest_id, line, enqueued_ns) SELECT dest_id, line, enqueued_ns FROM dead_letters{clause} ORDER BY id"
+        ),
+        rusqlite::params_from_iter(args.clone()),
     )?;
+    let n = tx.execute(&format!("DELETE FROM dead_letters{clause}"), rusqlite::params_from_iter(args))?;
+    tx.commit()?;
+    Ok(n as u64)
+}
+
+/// Deletes dead letters for good. Returns how many.
+pub fn purge_dead_letters(conn: &mut Connection, filter: &DeadLetterFilter) -> Result<u64, QueueError> {
+    let (clause, args) = filter.clause();
+    Ok(conn.execute(&format!("DELETE FROM dead_letters{clause}"), rusqlite::params_from_iter(args))? as u64)
+}
+
+/// Opens an existing database for an operator command that changes it (dead-letter replay
+/// and purge). Safe beside the running daemon: SQLite serializes the writers.
+pub fn open_read_write(data_dir: &Path) -> Result<Connection, QueueError> {
+    let path = data_dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(QueueError::Invalid(format!("{} does not exist", path.display())));
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+pub fn stats(conn: &Connection, path: &Path) -> Result<QueueStats, QueueError> {
+    let (points, bytes, oldest): (i64, Option<i64>, Option<i64>) =
+        conn.query_row("SELECT count(*), sum(length(line) + 1), min(enqueued_ns) FROM points", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
     let file = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
+    let dead: i64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
     Ok(QueueStats {
         points: points as u64,
+        dead_letters: dead as u64,
         bytes: bytes.unwrap_or(0) as u64,
         oldest_enqueued_ns: oldest,
         db_file_bytes: file(path.to_path_buf()) + file(PathBuf::from(wal)),
@@ -403,51 +684,31 @@ mod tests {
     use crate::queue::QueueHandle;
 
     fn dest(b: &str) -> Destination {
-        Destination {
-            org: "o".into(),
-            bucket: b.into(),
-        }
+        Destination { org: "o".into(), bucket: b.into() }
     }
 
     fn point(dest_id: i64, n: usize) -> NewPoint {
-        NewPoint {
-            dest_id,
-            line: format!("m v={n}i {n}"),
-            enqueued_ns: n as i64,
-        }
+        NewPoint { dest_id, line: format!("m v={n}i {n}"), enqueued_ns: n as i64 }
     }
 
     #[tokio::test]
     async fn points_survive_reopen_and_leave_only_when_deleted() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (q, join) = QueueHandle::open(dir.path(), Synchronous::Full).expect("open");
+        let (q, join) = QueueHandle::open(dir.path(), Synchronous::Full, Limits::default()).expect("open");
         let a = q.destination_id(dest("a")).await.expect("dest");
         let b = q.destination_id(dest("b")).await.expect("dest");
         assert_eq!(q.destination_id(dest("a")).await.expect("same"), a);
-        q.append(
-            (0..10)
-                .map(|n| point(a, n))
-                .chain((0..3).map(|n| point(b, n)))
-                .collect(),
-        )
-        .await
-        .expect("append");
+        q.append((0..10).map(|n| point(a, n)).chain((0..3).map(|n| point(b, n))).collect()).await.expect("append");
         let batch = q.lease(a, 4, usize::MAX).await.expect("lease");
-        assert_eq!(
-            batch.iter().map(|l| l.line.as_str()).collect::<Vec<_>>()[0],
-            "m v=0i 0"
-        );
+        assert_eq!(batch.iter().map(|l| l.line.as_str()).collect::<Vec<_>>()[0], "m v=0i 0");
         assert_eq!(batch.len(), 4);
         // Not deleted yet: leasing again yields the same batch (a failed send retries it).
         assert_eq!(q.lease(a, 4, usize::MAX).await.expect("again"), batch);
-        assert_eq!(
-            q.delete(a, batch[0].id, batch[3].id).await.expect("delete"),
-            4
-        );
+        assert_eq!(q.delete(a, batch[0].id, batch[3].id).await.expect("delete"), 4);
         q.close().await.expect("close");
         join.join().expect("thread");
 
-        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Full).expect("reopen");
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Full, Limits::default()).expect("reopen");
         let rest = q.lease(a, 100, usize::MAX).await.expect("lease");
         assert_eq!(rest.len(), 6);
         assert_eq!(rest[0].line, "m v=4i 4");
@@ -459,11 +720,9 @@ mod tests {
     #[tokio::test]
     async fn lease_respects_bytes_but_always_yields_one_line() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal).expect("open");
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
         let a = q.destination_id(dest("a")).await.expect("dest");
-        q.append((0..5).map(|n| point(a, n)).collect())
-            .await
-            .expect("append");
+        q.append((0..5).map(|n| point(a, n)).collect()).await.expect("append");
         assert_eq!(q.lease(a, 100, 1).await.expect("lease").len(), 1);
         assert_eq!(q.lease(a, 100, 20).await.expect("lease").len(), 2);
     }
@@ -471,15 +730,12 @@ mod tests {
     #[tokio::test]
     async fn concurrent_appends_are_all_committed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Full).expect("open");
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Full, Limits::default()).expect("open");
         let a = q.destination_id(dest("a")).await.expect("dest");
         let tasks: Vec<_> = (0..20)
             .map(|t| {
                 let q = q.clone();
-                tokio::spawn(async move {
-                    q.append((0..50).map(|n| point(a, t * 50 + n)).collect())
-                        .await
-                })
+                tokio::spawn(async move { q.append((0..50).map(|n| point(a, t * 50 + n)).collect()).await })
             })
             .collect();
         for t in tasks {
@@ -535,7 +791,7 @@ mod model {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
             rt.block_on(async move {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let (mut q, _j) = QueueHandle::open(dir.path(), Synchronous::Normal).expect("open");
+                let (mut q, _j) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
                 let mut ids = Vec::new();
                 for b in ["a", "b"] {
                     ids.push(q.destination_id(Destination { org: String::new(), bucket: b.into() }).await.expect("dest"));
@@ -561,7 +817,7 @@ mod model {
                         }
                         Op::Restart => {
                             q.close().await.expect("close");
-                            q = QueueHandle::open(dir.path(), Synchronous::Normal).expect("reopen").0;
+                            q = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("reopen").0;
                         }
                     }
                 }

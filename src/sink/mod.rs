@@ -49,24 +49,20 @@ pub async fn run_sinks(
     let mut workers: HashMap<i64, Arc<Wake>> = HashMap::new();
     let mut names: HashMap<i64, Destination> = HashMap::new();
 
-    let spawn =
-        |id: i64, dest: Destination, pending: u64, workers: &mut HashMap<i64, Arc<Wake>>| {
-            let wake = Arc::new(Wake {
-                pending: AtomicU64::new(pending),
-                notify: Notify::new(),
-            });
-            workers.insert(id, wake.clone());
-            let w = Worker {
-                id,
-                dest,
-                queue: queue.clone(),
-                client: client.clone(),
-                cfg: cfg.clone(),
-                counters: counters.clone(),
-                wake,
-            };
-            tracker.spawn(w.run(shutdown.clone()));
+    let spawn = |id: i64, dest: Destination, pending: u64, workers: &mut HashMap<i64, Arc<Wake>>| {
+        let wake = Arc::new(Wake { pending: AtomicU64::new(pending), notify: Notify::new() });
+        workers.insert(id, wake.clone());
+        let w = Worker {
+            id,
+            dest,
+            queue: queue.clone(),
+            client: client.clone(),
+            cfg: cfg.clone(),
+            counters: counters.clone(),
+            wake,
         };
+        tracker.spawn(w.run(shutdown.clone()));
+    };
 
     match queue.destinations().await {
         Ok(list) => {
@@ -100,10 +96,7 @@ pub async fn run_sinks(
                     names.extend(list.into_iter().map(|(i, d, _)| (i, d)));
                 }
                 let Some(dest) = names.get(&id).cloned() else {
-                    error!(
-                        dest_id = id,
-                        "Points for an unknown destination id; they wait in the queue."
-                    );
+                    error!(dest_id = id, "Points for an unknown destination id; they wait in the queue.");
                     continue;
                 };
                 spawn(id, dest, 0, &mut workers);
@@ -130,19 +123,39 @@ struct Worker {
     wake: Arc<Wake>,
 }
 
+/// Dead-letter reasons (metric labels, `dead-letters list --reason`).
+pub const REASON_REJECTED: &str = "rejected";
+pub const REASON_TOO_LARGE: &str = "too_large";
+
+/// Consecutive connection breaks in the middle of a multi-line request after which the
+/// batch is split: InfluxDB may reset the connection on a body it will not take, before
+/// answering 413.
+const BREAKS_BEFORE_SPLIT: u32 = 3;
+
+/// Retry state of one destination.
+struct Retry {
+    backoff: Backoff,
+    failing: bool,
+    breaks: u32,
+    max_lines: usize,
+}
+
 impl Worker {
     async fn run(self, shutdown: CancellationToken) {
         let flush = Duration::from_millis(self.cfg.flush_interval_ms);
-        let mut backoff = Backoff::new(
-            Duration::from_millis(self.cfg.retry_initial_ms),
-            Duration::from_millis(self.cfg.retry_max_ms),
-        );
+        let mut st = Retry {
+            backoff: Backoff::new(
+                Duration::from_millis(self.cfg.retry_initial_ms),
+                Duration::from_millis(self.cfg.retry_max_ms),
+            ),
+            failing: false,
+            breaks: 0,
+            max_lines: self.cfg.batch_max_lines,
+        };
         // Start with a flush: whatever waits from before the start goes out now.
         let mut deadline = Instant::now();
-        let mut max_lines = self.cfg.batch_max_lines;
-        let mut failing = false;
         loop {
-            while self.wake.pending.load(Relaxed) < max_lines as u64 && Instant::now() < deadline {
+            while self.wake.pending.load(Relaxed) < st.max_lines as u64 && Instant::now() < deadline {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = self.wake.notify.notified() => {}
@@ -154,95 +167,172 @@ impl Worker {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                let rows = match self
-                    .queue
-                    .lease(self.id, max_lines, self.cfg.batch_max_bytes)
-                    .await
-                {
+                let rows = match self.queue.lease(self.id, st.max_lines, self.cfg.batch_max_bytes).await {
                     Ok(r) => r,
                     Err(e) => {
                         error!(destination = %self.dest, error = %e, "Could not read the queue; retrying.");
-                        if sleep_or_cancel(backoff.next_delay(), &shutdown).await {
+                        if sleep_or_cancel(st.backoff.next_delay(), &shutdown).await {
                             return;
                         }
                         continue;
                     }
                 };
-                let (Some(first), Some(last)) =
-                    (rows.first().map(|r| r.id), rows.last().map(|r| r.id))
-                else {
+                if rows.is_empty() {
                     self.wake.pending.store(0, Relaxed);
                     break;
-                };
-                let n = rows.len();
-                let mut body = Vec::with_capacity(rows.iter().map(|r| r.line.len() + 1).sum());
-                for r in &rows {
-                    body.extend_from_slice(r.line.as_bytes());
-                    body.push(b'\n');
                 }
-                drop(rows);
-                let started = Instant::now();
-                let outcome = self.client.write(&self.dest, body).await;
-                let wait = match outcome {
-                    WriteOutcome::Written => {
-                        if let Err(e) = self.queue.delete(self.id, first, last).await {
-                            // Stored in InfluxDB but still queued: it will be written again,
-                            // which InfluxDB treats as the same points.
-                            error!(destination = %self.dest, error = %e, "Could not delete a delivered batch.");
-                        }
-                        self.counters.points_delivered.fetch_add(n as u64, Relaxed);
-                        let _ = self
-                            .wake
-                            .pending
-                            .fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n as u64)));
-                        if failing {
-                            info!(destination = %self.dest, "InfluxDB accepts writes again.");
-                            failing = false;
-                        }
-                        backoff.reset();
-                        tracing::debug!(destination = %self.dest, points = n, ms = started.elapsed().as_millis() as u64, "Batch written.");
-                        if n < max_lines {
-                            break;
-                        }
-                        continue;
-                    }
-                    WriteOutcome::TooLarge => {
-                        max_lines = (n / 2).max(1);
-                        warn!(destination = %self.dest, points = n, new_batch_max_lines = max_lines, "InfluxDB refused the batch as too large (413); splitting.");
-                        if n > 1 {
-                            continue;
-                        }
-                        backoff.next_delay()
-                    }
-                    WriteOutcome::Retry { after, why } => {
-                        self.counters.write_failures.fetch_add(1, Relaxed);
-                        let step = backoff.next_delay();
-                        if !failing || backoff.attempts.is_multiple_of(10) {
-                            warn!(destination = %self.dest, error = %why, waiting = n, attempt = backoff.attempts, "InfluxDB write failed; keeping the points and retrying.");
-                        }
-                        failing = true;
-                        after.map_or(step, |a| a.max(step))
-                    }
-                    WriteOutcome::Auth { status, body } => {
-                        self.counters.write_failures.fetch_add(1, Relaxed);
-                        failing = true;
-                        error!(destination = %self.dest, status, response = %body, "InfluxDB refused the credentials; keeping every point. Fix the token or password file.");
-                        backoff.next_delay()
-                    }
-                    WriteOutcome::Rejected { status, body } => {
-                        self.counters.write_failures.fetch_add(1, Relaxed);
-                        failing = true;
-                        error!(destination = %self.dest, status, response = %body, "InfluxDB rejected the batch; keeping the points and retrying. Check the database/bucket exists.");
-                        backoff.next_delay()
-                    }
-                };
-                if sleep_or_cancel(wait, &shutdown).await {
+                let full = rows.len() >= st.max_lines;
+                if !self.deliver(&rows, &mut st, &shutdown).await {
                     return;
+                }
+                if !full {
+                    break;
                 }
             }
             deadline = Instant::now() + flush;
         }
     }
+
+    /// Delivers one leased batch: every line ends up written or dead-lettered with its
+    /// reason. Returns false when cancelled (what is not done stays queued).
+    async fn deliver(&self, rows: &[crate::queue::Leased], st: &mut Retry, shutdown: &CancellationToken) -> bool {
+        // Ranges still to write, in order. A rejected range is split in halves until the
+        // lines InfluxDB refuses are found one by one; rewriting the good ones is harmless
+        // (same series, same time: InfluxDB keeps one point).
+        let mut todo = std::collections::VecDeque::from([std::ops::Range { start: 0, end: rows.len() }]);
+        while let Some(r) = todo.pop_front() {
+            loop {
+                if shutdown.is_cancelled() {
+                    return false;
+                }
+                let part = &rows[r.clone()];
+                let mut body = Vec::with_capacity(part.iter().map(|l| l.line.len() + 1).sum());
+                for l in part {
+                    body.extend_from_slice(l.line.as_bytes());
+                    body.push(b'\n');
+                }
+                let started = Instant::now();
+                let wait = match self.client.write(&self.dest, body).await {
+                    WriteOutcome::Written => {
+                        self.delete(part).await;
+                        self.counters.points_delivered.fetch_add(part.len() as u64, Relaxed);
+                        if st.failing {
+                            info!(destination = %self.dest, "InfluxDB accepts writes again.");
+                        }
+                        st.failing = false;
+                        st.breaks = 0;
+                        st.backoff.reset();
+                        tracing::debug!(destination = %self.dest, points = part.len(), ms = started.elapsed().as_millis() as u64, "Batch written.");
+                        break;
+                    }
+                    WriteOutcome::Partial { status, body, rejected: Some(lines) } => {
+                        // The server named the refused lines (v3): exactly those go.
+                        let ids: Vec<i64> = lines.iter().filter_map(|i| part.get(*i)).map(|l| l.id).collect();
+                        self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await;
+                        self.delete(part).await;
+                        let delivered = part.len().saturating_sub(lines.len());
+                        self.counters.points_delivered.fetch_add(delivered as u64, Relaxed);
+                        break;
+                    }
+                    WriteOutcome::Partial { status, body, rejected: None } => {
+                        if r.len() == 1 {
+                            self.dead_letter(vec![part[0].id], REASON_REJECTED, Some(status), &body).await;
+                        } else {
+                            split(&mut todo, r.clone());
+                        }
+                        break;
+                    }
+                    WriteOutcome::TooLarge => {
+                        if r.len() == 1 {
+                            self.dead_letter(
+                                vec![part[0].id],
+                                REASON_TOO_LARGE,
+                                Some(413),
+                                "one line is larger than InfluxDB accepts",
+                            )
+                            .await;
+                        } else {
+                            st.max_lines = (r.len() / 2).max(1);
+                            warn!(destination = %self.dest, points = r.len(), new_batch_max_lines = st.max_lines, "InfluxDB refused the batch as too large (413); splitting and sending smaller batches from now on.");
+                            split(&mut todo, r.clone());
+                        }
+                        break;
+                    }
+                    WriteOutcome::Retry { after, why, mid_request } => {
+                        self.counters.write_failures.fetch_add(1, Relaxed);
+                        if mid_request && r.len() > 1 {
+                            st.breaks += 1;
+                            if st.breaks >= BREAKS_BEFORE_SPLIT {
+                                st.breaks = 0;
+                                st.max_lines = (r.len() / 2).max(1);
+                                warn!(destination = %self.dest, points = r.len(), error = %why, "The connection broke mid-request repeatedly; sending smaller batches.");
+                                split(&mut todo, r.clone());
+                                break;
+                            }
+                        }
+                        let step = st.backoff.next_delay();
+                        if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                            warn!(destination = %self.dest, error = %why, waiting = r.len(), attempt = st.backoff.attempts, "InfluxDB write failed; keeping the points and retrying.");
+                        }
+                        st.failing = true;
+                        after.map_or(step, |a| a.max(step))
+                    }
+                    WriteOutcome::Auth { status, body } => {
+                        self.counters.write_failures.fetch_add(1, Relaxed);
+                        if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                            error!(destination = %self.dest, status, response = %body, "InfluxDB refused the credentials; keeping every point. Fix the token or password file.");
+                        }
+                        st.failing = true;
+                        st.backoff.next_delay()
+                    }
+                    WriteOutcome::Rejected { status, body } => {
+                        self.counters.write_failures.fetch_add(1, Relaxed);
+                        if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                            error!(destination = %self.dest, status, response = %body, "InfluxDB refused this destination (does the database or bucket exist?); keeping its points and retrying. Other destinations carry on.");
+                        }
+                        st.failing = true;
+                        st.backoff.next_delay()
+                    }
+                };
+                if sleep_or_cancel(wait, shutdown).await {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    async fn delete(&self, part: &[crate::queue::Leased]) {
+        let (Some(first), Some(last)) = (part.first(), part.last()) else { return };
+        if let Err(e) = self.queue.delete(self.id, first.id, last.id).await {
+            // Stored in InfluxDB but still queued: it will be written again, which InfluxDB
+            // treats as the same points.
+            error!(destination = %self.dest, error = %e, "Could not delete a delivered batch.");
+        }
+        let n = part.len() as u64;
+        let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
+    }
+
+    async fn dead_letter(&self, ids: Vec<i64>, reason: &'static str, status: Option<u16>, detail: &str) {
+        let n = ids.len() as u64;
+        match self.queue.dead_letter(self.id, ids, reason, status, detail.to_owned()).await {
+            Ok(moved) => {
+                self.counters.dead_lettered.fetch_add(moved, Relaxed);
+                error!(destination = %self.dest, points = moved, reason, status, response = %detail, "InfluxDB refused points for good; moved them to the dead letters (see `heartguard-gateway dead-letters list`).");
+            }
+            Err(e) => {
+                error!(destination = %self.dest, points = n, error = %e, "Could not move refused points to the dead letters; they stay queued.")
+            }
+        }
+        let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
+    }
+}
+
+/// Puts the two halves of `r` at the front of `todo`, first half first.
+fn split(todo: &mut std::collections::VecDeque<std::ops::Range<usize>>, r: std::ops::Range<usize>) {
+    let mid = r.start + r.len() / 2;
+    todo.push_front(mid..r.end);
+    todo.push_front(r.start..mid);
 }
 
 /// Sleeps; true if cancelled meanwhile.

@@ -1,0 +1,1116 @@
+//! Integration-test harness: starts REAL server processes (Mosquitto, InfluxDB 1.x,
+//! VictoriaMetrics) and the gateway binary, each on its own loopback port and in its
+//! own temporary directory, so tests can run in parallel and leave nothing behind.
+//!
+//! Used as `mod common;` from several test files; each file uses a different subset,
+//! hence the `dead_code` allowance.
+//!
+//! Conventions:
+//! - `start()` blocks until the server answers (it is plain synchronous code, so it
+//!   works from `#[test]` and `#[tokio::test]` alike) and panics with the tail of the
+//!   server's log if the server does not come up.
+//! - Every struct kills its process on `Drop` (SIGKILL + wait) and then removes its
+//!   directory (the `TempDir` field is dropped after `Drop::drop` ran).
+//! - Query helpers are async and use `reqwest` (no extra features needed: URLs are
+//!   built with `reqwest::Url`, JSON is parsed with `serde_json`).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tempfile::TempDir;
+
+/// How long a server may take to start answering before the test fails.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many log lines a startup failure shows.
+const LOG_TAIL_LINES: usize = 40;
+
+// ---------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------
+
+/// Ports this process already handed out. A port is never handed out twice, even
+/// after the server using it is gone: a test may restart a server on "its" port
+/// later, and another test must not have taken it in between.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// Returns a loopback TCP port that is free right now and that this process never
+/// handed out before.
+///
+/// Ports are taken from below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, usually 32768–60999): the kernel picks
+/// the local port of every outgoing connection (reqwest, rumqttc, the gateway …) from
+/// that range, so a port from `bind(127.0.0.1:0)` could be taken by some client's
+/// connection between the moment we hand it out and the moment the server binds it.
+/// Below the range only explicit `bind`s compete, and each candidate is checked by
+/// binding it. The start offset depends on the process id, so two test processes
+/// running at the same time rarely probe the same ports. If the range cannot be read
+/// (not Linux) we fall back to `bind(127.0.0.1:0)`.
+pub fn free_port() -> u16 {
+    let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed_out = guard.get_or_insert_with(HashSet::new);
+
+    const LOW: u16 = 20_000;
+    let high = ephemeral_range_start().unwrap_or(0);
+    if high > LOW + 1_000 {
+        let span = u32::from(high - LOW);
+        let start = (std::process::id().wrapping_mul(7_919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0))
+            % span;
+        for i in 0..span {
+            let port = LOW + ((start + i) % span) as u16;
+            if handed_out.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed_out.insert(port);
+                return port;
+            }
+        }
+    }
+    // Fallback: let the kernel choose, but still never repeat a port.
+    for _ in 0..1_000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr of a bound listener").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("free_port: found no free loopback port");
+}
+
+/// First port of the kernel's ephemeral range, if known.
+fn ephemeral_range_start() -> Option<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Process helpers shared by all servers
+// ---------------------------------------------------------------------------
+
+/// Finds a server binary: first on `PATH`, then at the usual Debian locations
+/// (`/usr/sbin` is not on a non-root user's `PATH`, and Mosquitto lives there).
+fn find_binary(name: &str) -> PathBuf {
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&path_var).map(|dir| dir.join(name));
+    let usual =
+        ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"].iter().map(|dir| Path::new(dir).join(name));
+    on_path.chain(usual).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "`{name}` not found on PATH or in /usr/sbin, /usr/bin: install the Debian \
+             packages listed in .ci/run (mosquitto, influxdb, victoria-metrics)"
+        )
+    })
+}
+
+/// Opens `path` for the child's stdout and a clone for its stderr, so both end up
+/// in one file in the order they were written.
+fn log_stdio(path: &Path) -> (Stdio, Stdio) {
+    let file = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let clone = file.try_clone().unwrap_or_else(|e| panic!("clone handle of {}: {e}", path.display()));
+    (Stdio::from(file), Stdio::from(clone))
+}
+
+/// The last `lines` lines of a file (lossy UTF-8), or a note why there are none.
+fn tail_of_file(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            let from = all.len().saturating_sub(lines);
+            format!("---- last {} lines of {} ----\n{}\n", all.len() - from, path.display(), all[from..].join("\n"))
+        }
+        Err(e) => format!("---- {}: cannot read: {e} ----\n", path.display()),
+    }
+}
+
+/// SIGKILL (through `Child::kill`) and reap, ignoring "already exited".
+fn kill_and_wait(child: &mut Child) {
+    // `kill` fails only if the process was already reaped; `wait` then returns the
+    // cached status. Either way nothing is left running afterwards.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends SIGTERM through the `kill` command (no libc needed).
+fn send_sigterm(child: &Child) {
+    // A non-zero exit status means the process is already gone; the caller's wait
+    // sees that, so only failing to run `kill` at all is an error.
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run `kill -TERM`");
+}
+
+/// A server child process with its log files, killed on drop.
+struct ServerProcess {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    /// Where the first run's stdout+stderr go; later runs: see `out_path`.
+    stdout_log: PathBuf,
+    /// Extra log file the server writes itself (Mosquitto's `log_dest file`).
+    own_log: Option<PathBuf>,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl ServerProcess {
+    fn new(name: &'static str, program: PathBuf, args: Vec<String>, dir: &Path, own_log: Option<PathBuf>) -> Self {
+        ServerProcess {
+            name,
+            program,
+            args,
+            stdout_log: dir.join(format!("{name}.out")),
+            own_log,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Output file of run number `n` (1-based): `NAME.out`, then `NAME.out.2`, …
+    /// so a restart does not overwrite what the previous run said.
+    fn out_path(&self, n: u32) -> PathBuf {
+        if n <= 1 {
+            self.stdout_log.clone()
+        } else {
+            let mut name = self.stdout_log.clone().into_os_string();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        }
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        self.starts += 1;
+        let (out, err) = log_stdio(&self.out_path(self.starts));
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} ({}): {e}", self.name, self.program.display()));
+        self.child = Some(child);
+    }
+
+    /// Tail of every log of the current run, for panic messages.
+    fn log_tail(&self) -> String {
+        let mut s = tail_of_file(&self.out_path(self.starts), LOG_TAIL_LINES);
+        if let Some(own) = &self.own_log {
+            s.push_str(&tail_of_file(own, LOG_TAIL_LINES));
+        }
+        s
+    }
+
+    /// Polls `ready` every 50 ms until it returns true; panics with the log tail if
+    /// the process exits or `STARTUP_TIMEOUT` passes first.
+    fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if ready() {
+                return;
+            }
+            let child = self.child.as_mut().expect("wait_until on a running server");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                panic!(
+                    "{} exited during startup ({status}) before {what}; command: {} {}\n{}",
+                    self.name,
+                    self.program.display(),
+                    self.args.join(" "),
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                let tail = self.log_tail();
+                self.kill();
+                panic!("{} did not get ready ({what}) within {STARTUP_TIMEOUT:?}\n{tail}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_and_wait(&mut child);
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// True if something accepts TCP connections on 127.0.0.1:`port`.
+fn tcp_accepts(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Minimal blocking `GET` (HTTP/1.0, so the server closes the connection after the
+/// answer) returning the status code, or `None` if there is no valid answer. Used for
+/// readiness checks so `start()` needs no async runtime.
+fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    let mut head = [0u8; 32];
+    let mut len = 0;
+    // Read just enough for "HTTP/1.x NNN".
+    while len < 12 {
+        match stream.read(&mut head[len..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    let text = std::str::from_utf8(&head[..len]).ok()?;
+    let mut parts = text.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    parts.next()?.get(..3)?.parse().ok()
+}
+
+/// HTTP client for the query helpers. No connection pooling: servers get stopped and
+/// restarted under the tests' feet, and a pooled connection to a killed server would
+/// make the next helper call fail spuriously. No proxy: everything is on loopback.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("build reqwest client")
+}
+
+/// Quotes a string as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Quotes an InfluxQL identifier (database or measurement name): double quotes, with
+/// `\` and `"` backslash-escaped and a newline written as `\n` (the InfluxQL scanner
+/// unescapes exactly these inside quoted identifiers).
+pub fn influxql_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Mosquitto
+// ---------------------------------------------------------------------------
+
+/// A private Mosquitto 2.x broker on a free loopback port (never the system one on
+/// 1883). No persistence: stopping it loses every queued message.
+pub struct Mosquitto {
+    pub port: u16,
+    process: ServerProcess,
+    dir: TempDir,
+}
+
+impl Mosquitto {
+    /// Starts the broker and waits until it accepts TCP connections.
+    pub fn start() -> Self {
+        let dir = TempDir::new().expect("create temp dir for mosquitto");
+        let port = free_port();
+        let log = dir.path().join("mosquitto.log");
+        let config = dir.path().join("mosquitto.conf");
+        // Mosquitto's config format has no quoting; a temp dir path has no spaces.
+        let text = format!(
+            "# Written by tests/common/mod.rs\n\
+             listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             persistence false\n\
+             # 0 = no limit: the gateway uses a persistent session, and while it is\n\
+             # down the broker must keep every QoS 1 message for it.\n\
+             max_queued_messages 0\n\
+             max_queued_bytes 0\n\
+             max_inflight_messages 100\n\
+             # Started as root (CI), Mosquitto 2 switches to user `mosquitto`, which\n\
+             # cannot write the log in our 0700 temp dir. `user root` keeps the\n\
+             # current user; it has no effect when not started as root.\n\
+             user root\n\
+             log_dest file {log}\n\
+             log_type error\n\
+             log_type warning\n\
+             log_type notice\n\
+             log_type information\n\
+             connection_messages true\n\
+             log_timestamp_format %Y-%m-%dT%H:%M:%S\n",
+            log = log.display()
+        );
+        std::fs::write(&config, text).expect("write mosquitto.conf");
+        let process = ServerProcess::new(
+            "mosquitto",
+            find_binary("mosquitto"),
+            vec!["-c".into(), config.display().to_string()],
+            dir.path(),
+            Some(log),
+        );
+        let mut broker = Mosquitto { port, process, dir };
+        broker.spawn_and_wait();
+        broker
+    }
+
+    fn spawn_and_wait(&mut self) {
+        self.process.spawn();
+        let port = self.port;
+        self.process.wait_until("TCP connect succeeds", || tcp_accepts(port));
+    }
+
+    /// `mqtt://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the broker (SIGKILL); queued messages are lost (no persistence).
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the broker again on the same port (after `stop`).
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.spawn_and_wait();
+    }
+
+    /// The broker's own log (connections, disconnections, errors).
+    pub fn log(&self) -> String {
+        std::fs::read(self.dir.path().join("mosquitto.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// InfluxDB 1.x
+// ---------------------------------------------------------------------------
+
+/// A private InfluxDB 1.x (`influxd`, Debian's 1.6.7) on a free loopback port, with
+/// meta, data and WAL in its temp dir.
+///
+/// Behaviour worth knowing (checked against 1.6.7):
+/// - No `/api/v2/write` (404).
+/// - `Content-Encoding: gzip` on `/write` works, but only spelled exactly `gzip`
+///   (case-sensitive). A gzip body sent without that header is parsed as line
+///   protocol: 400 "unable to parse '<raw gzip bytes>': missing fields", and the raw
+///   bytes (NULs included) are copied into the `X-Influxdb-Error` response header.
+/// - The 25,000,000-byte body limit (413) is NOT applied to gzip bodies.
+/// - Writes are fsynced to the WAL before the 204, so `stop()` (SIGKILL) loses
+///   nothing that was acknowledged.
+pub struct Influx1 {
+    pub port: u16,
+    rpc_port: u16,
+    process: ServerProcess,
+    http: reqwest::Client,
+    dir: TempDir,
+}
+
+impl Influx1 {
+    /// Writes the config, starts `influxd run -config FILE` and waits until
+    /// `GET /ping` answers 204.
+    pub fn start() -> Self {
+        let dir = TempDir::new().expect("create temp dir for influxd");
+        let port = free_port();
+        let rpc_port = free_port();
+        let d = dir.path();
+        let config = d.join("influxdb.conf");
+        let text = format!(
+            r#"# Written by tests/common/mod.rs: everything local, small, and quiet.
+# Upstream spells the phone-home switch `reporting-disabled`; Debian's build renamed
+# it to `reporting-enabled` (default false there). Unknown keys are ignored, so both
+# are set.
+reporting-disabled = true
+reporting-enabled = false
+# RPC service (backup/restore); must not clash with another instance's 8088.
+bind-address = "127.0.0.1:{rpc_port}"
+
+[meta]
+  dir = {meta}
+  retention-autocreate = true
+  logging-enabled = false
+
+[data]
+  dir = {data}
+  wal-dir = {wal}
+  # fsync the WAL on every write, so a SIGKILL loses nothing acknowledged.
+  wal-fsync-delay = "0s"
+  query-log-enabled = false
+  trace-logging-enabled = false
+
+[retention]
+  enabled = false
+
+[shard-precreation]
+  enabled = false
+
+[monitor]
+  # No `_internal` database, no background writes.
+  store-enabled = false
+
+[subscriber]
+  enabled = false
+
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{port}"
+  auth-enabled = false
+  # No access log line per request.
+  log-enabled = false
+  suppress-write-log = true
+  pprof-enabled = false
+  # Kept at the default 25,000,000 so tests see the real 413 behaviour.
+  max-body-size = 25000000
+
+[logging]
+  level = "info"
+  suppress-logo = true
+
+[continuous_queries]
+  enabled = false
+"#,
+            meta = toml_string(&d.join("meta").display().to_string()),
+            data = toml_string(&d.join("data").display().to_string()),
+            wal = toml_string(&d.join("wal").display().to_string()),
+        );
+        std::fs::write(&config, text).expect("write influxdb.conf");
+        let process = ServerProcess::new(
+            "influxd",
+            find_binary("influxd"),
+            vec!["run".into(), "-config".into(), config.display().to_string()],
+            d,
+            None,
+        );
+        let mut influx = Influx1 { port, rpc_port, process, http: http_client(), dir };
+        influx.spawn_and_wait();
+        influx
+    }
+
+    fn spawn_and_wait(&mut self) {
+        self.process.spawn();
+        let port = self.port;
+        self.process.wait_until("GET /ping answers 204", || http_get_status(port, "/ping") == Some(204));
+        // /ping is served by the HTTP service, which opens after the store; also
+        // make sure queries work before handing the server to the test.
+        self.process.wait_until("SHOW DATABASES answers 200", || {
+            http_get_status(port, "/query?q=SHOW%20DATABASES") == Some(200)
+        });
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills influxd (SIGKILL, like a crash or a pulled plug) and waits for it.
+    /// Port, config and data stay; `restart()` brings it back with the same data.
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts influxd again on the same port with the same data (stops it first if
+    /// it is still running) and waits until it answers.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.spawn_and_wait();
+    }
+
+    /// `CREATE DATABASE "name"`; panics on failure.
+    pub async fn create_db(&self, name: &str) {
+        let q = format!("CREATE DATABASE {}", influxql_ident(name));
+        let url = reqwest::Url::parse_with_params(&format!("{}/query", self.url()), &[("q", q.as_str())])
+            .expect("build /query URL");
+        let resp = self.http.post(url).send().await.unwrap_or_else(|e| panic!("influxd {q}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp.text().await.expect("read /query body");
+        assert_eq!(status, 200, "influxd {q}: HTTP {status}: {body}");
+        let json: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("influxd {q}: invalid JSON ({e}): {body}"));
+        if let Some(err) = statement_error(&json) {
+            panic!("influxd {q}: {err}");
+        }
+    }
+
+    /// `GET /query?db=DB&epoch=ns&q=INFLUXQL` and the parsed JSON answer. Panics if
+    /// the HTTP status is not 200; InfluxQL errors come back inside the JSON
+    /// (`results[i].error`) and are left to the caller.
+    pub async fn query(&self, db: &str, influxql: &str) -> Value {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/query", self.url()),
+            &[("db", db), ("epoch", "ns"), ("q", influxql)],
+        )
+        .expect("build /query URL");
+        let resp = self.http.get(url).send().await.unwrap_or_else(|e| panic!("influxd query {influxql:?}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp.text().await.expect("read /query body");
+        assert_eq!(status, 200, "influxd query {influxql:?} on db {db:?}: HTTP {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("influxd query {influxql:?}: invalid JSON ({e}): {body}"))
+    }
+
+    /// `POST /write?db=DB&precision=ns` with `lines` as body; returns status and body
+    /// (204 and "" on success). Transport errors panic.
+    pub async fn write(&self, db: &str, lines: &str) -> (u16, String) {
+        let url = reqwest::Url::parse_with_params(&format!("{}/write", self.url()), &[("db", db), ("precision", "ns")])
+            .expect("build /write URL");
+        let resp = self
+            .http
+            .post(url)
+            .body(lines.to_owned())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("influxd write to {db:?}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp.text().await.expect("read /write body");
+        (status, body)
+    }
+
+    /// Number of points stored in `measurement` (0 if it does not exist).
+    ///
+    /// A point is one (series, timestamp) row: writing the same point twice stores
+    /// it once. With a single field key `count(*)` gives that number directly; with
+    /// several fields the per-field counts cannot tell points apart (two points with
+    /// only `a` and two with only `b` also count 2 and 2), so the rows of
+    /// `SELECT *` are counted instead.
+    pub async fn count(&self, db: &str, measurement: &str) -> u64 {
+        let m = influxql_ident(measurement);
+        let json = self.query(db, &format!("SELECT count(*) FROM {m}")).await;
+        if let Some(err) = statement_error(&json) {
+            panic!("influxd count of {measurement:?} in {db:?}: {err}");
+        }
+        let Some(series) = json["results"][0]["series"].as_array() else {
+            return 0; // no such measurement (or no points)
+        };
+        // Columns are "time" plus one `count_<field>` per field key.
+        let single_field = series.len() == 1 && series[0]["columns"].as_array().is_some_and(|c| c.len() == 2);
+        if single_field {
+            return series[0]["values"][0][1].as_u64().unwrap_or_else(|| panic!("unexpected count(*) answer: {json}"));
+        }
+        self.rows(db, measurement).await.len() as u64
+    }
+
+    /// Every point of `measurement` as a map column → value: `time` (ns since the
+    /// epoch, as a JSON integer), every tag (string, or null where the point lacks
+    /// it) and every field (null where the point lacks it). Empty if the measurement
+    /// does not exist. Ordered by time as InfluxDB returns them.
+    pub async fn rows(&self, db: &str, measurement: &str) -> Vec<Map<String, Value>> {
+        let q = format!("SELECT * FROM {}", influxql_ident(measurement));
+        let json = self.query(db, &q).await;
+        if let Some(err) = statement_error(&json) {
+            panic!("influxd {q} in {db:?}: {err}");
+        }
+        let mut out = Vec::new();
+        let Some(series) = json["results"][0]["series"].as_array() else {
+            return out;
+        };
+        for s in series {
+            let columns: Vec<&str> = s["columns"]
+                .as_array()
+                .expect("series without columns")
+                .iter()
+                .map(|c| c.as_str().expect("column name is a string"))
+                .collect();
+            for row in s["values"].as_array().expect("series without values") {
+                let row = row.as_array().expect("row is an array");
+                let mut map = Map::new();
+                // Without GROUP BY, tags are columns; with it they would be in "tags".
+                if let Some(tags) = s["tags"].as_object() {
+                    for (k, v) in tags {
+                        map.insert(k.clone(), v.clone());
+                    }
+                }
+                for (c, v) in columns.iter().zip(row) {
+                    map.insert((*c).to_owned(), v.clone());
+                }
+                out.push(map);
+            }
+        }
+        out
+    }
+}
+
+/// The first `error` of an InfluxDB /query answer (whole-request or per statement).
+fn statement_error(json: &Value) -> Option<String> {
+    if let Some(e) = json["error"].as_str() {
+        return Some(e.to_owned());
+    }
+    json["results"].as_array()?.iter().find_map(|r| r["error"].as_str().map(str::to_owned))
+}
+
+// ---------------------------------------------------------------------------
+// VictoriaMetrics
+// ---------------------------------------------------------------------------
+
+/// A private VictoriaMetrics (Debian's 1.79.5) on a free loopback port, used as the
+/// target of the InfluxDB v2 write API (`/api/v2/write`).
+///
+/// How a line-protocol point is stored (checked against 1.79.5 with curl):
+/// `POST /api/v2/write?org=O&bucket=B&precision=ns` with
+/// `vitals,patient=p1,ward=w\ 2 hr=72i,spo2=98.5,note="hi",ok=true 1795886444582639321`
+/// becomes one series per field:
+/// - metric name `<measurement>_<field>`: `vitals_hr`, `vitals_spo2`, `vitals_note`,
+///   `vitals_ok`;
+/// - every tag becomes a label with the unescaped value (`ward="w 2"`);
+/// - `org` and `bucket` are ignored: no label, no error, no check. Only a `db` query
+///   argument becomes a label (`db="…"`), on `/write` and `/api/v2/write` alike;
+/// - every value is a float64: `72i` → 72, `true` → 1, a string field → 0;
+/// - timestamps are stored in milliseconds, truncated: 1795886444582639321 ns →
+///   1795886444582 ms. `precision` (`ns`, `us`, `ms`, `s`; default `ns`) is honoured
+///   for the conversion; a line without timestamp gets the server's time;
+/// - two writes of the same point are both kept (no deduplication), so a replayed
+///   batch shows up twice in `export`;
+/// - bad lines are skipped silently (logged) and the request still answers 204 —
+///   except a line longer than 256 KiB (`-influx.maxLineSize`): 400 "too long line",
+///   the lines before it are stored, the rest of the body is dropped;
+/// - `Content-Encoding: gzip` is decoded; a gzip body without that header is one
+///   unparsable "line": skipped, 204;
+/// - `Authorization` headers are ignored unless started with
+///   `start_with_basic_auth`, then anything but the right Basic credentials (e.g.
+///   `Authorization: Token …`) gets 401 (1.79 has no token auth);
+/// - `/api/v1/export` without `end` stops at the start of the current second, so
+///   just-written samples stamped "now" seem missing; `export` here passes `end`.
+pub struct Victoria {
+    pub port: u16,
+    basic_auth: Option<(String, String)>,
+    process: ServerProcess,
+    http: reqwest::Client,
+    dir: TempDir,
+}
+
+impl Victoria {
+    /// Starts VictoriaMetrics without authentication.
+    pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    /// Starts VictoriaMetrics with `-httpAuth.username/password`: every request must
+    /// carry these Basic credentials or gets 401 (the helpers here send them).
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
+        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_inner(basic_auth: Option<(String, String)>) -> Self {
+        let dir = TempDir::new().expect("create temp dir for victoria-metrics");
+        let port = free_port();
+        let mut args = vec![
+            format!("-storageDataPath={}", dir.path().join("data").display()),
+            format!("-httpListenAddr=127.0.0.1:{port}"),
+            // Errors (e.g. skipped lines) and warnings only.
+            "-loggerLevel=WARN".into(),
+            // Default retention is 1 month and older samples are dropped silently;
+            // tests use fixed, old timestamps.
+            "-retentionPeriod=100y".into(),
+            // Several instances may run at once; keep each one's caches small.
+            "-memory.allowedBytes=256MiB".into(),
+            // No response cache and no "latency offset" hiding the newest samples
+            // from /api/v1/query*: a just-written sample must be queryable.
+            "-search.disableCache".into(),
+            "-search.latencyOffset=0s".into(),
+        ];
+        if let Some((user, password)) = &basic_auth {
+            args.push(format!("-httpAuth.username={user}"));
+            args.push(format!("-httpAuth.password={password}"));
+        }
+        let process = ServerProcess::new("victoria-metrics", find_binary("victoria-metrics"), args, dir.path(), None);
+        let mut vm = Victoria { port, basic_auth, process, http: http_client(), dir };
+        vm.process.spawn();
+        // /health needs no credentials even with -httpAuth.*.
+        vm.process.wait_until("GET /health answers 200", || http_get_status(port, "/health") == Some(200));
+        vm
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn get(&self, url: reqwest::Url) -> reqwest::RequestBuilder {
+        let req = self.http.get(url);
+        match &self.basic_auth {
+            Some((u, p)) => req.basic_auth(u, Some(p)),
+            None => req,
+        }
+    }
+
+    /// `/internal/force_flush`: moves the rows and index entries buffered in memory
+    /// (flushed every second otherwise) into searchable parts and resets the index
+    /// search cache (reset every 10 s otherwise), so every sample whose write was
+    /// answered before this call is visible to the next query.
+    pub async fn flush(&self) {
+        let url = reqwest::Url::parse(&format!("{}/internal/force_flush", self.url())).expect("build force_flush URL");
+        let resp = self.get(url).send().await.unwrap_or_else(|e| panic!("victoria-metrics force_flush: {e}"));
+        assert!(resp.status().is_success(), "victoria-metrics force_flush: HTTP {}", resp.status());
+    }
+
+    /// `GET /api/v1/export?match[]=SELECTOR&end=<now + 2 days>` after `flush()`, so
+    /// everything written before the call is included.
+    ///
+    /// `end` matters: by default export stops at the start of the current second,
+    /// so samples stamped "now" would be missing until the clock moves on (and VM
+    /// accepts samples up to 2 days ahead).
+    ///
+    /// Returns one object per series, `{"metric": {"__name__": …, label: value…},
+    /// "values": [number…], "timestamps": [ms…]}`, samples sorted by timestamp (the
+    /// export API may print one series on several lines, one per storage block;
+    /// those are merged here). Example selectors: `{__name__=~"vitals_.*"}`,
+    /// `vitals_hr{patient="p1"}`.
+    pub async fn export(&self, match_selector: &str) -> Vec<Value> {
+        self.flush().await;
+        let end =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_secs()
+                + 2 * 24 * 3600;
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/export", self.url()),
+            &[("match[]", match_selector), ("end", &end.to_string())],
+        )
+        .expect("build export URL");
+        let resp =
+            self.get(url).send().await.unwrap_or_else(|e| panic!("victoria-metrics export {match_selector:?}: {e}"));
+        let status = resp.status().as_u16();
+        let body = resp.text().await.expect("read export body");
+        assert_eq!(status, 200, "victoria-metrics export {match_selector:?}: HTTP {status}: {body}");
+        // Merge the lines of each series; key = canonical JSON of its labels.
+        let mut merged: BTreeMap<String, (Value, Vec<(i64, Value)>)> = BTreeMap::new();
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let obj: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("victoria-metrics export: bad line ({e}): {line}"));
+            let metric = obj["metric"].clone();
+            let key = metric.to_string(); // serde_json maps are sorted: canonical
+            let values = obj["values"].as_array().cloned().unwrap_or_default();
+            let stamps = obj["timestamps"].as_array().cloned().unwrap_or_default();
+            assert_eq!(values.len(), stamps.len(), "export line: {line}");
+            let entry = merged.entry(key).or_insert_with(|| (metric, Vec::new()));
+            for (v, t) in values.into_iter().zip(stamps) {
+                let t = t.as_i64().unwrap_or_else(|| panic!("timestamp: {line}"));
+                entry.1.push((t, v));
+            }
+        }
+        merged
+            .into_values()
+            .map(|(metric, mut samples)| {
+                samples.sort_by_key(|(t, _)| *t);
+                let (timestamps, values): (Vec<i64>, Vec<Value>) = samples.into_iter().unzip();
+                serde_json::json!({ "metric": metric, "values": values, "timestamps": timestamps })
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The gateway under test
+// ---------------------------------------------------------------------------
+
+/// Counter for unique MQTT client ids across calls (and tests) in this process.
+static CLIENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The `heartguard-gateway` daemon, started as `run --config DIR/gateway.toml`.
+///
+/// Each (re)start logs (stdout and stderr) to `DIR/gateway-N.log`, N = 1, 2, …, so a
+/// restart keeps the earlier logs. On drop the process is killed; if the test is
+/// panicking, every log is printed to stderr first, so a failing test shows what the
+/// daemon said.
+pub struct Gateway {
+    binary: PathBuf,
+    dir: PathBuf,
+    config_path: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Gateway {
+    /// Writes `dir/gateway.toml` and starts the gateway binary built by Cargo for
+    /// this test. Does not wait for anything: wait for a log line or an effect with
+    /// `eventually`.
+    pub fn start(dir: &Path, config_toml: &str) -> Self {
+        Self::start_with_binary(Path::new(env!("CARGO_BIN_EXE_heartguard-gateway")), dir, config_toml)
+    }
+
+    /// Like `start`, with another executable (tests of this harness use stand-ins).
+    pub fn start_with_binary(binary: &Path, dir: &Path, config_toml: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let config_path = dir.join("gateway.toml");
+        std::fs::write(&config_path, config_toml).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+        let mut gw = Gateway { binary: binary.to_owned(), dir: dir.to_owned(), config_path, child: None, starts: 0 };
+        gw.spawn();
+        gw
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "gateway is still running: kill9() or terminate() it before restart()");
+        self.starts += 1;
+        let log = self.log_path(self.starts);
+        let (out, err) = log_stdio(&log);
+        let child = Command::new(&self.binary)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "info")
+            // Plain text logs: no ANSI colours in the log files.
+            .env("RUST_LOG_STYLE", "never")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn gateway {}: {e}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    fn log_path(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("gateway-{n}.log"))
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The directory given to `start` (config and logs live there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Process id of the running gateway, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL (a crash, a power cut) and wait for the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_and_wait(&mut child);
+        }
+    }
+
+    /// SIGTERM and wait up to 20 s for a clean exit; returns the exit status. If it
+    /// is still running after 20 s it gets SIGKILL and the test panics.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.terminate_within(Duration::from_secs(20))
+    }
+
+    /// `terminate` with another grace period.
+    pub fn terminate_within(&mut self, grace: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("terminate(): the gateway is not running");
+        send_sigterm(&child);
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    kill_and_wait(&mut child);
+                    panic!("gateway did not exit within {grace:?} of SIGTERM (killed it)");
+                }
+                Err(e) => panic!("wait for gateway: {e}"),
+            }
+        }
+    }
+
+    /// Starts the gateway again with the same config (after `kill9`/`terminate`).
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Everything every run of the gateway wrote so far, in order.
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        for n in 1..=self.starts {
+            if let Ok(bytes) = std::fs::read(self.log_path(n)) {
+                all.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        all
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let mut msg = String::new();
+            for n in 1..=self.starts {
+                let path = self.log_path(n);
+                let text = std::fs::read(&path)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_else(|e| format!("(cannot read: {e})\n"));
+                msg.push_str(&format!("===== {} =====\n{text}", path.display()));
+                if !msg.ends_with('\n') {
+                    msg.push('\n');
+                }
+            }
+            eprintln!("{msg}===== end of gateway logs =====");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// MQTT publishing
+// ---------------------------------------------------------------------------
+
+/// Publishes every `(topic, payload)` at QoS 1 to the broker on 127.0.0.1:`port` and
+/// returns once the broker acknowledged each one (PubAck). Panics after 30 s overall,
+/// or on any MQTT error, saying how many were acknowledged.
+///
+/// Fresh client id and clean session per call. All requests are queued up front (the
+/// request channel is as large as `msgs`) and the event loop keeps 100 in flight, so
+/// 10,000 messages take well under a second.
+pub async fn publish_qos1(port: u16, msgs: &[(String, Vec<u8>)]) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+
+    let total = msgs.len();
+    if total == 0 {
+        return;
+    }
+    let id = format!("hg-test-pub-{}-{}", std::process::id(), CLIENT_SEQ.fetch_add(1, Ordering::Relaxed));
+    let mut opts = MqttOptions::new(id.clone(), "127.0.0.1", port);
+    opts.set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(100)
+        // Default is 10 KiB; tests may send big payloads (MQTT allows ~256 MiB).
+        .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(opts, total + 16);
+    for (topic, payload) in msgs {
+        client
+            .try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+            .unwrap_or_else(|e| panic!("publish_qos1: cannot queue publish to {topic:?}: {e}"));
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut acked = 0usize;
+    while acked < total {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => panic!(
+                "publish_qos1 ({id}) to port {port}: timed out after 30 s with {acked} of \
+                 {total} messages acknowledged"
+            ),
+            Ok(Err(e)) => panic!(
+                "publish_qos1 ({id}) to port {port}: MQTT error with {acked} of {total} \
+                 messages acknowledged: {e}"
+            ),
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+        }
+    }
+
+    // Say goodbye properly so the broker does not log a protocol error; failures
+    // here do not matter any more, everything was acknowledged.
+    if client.try_disconnect().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------
+
+/// Polls `f` every 100 ms until it returns true; panics with `what` once `timeout`
+/// passed. A single call of `f` is also cut off at the deadline.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // `timeout_at` polls `f()` before looking at the clock, so a check that is
+        // ready at once still counts after the deadline.
+        if let Ok(true) = tokio::time::timeout_at(deadline, f()).await {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(100))).await;
+    }
+}
+
+/// Blocking `eventually`: polls `f` every 100 ms until true; panics with `what` once
+/// `timeout` passed.
+pub fn eventually_sync<F>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> bool,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+    }
+}
