@@ -46,6 +46,51 @@ enum Command {
         #[command(subcommand)]
         what: BindingsCmd,
     },
+    /// Points InfluxDB refused for good: list, export, replay after the cause is fixed, purge.
+    DeadLetters {
+        #[command(subcommand)]
+        what: DeadCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeadSel {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Only dead letters with this reason (`rejected`, `too_large`, …).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only these dead-letter ids.
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+}
+
+#[derive(Subcommand)]
+enum DeadCmd {
+    /// One line per dead letter (id, time, destination, reason, status, detail), and counts per reason.
+    List {
+        #[command(flatten)]
+        sel: DeadSel,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Every selected dead letter as one JSON object per line (the line itself included).
+    Export {
+        #[command(flatten)]
+        sel: DeadSel,
+    },
+    /// Move the selected dead letters back into the queue (after fixing the cause).
+    Replay {
+        #[command(flatten)]
+        sel: DeadSel,
+    },
+    /// Delete the selected dead letters for good. Without --reason or --id, --all is required.
+    Purge {
+        #[command(flatten)]
+        sel: DeadSel,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +139,7 @@ fn main() -> ExitCode {
         Command::Bindings { what: BindingsCmd::List { config } } => {
             with_config(config.as_deref(), |c| bindings(c, None))
         }
+        Command::DeadLetters { what } => dead_letters(what),
         Command::Bindings { what: BindingsCmd::Show { serial, config } } => {
             with_config(config.as_deref(), |c| bindings(c, Some(&serial)))
         }
@@ -239,4 +285,65 @@ fn bindings(cfg: &Config, serial: Option<&str>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn dead_letters(cmd: DeadCmd) -> ExitCode {
+    use store::DeadLetterFilter;
+    let (sel, action) = match cmd {
+        DeadCmd::List { sel, limit } => (sel, DeadAction::List(limit)),
+        DeadCmd::Export { sel } => (sel, DeadAction::Export),
+        DeadCmd::Replay { sel } => (sel, DeadAction::Replay),
+        DeadCmd::Purge { sel, all } => (sel, DeadAction::Purge(all)),
+    };
+    let filter = DeadLetterFilter { reason: sel.reason, ids: sel.ids };
+    with_config(sel.config.as_deref(), |cfg| {
+        let dir = &cfg.gateway.data_dir;
+        match action {
+            DeadAction::List(limit) => {
+                let conn = store::open_read_only(dir).map_err(|e| e.to_string())?;
+                for (reason, n) in store::dead_letter_counts(&conn).map_err(|e| e.to_string())? {
+                    println!("# {reason}: {n}");
+                }
+                for d in store::dead_letters(&conn, &filter, limit).map_err(|e| e.to_string())? {
+                    let when = chrono::DateTime::from_timestamp_nanos(d.failed_ns)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    let status = d.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                    println!(
+                        "{}\t{when}\t{}\t{}\t{status}\t{}",
+                        d.id,
+                        d.destination,
+                        d.reason,
+                        d.detail.replace('\n', " ")
+                    );
+                }
+            }
+            DeadAction::Export => {
+                let conn = store::open_read_only(dir).map_err(|e| e.to_string())?;
+                for d in store::dead_letters(&conn, &filter, usize::MAX).map_err(|e| e.to_string())? {
+                    println!("{}", serde_json::to_string(&d).map_err(|e| e.to_string())?);
+                }
+            }
+            DeadAction::Replay => {
+                let mut conn = store::open_read_write(dir).map_err(|e| e.to_string())?;
+                let n = store::replay_dead_letters(&mut conn, &filter).map_err(|e| e.to_string())?;
+                println!("{n} dead letter(s) moved back into the queue.");
+            }
+            DeadAction::Purge(all) => {
+                if !all && filter.reason.is_none() && filter.ids.is_empty() {
+                    return Err("refusing to purge every dead letter without --all".into());
+                }
+                let mut conn = store::open_read_write(dir).map_err(|e| e.to_string())?;
+                let n = store::purge_dead_letters(&mut conn, &filter).map_err(|e| e.to_string())?;
+                println!("{n} dead letter(s) deleted.");
+            }
+        }
+        Ok(())
+    })
+}
+
+enum DeadAction {
+    List(usize),
+    Export,
+    Replay,
+    Purge(bool),
 }

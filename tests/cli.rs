@@ -75,3 +75,42 @@ fn default_config_is_valid_toml_for_the_daemon() {
     let out = gateway().args(["check-config", "--config"]).arg(&cfg).output().expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_exported_replayed_and_purged() {
+    use heartguard_gateway::bindings::Destination;
+    use heartguard_gateway::queue::{Limits, NewPoint, QueueHandle, Synchronous};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    {
+        let (q, join) = QueueHandle::open(&data, Synchronous::Full, Limits::default()).expect("queue");
+        let d = q.destination_id(Destination { org: String::new(), bucket: "db".into() }).await.expect("dest");
+        q.append((0..4).map(|i| NewPoint { dest_id: d, line: format!("m v={i}i {i}"), enqueued_ns: 0 }).collect())
+            .await
+            .expect("append");
+        let rows = q.lease(d, 10, usize::MAX).await.expect("lease");
+        q.dead_letter(d, vec![rows[0].id, rows[1].id], "rejected", Some(400), "bad line".into()).await.expect("dead");
+        q.dead_letter(d, vec![rows[2].id], "too_large", Some(413), "big".into()).await.expect("dead");
+        q.close().await.expect("close");
+        join.join().expect("thread");
+    }
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(&cfg, format!("[gateway]\ndata_dir = \"{}\"\n", data.display())).expect("write");
+    let run = |args: &[&str]| {
+        let out = gateway().args(args).arg("--config").arg(&cfg).output().expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = run(&["dead-letters", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("# rejected: 2") && out.contains("# too_large: 1"), "{out}");
+    let (_, out) = run(&["dead-letters", "export", "--reason", "too_large"]);
+    assert_eq!(out.lines().count(), 1);
+    assert!(out.contains("\"line\":\"m v=2i 2\""), "{out}");
+    assert_eq!(run(&["dead-letters", "purge"]).0, Some(1), "purging everything needs --all");
+    let (code, out) = run(&["dead-letters", "purge", "--reason", "too_large"]);
+    assert_eq!((code, out.trim()), (Some(0), "1 dead letter(s) deleted."));
+    let (code, out) = run(&["dead-letters", "replay"]);
+    assert_eq!((code, out.trim()), (Some(0), "2 dead letter(s) moved back into the queue."));
+    let (_, out) = run(&["queue", "stats"]);
+    assert!(out.contains("points waiting: 3"), "{out}");
+}

@@ -3,72 +3,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Gateway, Influx1, Mosquitto, Victoria, eventually, publish_qos1};
+use common::{
+    DB, Influx1, Mosquitto, Victoria, eventually, example_bindings, gateway_toml, ms, msg, publish_qos1, start_gateway,
+};
 use serde_json::{Value, json};
 
-const DB: &str = "heartguard_vitals";
-const WAIT: Duration = Duration::from_secs(60);
-
-fn example_bindings() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bindings.example.toml")
-}
-
-/// A gateway configuration for the tests: fast flushes, the given InfluxDB and bindings.
-fn gateway_toml(dir: &Path, mqtt: &Mosquitto, influx_url: &str, api: &str, bindings: &Path, extra: &str) -> String {
-    format!(
-        r#"
-[gateway]
-id = "test-gw"
-data_dir = "{data}"
-shutdown_grace_ms = 5000
-
-[mqtt]
-url = "{mqtt}"
-
-[influx]
-url = "{influx_url}"
-api = "{api}"
-flush_interval_ms = 100
-retry_initial_ms = 100
-retry_max_ms = 1000
-{extra}
-
-[bindings]
-file = "{bindings}"
-"#,
-        data = dir.join("data").display(),
-        mqtt = mqtt.url(),
-        bindings = bindings.display(),
-    )
-}
-
-fn ms(rfc3339: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339).expect("time").timestamp_millis()
-}
-
-fn msg(serial: &str, payload: Value) -> (String, Vec<u8>) {
-    (format!("devices/{serial}/vitals"), payload.to_string().into_bytes())
-}
-
-/// Starts a gateway and waits until its subscription is in place (so the broker holds
-/// messages for its persistent session from then on).
-async fn start_gateway(dir: &Path, toml: &str) -> Gateway {
-    let mut gw = Gateway::start(dir, toml);
-    let log = |gw: &Gateway| gw.log();
-    eventually(WAIT, "gateway subscribed", || {
-        let l = log(&gw);
-        async move { l.contains("Subscribed.") }
-    })
-    .await;
-    assert!(gw.is_running(), "gateway exited:\n{}", gw.log());
-    gw
-}
-
 async fn wait_count(influx: &Influx1, n: u64) {
-    eventually(WAIT, &format!("{n} points in InfluxDB"), || async { influx.count(DB, "vital_signs").await == n }).await;
+    common::wait_count(influx, "vital_signs", n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +21,8 @@ async fn sample_data_arrives_in_influxdb_v1_with_exact_tags_fields_and_timestamp
     let influx = Influx1::start();
     influx.create_db(DB).await;
     let mut gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt, &influx.url(), "v1", &example_bindings(), "")).await;
+        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
+            .await;
 
     let t1 = ms("2026-11-05T10:00:00.123Z");
     publish_qos1(
@@ -186,7 +130,8 @@ async fn v2_write_path_stores_series_tags_values_and_timestamps_in_victoriametri
     std::fs::write(&token, "s3cr3t-token\n").expect("token");
     let extra = format!("token_file = \"{}\"", token.display());
     let _gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt, &vm.url(), "v2", &example_bindings(), &extra)).await;
+        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &vm.url(), "v2", &example_bindings(), &extra))
+            .await;
 
     let t = ms("2026-11-05T11:00:00.250Z");
     let msgs: Vec<_> = (0..20)
@@ -195,7 +140,7 @@ async fn v2_write_path_stores_series_tags_values_and_timestamps_in_victoriametri
     publish_qos1(mqtt.port, &msgs).await;
 
     let selector = r#"{__name__="vital_signs_heart_rate"}"#;
-    eventually(WAIT, "20 samples in VictoriaMetrics", || async {
+    eventually(common::WAIT, "20 samples in VictoriaMetrics", || async {
         vm.export(selector).await.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).sum::<usize>() == 20
     })
     .await;
@@ -219,7 +164,8 @@ async fn influxdb_outage_then_every_point_arrives() {
     let mut influx = Influx1::start();
     influx.create_db(DB).await;
     let gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt, &influx.url(), "v1", &example_bindings(), "")).await;
+        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
+            .await;
 
     let t0 = ms("2026-11-06T00:00:00Z");
     let batch = |from: i64, n: i64| -> Vec<_> {
@@ -230,11 +176,7 @@ async fn influxdb_outage_then_every_point_arrives() {
 
     influx.stop();
     publish_qos1(mqtt.port, &batch(300, 1700)).await;
-    eventually(WAIT, "the gateway notices the outage", || {
-        let l = gw.log();
-        async move { l.contains("InfluxDB write failed") }
-    })
-    .await;
+    common::wait_for_log(&gw, "InfluxDB write failed").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     influx.restart();
     wait_count(&influx, 2000).await;
@@ -247,7 +189,8 @@ async fn sigkill_mid_stream_loses_no_reading() {
     let influx = Influx1::start();
     influx.create_db(DB).await;
     let mut gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt, &influx.url(), "v1", &example_bindings(), "")).await;
+        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
+            .await;
 
     const N: i64 = 6000;
     let t0 = ms("2026-11-07T00:00:00Z");
@@ -301,7 +244,8 @@ async fn tricky_tag_values_arrive_intact_or_by_the_documented_rule() {
     }
     let bindings = dir.path().join("bindings.toml");
     std::fs::write(&bindings, file).expect("bindings");
-    let _gw = start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt, &influx.url(), "v1", &bindings, "")).await;
+    let _gw =
+        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &bindings, "")).await;
 
     let t0 = ms("2026-11-08T00:00:00Z");
     let mut msgs = Vec::new();
@@ -351,7 +295,8 @@ async fn bad_payloads_mixed_into_a_good_stream_do_not_cost_a_good_point() {
     let influx = Influx1::start();
     influx.create_db(DB).await;
     let mut gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt, &influx.url(), "v1", &example_bindings(), "")).await;
+        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
+            .await;
 
     let t0 = ms("2026-11-09T00:00:00Z");
     let bad: Vec<Vec<u8>> = vec![

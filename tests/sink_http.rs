@@ -20,61 +20,227 @@ struct Seen {
     at: tokio::time::Instant,
 }
 
+/// How the fake endpoint answers one request.
+#[derive(Clone)]
+enum Answer {
+    /// A status line plus optional header lines, e.g. "HTTP/1.1 204 No Content".
+    Status(String),
+    /// A status line and a JSON body.
+    Body(String, String),
+    /// Wait, then answer.
+    Slow(Duration, String),
+    /// Close the connection without answering.
+    Close,
+}
+
+fn status(s: &str) -> Answer {
+    Answer::Status(s.to_owned())
+}
+
 /// Answers each request with the next scripted status line + headers (the last one repeats).
 async fn scripted(answers: Vec<&'static str>) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    serve(move |n, _| status(answers[n.min(answers.len() - 1)])).await
+}
+
+/// A fake HTTP endpoint: `answer(n, request)` decides the answer to the n-th request.
+async fn serve(answer: impl Fn(usize, &Seen) -> Answer + Send + Sync + 'static) -> (String, Arc<Mutex<Vec<Seen>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
-        let mut n = 0usize;
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            loop {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 8192];
-                let head_end = loop {
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let (log, answer, n) = (log.clone(), answer.clone(), n.clone());
+            tokio::spawn(async move {
+                loop {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 8192];
+                    let head_end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                        match sock.read(&mut tmp).await {
+                            Ok(0) | Err(_) => break 0,
+                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        }
+                    };
+                    if head_end == 0 {
+                        return;
                     }
-                    match sock.read(&mut tmp).await {
-                        Ok(0) | Err(_) => break 0,
-                        Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match sock.read(&mut tmp).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        }
                     }
-                };
-                if head_end == 0 {
-                    break;
-                }
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    match sock.read(&mut tmp).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                    let req = Seen { head, body: buf[head_end..].to_vec(), at: tokio::time::Instant::now() };
+                    let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let a = answer(i, &req);
+                    log.lock().expect("lock").push(req);
+                    let resp = match a {
+                        Answer::Status(s) => format!("{s}\r\nContent-Length: 0\r\n\r\n"),
+                        Answer::Body(s, b) => {
+                            format!("{s}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len())
+                        }
+                        Answer::Slow(d, s) => {
+                            tokio::time::sleep(d).await;
+                            format!("{s}\r\nContent-Length: 0\r\n\r\n")
+                        }
+                        Answer::Close => return,
+                    };
+                    if sock.write_all(resp.as_bytes()).await.is_err() {
+                        return;
                     }
                 }
-                log.lock().expect("lock").push(Seen {
-                    head,
-                    body: buf[head_end..].to_vec(),
-                    at: tokio::time::Instant::now(),
-                });
-                let answer = answers[n.min(answers.len() - 1)];
-                n += 1;
-                let resp = format!("{answer}\r\nContent-Length: 0\r\n\r\n");
-                if sock.write_all(resp.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
+            });
         }
     });
     (url, seen)
+}
+
+/// A queue in `dir` holding `lines` for one destination, and the sinks running over it.
+async fn sinks_over(
+    dir: &std::path::Path,
+    cfg: Influx,
+    lines: &[String],
+) -> (QueueHandle, Arc<Counters>, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
+    let (queue, _join) = QueueHandle::open(dir, Synchronous::Full, Limits::default()).expect("queue");
+    let dest_id = queue.destination_id(Destination { org: String::new(), bucket: "db".into() }).await.expect("dest");
+    let points = lines.iter().map(|l| NewPoint { dest_id, line: l.clone(), enqueued_ns: 0 }).collect();
+    queue.append(points).await.expect("append");
+    let client = Arc::new(InfluxClient::new(&cfg).expect("client"));
+    let counters = Arc::new(Counters::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sinks = tokio::spawn(heartguard_gateway::sink::run_sinks(
+        queue.clone(),
+        client,
+        cfg,
+        counters.clone(),
+        rx,
+        stop.clone(),
+    ));
+    (queue, counters, stop, sinks)
+}
+
+async fn until_empty(queue: &QueueHandle) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while queue.stats().await.expect("stats").points > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "queue never emptied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fast(url: String) -> Influx {
+    Influx { url, gzip: false, flush_interval_ms: 10, retry_initial_ms: 10, retry_max_ms: 50, ..Influx::default() }
+}
+
+fn dead(dir: &std::path::Path) -> Vec<heartguard_gateway::queue::DeadLetter> {
+    let conn = heartguard_gateway::queue::store::open_read_only(dir).expect("db");
+    heartguard_gateway::queue::store::dead_letters(&conn, &Default::default(), 100).expect("dead letters")
+}
+
+#[tokio::test]
+async fn too_large_batches_are_split_and_a_single_oversized_line_is_dead_lettered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 413 for any body of more than two lines, or holding the huge line.
+    let (url, seen) = serve(|_, req| {
+        let body = String::from_utf8_lossy(&req.body);
+        if body.lines().count() > 2 || body.contains("huge") {
+            status("HTTP/1.1 413 Request Entity Too Large")
+        } else {
+            status("HTTP/1.1 204 No Content")
+        }
+    })
+    .await;
+    let mut lines: Vec<String> = (0..6).map(|i| format!("m v={i}i {i}")).collect();
+    lines.insert(3, format!("m,huge=1 v={}i 99", "9".repeat(10)));
+    let (queue, counters, stop, sinks) = sinks_over(dir.path(), fast(url), &lines).await;
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    let written: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|r| {
+            let b = String::from_utf8_lossy(&r.body);
+            b.lines().count() <= 2 && !b.contains("huge")
+        })
+        .flat_map(|r| String::from_utf8_lossy(&r.body).lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(written, (0..6).map(|i| format!("m v={i}i {i}")).collect::<Vec<_>>(), "every normal line, in order");
+    let d = dead(dir.path());
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].reason.as_str(), d[0].status), ("too_large", Some(413)));
+    assert!(d[0].line.contains("huge"));
+    assert_eq!(counters.points_delivered.load(std::sync::atomic::Ordering::Relaxed), 6);
+}
+
+#[tokio::test]
+async fn v3_partial_answer_dead_letters_exactly_the_named_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t\n").expect("token");
+    let (url, seen) = serve(|n, _| {
+        if n == 0 {
+            Answer::Body(
+                "HTTP/1.1 400 Bad Request".into(),
+                r#"{"error":"partial write of line protocol occurred","data":[{"original_line":"m v=1i 1","line_number":2,"error_message":"invalid column type"}]}"#.into(),
+            )
+        } else {
+            status("HTTP/1.1 204 No Content")
+        }
+    })
+    .await;
+    let cfg = Influx { api: InfluxApi::V3, token_file: Some(token), ..fast(url) };
+    let lines: Vec<String> = (0..4).map(|i| format!("m v={i}i {i}")).collect();
+    let (queue, counters, stop, sinks) = sinks_over(dir.path(), cfg, &lines).await;
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1, "the other lines were stored by the partial write; nothing is resent");
+    assert!(seen[0].head.starts_with("POST /api/v3/write_lp?db=db&precision=nanosecond "), "{}", seen[0].head);
+    assert!(seen[0].head.to_ascii_lowercase().contains("authorization: token t\r\n"));
+    let d = dead(dir.path());
+    assert_eq!(d.iter().map(|d| d.line.as_str()).collect::<Vec<_>>(), ["m v=1i 1"]);
+    assert!(d[0].detail.contains("invalid column type"));
+    assert_eq!(counters.points_delivered.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn slow_answers_and_connections_cut_mid_request_are_retried_without_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, seen) = serve(|n, _| match n {
+        0 => Answer::Slow(Duration::from_secs(3), "HTTP/1.1 204 No Content".into()),
+        1 => Answer::Close,
+        _ => status("HTTP/1.1 204 No Content"),
+    })
+    .await;
+    let cfg = Influx { request_timeout_ms: 500, ..fast(url) };
+    let lines: Vec<String> = (0..3).map(|i| format!("m v={i}i {i}")).collect();
+    let (queue, counters, stop, sinks) = sinks_over(dir.path(), cfg, &lines).await;
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    let seen = seen.lock().expect("lock").clone();
+    assert!(seen.len() >= 3, "timed out, cut, then written: {}", seen.len());
+    assert!(seen.iter().all(|s| s.body == b"m v=0i 0\nm v=1i 1\nm v=2i 2\n"));
+    assert_eq!(counters.points_delivered.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert!(dead(dir.path()).is_empty());
 }
 
 fn gunzip(b: &[u8]) -> String {
@@ -135,31 +301,9 @@ async fn retry_after_is_honoured_and_a_4xx_keeps_the_batch() {
         "HTTP/1.1 204 No Content",
     ])
     .await;
-    let cfg =
-        Influx { url, gzip: false, flush_interval_ms: 10, retry_initial_ms: 10, retry_max_ms: 50, ..Influx::default() };
-    let (queue, _join) = QueueHandle::open(dir.path(), Synchronous::Full, Limits::default()).expect("queue");
-    let dest_id = queue.destination_id(Destination { org: String::new(), bucket: "db".into() }).await.expect("dest");
-    let points = (0..3).map(|i| NewPoint { dest_id, line: format!("m v={i}i {i}"), enqueued_ns: 0 }).collect();
-    queue.append(points).await.expect("append");
-
-    let client = Arc::new(InfluxClient::new(&cfg).expect("client"));
-    let counters = Arc::new(Counters::default());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let sinks = tokio::spawn(heartguard_gateway::sink::run_sinks(
-        queue.clone(),
-        client,
-        cfg,
-        counters.clone(),
-        rx,
-        stop.clone(),
-    ));
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while queue.stats().await.expect("stats").points > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "batch never delivered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let lines: Vec<String> = (0..3).map(|i| format!("m v={i}i {i}")).collect();
+    let (queue, counters, stop, sinks) = sinks_over(dir.path(), fast(url), &lines).await;
+    until_empty(&queue).await;
     stop.cancel();
     sinks.await.expect("sinks");
     let seen = seen.lock().expect("lock").clone();

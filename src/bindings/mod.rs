@@ -149,7 +149,11 @@ pub struct Destination {
 
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.org.is_empty() { write!(f, "{}", self.bucket) } else { write!(f, "{}/{}", self.org, self.bucket) }
+        if self.org.is_empty() {
+            write!(f, "bucket {:?}", self.bucket)
+        } else {
+            write!(f, "bucket {:?} (org {:?})", self.bucket, self.org)
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use crate::resolve;
 use crate::telemetry::Counters;
 
 /// Most envelopes gathered into one commit.
-const INTAKE_BATCH_MAX: usize = 2048;
+const INTAKE_BATCH_MAX: usize = 512;
 
 /// What a source hands to intake: the readings of one message and how to acknowledge it.
 pub struct Envelope {
@@ -130,10 +130,15 @@ async fn commit(queue: &QueueHandle, points: Arc<Vec<NewPoint>>) {
                 }
                 return;
             }
+            // Full is a state the store already logged once; the sources hold the data.
+            Err(crate::queue::QueueError::Full(_)) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            }
             Err(e) => {
                 error!(error = %e, points = points.len(), "Queue commit failed; holding the readings unacknowledged and retrying.");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
         }
     }

@@ -403,7 +403,9 @@ impl Store {
             )));
         }
         let over = (self.bytes + new_bytes).saturating_sub(self.limits.max_bytes);
-        if over > 0 && self.limits.policy == FullPolicy::Backpressure {
+        // An empty queue always takes the commit, even one larger than the limit: refusing it
+        // would wait for room that can never come.
+        if over > 0 && self.limits.policy == FullPolicy::Backpressure && self.bytes > 0 {
             return Err(self.full(format!("queue.max_bytes ({}) reached", self.limits.max_bytes)));
         }
         let tx = self.conn.transaction()?;

@@ -132,6 +132,15 @@ pub const REASON_TOO_LARGE: &str = "too_large";
 /// answering 413.
 const BREAKS_BEFORE_SPLIT: u32 = 3;
 
+/// What became of a leased batch.
+enum Flow {
+    /// Every line written or dead-lettered.
+    Done,
+    /// A transient failure: wait this long, then lease again.
+    Retry(Duration),
+    Cancelled,
+}
+
 /// Retry state of one destination.
 struct Retry {
     backoff: Backoff,
@@ -182,11 +191,18 @@ impl Worker {
                     break;
                 }
                 let full = rows.len() >= st.max_lines;
-                if !self.deliver(&rows, &mut st, &shutdown).await {
-                    return;
-                }
-                if !full {
-                    break;
+                match self.deliver(&rows, &mut st, &shutdown).await {
+                    Flow::Cancelled => return,
+                    // Lease again after the wait: rows may have been dropped (queue full) or
+                    // replayed meanwhile, and new ones may fill the batch.
+                    Flow::Retry(wait) => {
+                        if sleep_or_cancel(wait, &shutdown).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Flow::Done if !full => break,
+                    Flow::Done => {}
                 }
             }
             deadline = Instant::now() + flush;
@@ -194,112 +210,108 @@ impl Worker {
     }
 
     /// Delivers one leased batch: every line ends up written or dead-lettered with its
-    /// reason. Returns false when cancelled (what is not done stays queued).
-    async fn deliver(&self, rows: &[crate::queue::Leased], st: &mut Retry, shutdown: &CancellationToken) -> bool {
+    /// reason, or a transient failure asks for a wait (what is not done stays queued).
+    async fn deliver(&self, rows: &[crate::queue::Leased], st: &mut Retry, shutdown: &CancellationToken) -> Flow {
         // Ranges still to write, in order. A rejected range is split in halves until the
         // lines InfluxDB refuses are found one by one; rewriting the good ones is harmless
         // (same series, same time: InfluxDB keeps one point).
         let mut todo = std::collections::VecDeque::from([std::ops::Range { start: 0, end: rows.len() }]);
         while let Some(r) = todo.pop_front() {
-            loop {
-                if shutdown.is_cancelled() {
-                    return false;
-                }
-                let part = &rows[r.clone()];
-                let mut body = Vec::with_capacity(part.iter().map(|l| l.line.len() + 1).sum());
-                for l in part {
-                    body.extend_from_slice(l.line.as_bytes());
-                    body.push(b'\n');
-                }
-                let started = Instant::now();
-                let wait = match self.client.write(&self.dest, body).await {
-                    WriteOutcome::Written => {
-                        self.delete(part).await;
-                        self.counters.points_delivered.fetch_add(part.len() as u64, Relaxed);
-                        if st.failing {
-                            info!(destination = %self.dest, "InfluxDB accepts writes again.");
-                        }
-                        st.failing = false;
-                        st.breaks = 0;
-                        st.backoff.reset();
-                        tracing::debug!(destination = %self.dest, points = part.len(), ms = started.elapsed().as_millis() as u64, "Batch written.");
-                        break;
-                    }
-                    WriteOutcome::Partial { status, body, rejected: Some(lines) } => {
-                        // The server named the refused lines (v3): exactly those go.
-                        let ids: Vec<i64> = lines.iter().filter_map(|i| part.get(*i)).map(|l| l.id).collect();
-                        self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await;
-                        self.delete(part).await;
-                        let delivered = part.len().saturating_sub(lines.len());
-                        self.counters.points_delivered.fetch_add(delivered as u64, Relaxed);
-                        break;
-                    }
-                    WriteOutcome::Partial { status, body, rejected: None } => {
-                        if r.len() == 1 {
-                            self.dead_letter(vec![part[0].id], REASON_REJECTED, Some(status), &body).await;
-                        } else {
-                            split(&mut todo, r.clone());
-                        }
-                        break;
-                    }
-                    WriteOutcome::TooLarge => {
-                        if r.len() == 1 {
-                            self.dead_letter(
-                                vec![part[0].id],
-                                REASON_TOO_LARGE,
-                                Some(413),
-                                "one line is larger than InfluxDB accepts",
-                            )
-                            .await;
-                        } else {
-                            st.max_lines = (r.len() / 2).max(1);
-                            warn!(destination = %self.dest, points = r.len(), new_batch_max_lines = st.max_lines, "InfluxDB refused the batch as too large (413); splitting and sending smaller batches from now on.");
-                            split(&mut todo, r.clone());
-                        }
-                        break;
-                    }
-                    WriteOutcome::Retry { after, why, mid_request } => {
-                        self.counters.write_failures.fetch_add(1, Relaxed);
-                        if mid_request && r.len() > 1 {
-                            st.breaks += 1;
-                            if st.breaks >= BREAKS_BEFORE_SPLIT {
-                                st.breaks = 0;
-                                st.max_lines = (r.len() / 2).max(1);
-                                warn!(destination = %self.dest, points = r.len(), error = %why, "The connection broke mid-request repeatedly; sending smaller batches.");
-                                split(&mut todo, r.clone());
-                                break;
-                            }
-                        }
-                        let step = st.backoff.next_delay();
-                        if !st.failing || st.backoff.attempts.is_multiple_of(10) {
-                            warn!(destination = %self.dest, error = %why, waiting = r.len(), attempt = st.backoff.attempts, "InfluxDB write failed; keeping the points and retrying.");
-                        }
-                        st.failing = true;
-                        after.map_or(step, |a| a.max(step))
-                    }
-                    WriteOutcome::Auth { status, body } => {
-                        self.counters.write_failures.fetch_add(1, Relaxed);
-                        if !st.failing || st.backoff.attempts.is_multiple_of(10) {
-                            error!(destination = %self.dest, status, response = %body, "InfluxDB refused the credentials; keeping every point. Fix the token or password file.");
-                        }
-                        st.failing = true;
-                        st.backoff.next_delay()
-                    }
-                    WriteOutcome::Rejected { status, body } => {
-                        self.counters.write_failures.fetch_add(1, Relaxed);
-                        if !st.failing || st.backoff.attempts.is_multiple_of(10) {
-                            error!(destination = %self.dest, status, response = %body, "InfluxDB refused this destination (does the database or bucket exist?); keeping its points and retrying. Other destinations carry on.");
-                        }
-                        st.failing = true;
-                        st.backoff.next_delay()
-                    }
-                };
-                if sleep_or_cancel(wait, shutdown).await {
-                    return false;
-                }
+            if shutdown.is_cancelled() {
+                return Flow::Cancelled;
             }
+            let part = &rows[r.clone()];
+            let mut body = Vec::with_capacity(part.iter().map(|l| l.line.len() + 1).sum());
+            for l in part {
+                body.extend_from_slice(l.line.as_bytes());
+                body.push(b'\n');
+            }
+            let started = Instant::now();
+            let wait = match self.client.write(&self.dest, body).await {
+                WriteOutcome::Written => {
+                    self.delete(part).await;
+                    self.counters.points_delivered.fetch_add(part.len() as u64, Relaxed);
+                    if st.failing {
+                        info!(destination = %self.dest, "InfluxDB accepts writes again.");
+                    }
+                    st.failing = false;
+                    st.breaks = 0;
+                    st.backoff.reset();
+                    tracing::debug!(destination = %self.dest, points = part.len(), ms = started.elapsed().as_millis() as u64, "Batch written.");
+                    continue;
+                }
+                WriteOutcome::Partial { status, body, rejected: Some(lines) } => {
+                    // The server named the refused lines (v3): exactly those go.
+                    let ids: Vec<i64> = lines.iter().filter_map(|i| part.get(*i)).map(|l| l.id).collect();
+                    self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await;
+                    self.delete(part).await;
+                    let delivered = part.len().saturating_sub(lines.len());
+                    self.counters.points_delivered.fetch_add(delivered as u64, Relaxed);
+                    continue;
+                }
+                WriteOutcome::Partial { status, body, rejected: None } => {
+                    if r.len() == 1 {
+                        self.dead_letter(vec![part[0].id], REASON_REJECTED, Some(status), &body).await;
+                    } else {
+                        split(&mut todo, r.clone());
+                    }
+                    continue;
+                }
+                WriteOutcome::TooLarge => {
+                    if r.len() == 1 {
+                        self.dead_letter(
+                            vec![part[0].id],
+                            REASON_TOO_LARGE,
+                            Some(413),
+                            "one line is larger than InfluxDB accepts",
+                        )
+                        .await;
+                    } else {
+                        st.max_lines = (r.len() / 2).max(1);
+                        warn!(destination = %self.dest, points = r.len(), new_batch_max_lines = st.max_lines, "InfluxDB refused the batch as too large (413); splitting and sending smaller batches from now on.");
+                        split(&mut todo, r.clone());
+                    }
+                    continue;
+                }
+                WriteOutcome::Retry { after, why, mid_request } => {
+                    self.counters.write_failures.fetch_add(1, Relaxed);
+                    if mid_request && r.len() > 1 {
+                        st.breaks += 1;
+                        if st.breaks >= BREAKS_BEFORE_SPLIT {
+                            st.breaks = 0;
+                            st.max_lines = (r.len() / 2).max(1);
+                            warn!(destination = %self.dest, points = r.len(), error = %why, "The connection broke mid-request repeatedly; sending smaller batches.");
+                            split(&mut todo, r.clone());
+                            continue;
+                        }
+                    }
+                    let step = st.backoff.next_delay();
+                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                        warn!(destination = %self.dest, error = %why, waiting = r.len(), attempt = st.backoff.attempts, "InfluxDB write failed; keeping the points and retrying.");
+                    }
+                    st.failing = true;
+                    after.map_or(step, |a| a.max(step))
+                }
+                WriteOutcome::Auth { status, body } => {
+                    self.counters.write_failures.fetch_add(1, Relaxed);
+                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                        error!(destination = %self.dest, status, response = %body, "InfluxDB refused the credentials; keeping every point. Fix the token or password file.");
+                    }
+                    st.failing = true;
+                    st.backoff.next_delay()
+                }
+                WriteOutcome::Rejected { status, body } => {
+                    self.counters.write_failures.fetch_add(1, Relaxed);
+                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                        error!(destination = %self.dest, status, response = %body, "InfluxDB refused this destination (does the database or bucket exist?); keeping its points and retrying. Other destinations carry on.");
+                    }
+                    st.failing = true;
+                    st.backoff.next_delay()
+                }
+            };
+            return Flow::Retry(wait);
         }
-        true
+        Flow::Done
     }
 
     async fn delete(&self, part: &[crate::queue::Leased]) {

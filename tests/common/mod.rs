@@ -1114,3 +1114,107 @@ where
         std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Gateway test configuration and message helpers, shared by the end-to-end test files.
+
+/// The InfluxDB database the example bindings write to.
+pub const DB: &str = "heartguard_vitals";
+/// Patience for anything that should happen "soon".
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// `config/bindings.example.toml`: the central fixture's sample data as a bindings file.
+pub fn example_bindings() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bindings.example.toml")
+}
+
+/// A gateway configuration for tests: fast flushes and retries, the given InfluxDB and
+/// bindings; `extra` lines go into the `[influx]` table, `queue` lines into `[queue]`.
+pub fn gateway_toml(dir: &Path, mqtt_url: &str, influx_url: &str, api: &str, bindings: &Path, extra: &str) -> String {
+    gateway_toml_with_queue(dir, mqtt_url, influx_url, api, bindings, extra, "")
+}
+
+pub fn gateway_toml_with_queue(
+    dir: &Path,
+    mqtt_url: &str,
+    influx_url: &str,
+    api: &str,
+    bindings: &Path,
+    extra: &str,
+    queue: &str,
+) -> String {
+    format!(
+        r#"
+[gateway]
+id = "test-gw"
+data_dir = "{data}"
+shutdown_grace_ms = 5000
+
+[mqtt]
+url = "{mqtt_url}"
+
+[influx]
+url = "{influx_url}"
+api = "{api}"
+flush_interval_ms = 100
+retry_initial_ms = 100
+retry_max_ms = 1000
+{extra}
+
+[queue]
+{queue}
+
+[bindings]
+file = "{bindings}"
+"#,
+        data = dir.join("data").display(),
+        bindings = bindings.display(),
+    )
+}
+
+/// Epoch milliseconds of an RFC 3339 time.
+pub fn ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).expect("time").timestamp_millis()
+}
+
+/// A JSON reading for `devices/{serial}/vitals`.
+pub fn msg(serial: &str, payload: serde_json::Value) -> (String, Vec<u8>) {
+    (format!("devices/{serial}/vitals"), payload.to_string().into_bytes())
+}
+
+/// Starts a gateway and waits until its subscription is in place (from then on the broker
+/// holds messages for its persistent session).
+pub async fn start_gateway(dir: &Path, toml: &str) -> Gateway {
+    let mut gw = Gateway::start(dir, toml);
+    wait_for_log(&gw, "Subscribed.").await;
+    assert!(gw.is_running(), "gateway exited:\n{}", gw.log());
+    gw
+}
+
+/// Waits until the gateway's log contains `text`.
+pub async fn wait_for_log(gw: &Gateway, text: &str) {
+    eventually(WAIT, &format!("gateway log contains {text:?}"), || {
+        let found = gw.log().contains(text);
+        async move { found }
+    })
+    .await;
+}
+
+/// Waits until `measurement` in [`DB`] holds exactly `n` points.
+pub async fn wait_count(influx: &Influx1, measurement: &str, n: u64) {
+    eventually(WAIT, &format!("{n} points in {measurement}"), || async { influx.count(DB, measurement).await == n })
+        .await;
+}
+
+/// Runs an operator command of the gateway binary; returns (exit code, stdout, stderr).
+pub fn gateway_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_heartguard-gateway"))
+        .args(args)
+        .output()
+        .expect("run the gateway binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
