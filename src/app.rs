@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bindings;
+use crate::bindings::{self, postgres::Freshness, postgres::PgSource};
 use crate::config::Config;
 use crate::ingest::{self, mqtt::MqttSource};
 use crate::queue::QueueHandle;
@@ -55,7 +55,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     } else {
         info!(bindings = table.len(), source = %table.source, version = %table.version, "Bindings loaded.");
     }
-    let (_table_tx, table_rx) = watch::channel(Arc::new(table));
+    let pg = pg_source(&cfg).map_err(StartError::Config)?;
+    let fresh = match &pg {
+        // Until the first round trip, nothing newer than the start is known to be current.
+        Some(src) => Freshness {
+            fresh_until_ns: i64::MIN,
+            advanced_at: tokio::time::Instant::now(),
+            stale_grace: src.stale_grace,
+        },
+        None => Freshness::always(),
+    };
+    let (fresh_tx, fresh_rx) = watch::channel(fresh);
+    let (table_tx, table_rx) = watch::channel(Arc::new(table));
 
     let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(StartError::Config)?);
     let mqtt = if cfg.mqtt.enabled {
@@ -78,10 +89,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         touched_rx,
         sink_stop.clone(),
     ));
+    let parking = ingest::parking::Parking {
+        queue: queue.clone(),
+        table: table_rx.clone(),
+        fresh: fresh_rx.clone(),
+        counters: counters.clone(),
+        touched: touched_tx.clone(),
+        max_park_age: Duration::from_millis(cfg.bindings.max_park_age_ms),
+        unbound_log: std::sync::Mutex::new(ingest::RateLimited::new(Duration::from_secs(60))),
+    };
+    let parking = tokio::spawn(parking.run(sink_stop.clone()));
+    let sync = pg.map(|src| {
+        tokio::spawn(bindings::postgres::run(
+            src,
+            queue.clone(),
+            table_tx.clone(),
+            fresh_tx,
+            counters.clone(),
+            sink_stop.clone(),
+        ))
+    });
     let intake = {
         let (queue, counters, done) = (queue.clone(), counters.clone(), intake_done.clone());
+        let (table_rx, fresh_rx) = (table_rx.clone(), fresh_rx.clone());
         tokio::spawn(async move {
-            ingest::run_intake(env_rx, table_rx, queue, counters, touched_tx).await;
+            ingest::run_intake(env_rx, table_rx, fresh_rx, queue, counters, touched_tx).await;
             done.cancel();
         })
     };
@@ -112,6 +144,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
         let _ = intake.await;
         sink_stop.cancel();
+        let _ = parking.await;
+        if let Some(s) = sync {
+            let _ = s.await;
+        }
         let _ = sinks.await;
         summary.abort();
         if let Err(e) = queue.close().await {
@@ -128,4 +164,47 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
     info!(counters = %counters.summary(), "Gateway stopped.");
     Ok(())
+}
+
+/// The PostgreSQL binding source, if configured.
+fn pg_source(cfg: &Config) -> Result<Option<PgSource>, String> {
+    let b = &cfg.bindings;
+    let Some(f) = &b.postgres_url_file else { return Ok(None) };
+    let url = crate::config::read_secret(f).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
+    let mut config = crate::config::postgres_config(&url).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
+    config
+        .application_name(format!("heartguard-gateway {}", cfg.gateway.id))
+        .connect_timeout(Duration::from_secs(10))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    let tls = if b.sslmode == "disable" {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        None
+    } else {
+        // Require: never a silent fallback to plain text.
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let ca = b.ca_file.as_deref().ok_or("bindings.ca_file: required for TLS")?;
+        Some(tokio_postgres_rustls::MakeRustlsConnect::new(crate::tls::client_config(ca, None)?))
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(n) => n.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    let label = format!("{}/{}", hosts.join(","), config.get_dbname().unwrap_or(""));
+    let max_park_age = Duration::from_millis(b.max_park_age_ms);
+    Ok(Some(PgSource {
+        config,
+        tls,
+        scope: bindings::postgres::Scope { org_ids: b.org_ids.clone(), serials: b.serials.clone() },
+        refresh: Duration::from_millis(b.refresh_interval_ms),
+        poll: Duration::from_millis(b.freshness_poll_ms),
+        stale_grace: Duration::from_millis(b.stale_grace_ms),
+        margin: Duration::from_millis(b.freshness_margin_ms),
+        keep_ended: max_park_age,
+        label,
+    }))
 }

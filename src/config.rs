@@ -152,11 +152,56 @@ impl Queue {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Bindings {
-    /// A bindings file (`[[binding]]` tables). Without one, the cached copy is used.
+    /// A bindings file (`[[binding]]` tables). Without a file or PostgreSQL, the cached
+    /// copy is used.
     pub file: Option<PathBuf>,
+    /// File holding the central database's connection string (URL or `key=value`; it may
+    /// carry a password, so it lives in a file only the service user can read).
+    pub postgres_url_file: Option<PathBuf>,
+    /// `verify-full` (default; `require` is the same here: the certificate chain and the
+    /// host name are always verified against `ca_file`) or `disable` (loopback only).
+    pub sslmode: String,
+    /// CA certificates (PEM) that sign the PostgreSQL server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Load only the bindings of these organizations (`patients.org_id`); empty: all.
+    pub org_ids: Vec<String>,
+    /// Load only these device serials; empty: all.
+    pub serials: Vec<String>,
+    /// Full reload this often, also when no notification came (a lost NOTIFY).
+    pub refresh_interval_ms: u64,
+    /// How often the freshness mark is advanced (one `SELECT now()` round trip).
+    pub freshness_poll_ms: u64,
+    /// PostgreSQL unreachable: readings newer than the last fresh mark wait this long, then
+    /// are resolved on the cached copy (counted as stale).
+    pub stale_grace_ms: u64,
+    /// A binding change is stamped with its transaction's start time but becomes visible at
+    /// commit; the fresh-until mark trails the database clock by this much so that changes
+    /// committed within it are never missed. Transactions that move devices should be short.
+    pub freshness_margin_ms: u64,
+    /// A parked reading (no binding covers it) waits at most this long, then moves to the
+    /// dead letters with the reason `unbound`. Ended streams are kept in the cache as long.
+    pub max_park_age_ms: u64,
+}
+
+impl Default for Bindings {
+    fn default() -> Self {
+        Self {
+            file: None,
+            postgres_url_file: None,
+            sslmode: "verify-full".into(),
+            ca_file: None,
+            org_ids: Vec::new(),
+            serials: Vec::new(),
+            refresh_interval_ms: 60_000,
+            freshness_poll_ms: 250,
+            stale_grace_ms: 10_000,
+            freshness_margin_ms: 500,
+            max_park_age_ms: 24 * 3600 * 1000,
+        }
+    }
 }
 
 /// A problem in the file, with the key it concerns.
@@ -283,14 +328,59 @@ impl Config {
             bad("queue.max_bytes", "at least 65536".into());
         }
 
+        let b = &self.bindings;
+        if b.file.is_some() && b.postgres_url_file.is_some() {
+            bad("bindings.file", "choose one source: a file or bindings.postgres_url_file".into());
+        }
+        match b.sslmode.as_str() {
+            "verify-full" | "require" => {
+                if b.postgres_url_file.is_some() && b.ca_file.is_none() {
+                    bad(
+                        "bindings.ca_file",
+                        "required with sslmode = \"verify-full\" (the server certificate is always verified)".into(),
+                    );
+                }
+            }
+            "disable" => {}
+            other => bad("bindings.sslmode", format!("{other:?}: use \"verify-full\" or \"disable\" (loopback only)")),
+        }
+        if let (Some(f), "disable") = (&b.postgres_url_file, b.sslmode.as_str())
+            && let Ok(url) = read_secret(f)
+        {
+            match postgres_config(&url) {
+                Ok(c) if all_loopback(&c) => {}
+                Ok(_) => bad(
+                    "bindings.sslmode",
+                    "\"disable\" is only allowed for a database on this machine (loopback or a Unix socket)".into(),
+                ),
+                Err(e) => bad("bindings.postgres_url_file", e),
+            }
+        }
+        if !(50..=60_000).contains(&b.freshness_poll_ms) {
+            bad("bindings.freshness_poll_ms", "between 50 and 60000".into());
+        }
+        if b.refresh_interval_ms < 1000 {
+            bad("bindings.refresh_interval_ms", "at least 1000".into());
+        }
+        if b.max_park_age_ms < 1000 {
+            bad("bindings.max_park_age_ms", "at least 1000".into());
+        }
+        for (i, o) in b.org_ids.iter().enumerate() {
+            if o.trim().is_empty() {
+                bad(&format!("bindings.org_ids[{i}]"), "must not be empty".into());
+            }
+        }
+
         for (key, file) in [
             ("mqtt.password_file", &m.password_file),
             ("influx.token_file", &i.token_file),
             ("influx.password_file", &i.password_file),
             ("bindings.file", &self.bindings.file),
+            ("bindings.postgres_url_file", &self.bindings.postgres_url_file),
+            ("bindings.ca_file", &self.bindings.ca_file),
         ] {
             let Some(f) = file else { continue };
-            let check = if key == "bindings.file" {
+            let check = if key == "bindings.file" || key == "bindings.ca_file" {
                 std::fs::metadata(f).map(|_| ()).map_err(|e| format!("{}: {e}", f.display()))
             } else {
                 read_secret(f).map(|_| ())
@@ -328,6 +418,22 @@ fn key_at(text: &str, offset: usize) -> String {
         (None, false) => key.to_owned(),
         (None, true) => "config".into(),
     }
+}
+
+/// Parses a PostgreSQL connection string (URL or `key=value` form).
+pub fn postgres_config(s: &str) -> Result<tokio_postgres::Config, String> {
+    s.trim().parse::<tokio_postgres::Config>().map_err(|e| format!("not a PostgreSQL connection string: {e}"))
+}
+
+/// True when every host of `c` is on this machine.
+pub fn all_loopback(c: &tokio_postgres::Config) -> bool {
+    !c.get_hosts().is_empty()
+        && c.get_hosts().iter().all(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => {
+                name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            tokio_postgres::config::Host::Unix(_) => true,
+        })
 }
 
 /// Parses `mqtt://host[:port]`.

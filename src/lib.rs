@@ -35,6 +35,7 @@ pub mod queue;
 pub mod resolve;
 pub mod sink;
 pub mod telemetry;
+pub mod tls;
 
 /// Now, in nanoseconds since the Unix epoch (UTC).
 pub fn now_ns() -> i64 {

@@ -242,6 +242,8 @@ fn queue_stats(cfg: &Config) -> Result<(), String> {
     let conn = store::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
     let s = store::stats(&conn, &cfg.gateway.data_dir.join(store::DB_FILE)).map_err(|e| e.to_string())?;
     println!("points waiting: {}", s.points);
+    println!("parked readings: {}", s.parked);
+    println!("dead letters: {}", s.dead_letters);
     println!("bytes waiting:  {}", s.bytes);
     println!("database size:  {} bytes (with WAL)", s.db_file_bytes);
     if let Some(oldest) = s.oldest_enqueued_ns {

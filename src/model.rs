@@ -44,3 +44,74 @@ pub fn loggable(s: &str) -> String {
     }
     out
 }
+
+/// The stored form of a reading waiting for its binding (the `parked` table): canonical
+/// field names with their typed values.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredReading {
+    serial: String,
+    ts_ns: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signal_type: Option<String>,
+    fields: Vec<(String, serde_json::Value)>,
+}
+
+impl Reading {
+    /// Serializes for durable parking.
+    pub fn to_stored(&self) -> String {
+        let fields = self
+            .fields
+            .iter()
+            .map(|(spec, v)| {
+                let v = match v {
+                    FieldValue::Int(i) => serde_json::Value::from(*i),
+                    FieldValue::Float(f) => serde_json::Value::from(*f),
+                };
+                (spec.name.to_owned(), v)
+            })
+            .collect();
+        let s = StoredReading {
+            serial: self.serial.clone(),
+            ts_ns: self.ts_ns,
+            signal_type: self.signal_type.clone(),
+            fields,
+        };
+        serde_json::to_string(&s).unwrap_or_default()
+    }
+
+    /// Reads a parked reading back; `None` if it is not one (never trusted blindly: field
+    /// names and types are checked against the canonical table again).
+    pub fn from_stored(s: &str) -> Option<Reading> {
+        let s: StoredReading = serde_json::from_str(s).ok()?;
+        let mut fields = Vec::with_capacity(s.fields.len());
+        for (name, v) in s.fields {
+            let spec = crate::fields::lookup(&name)?;
+            let value = match spec.kind {
+                crate::fields::FieldKind::Int => FieldValue::Int(v.as_i64()?),
+                crate::fields::FieldKind::Float => FieldValue::Float(v.as_f64().filter(|f| f.is_finite())?),
+            };
+            fields.push((spec, value));
+        }
+        Some(Reading { serial: s.serial, ts_ns: s.ts_ns, signal_type: s.signal_type, fields })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_reading_round_trips_with_types() {
+        let r = Reading {
+            serial: "ABC-001".into(),
+            ts_ns: 1_700_000_000_123_000_000,
+            signal_type: Some("spo2".into()),
+            fields: vec![
+                (crate::fields::lookup("spo2").expect("spo2"), FieldValue::Int(97)),
+                (crate::fields::lookup("temperature").expect("t"), FieldValue::Float(37.0)),
+            ],
+        };
+        assert_eq!(Reading::from_stored(&r.to_stored()), Some(r));
+        assert_eq!(Reading::from_stored("{\"serial\":\"A\",\"ts_ns\":1,\"fields\":[[\"bogus\",1]]}"), None);
+    }
+}

@@ -29,13 +29,14 @@ impl Unbound {
     }
 }
 
-/// Finds the one binding that covers `r`.
-pub fn resolve<'a>(table: &'a BindingTable, r: &Reading) -> Result<&'a Compiled, Unbound> {
+/// Finds the bindings of the one stream that covers `r` (a stream may have several
+/// bindings, e.g. two buckets; the reading is written to each) and puts them in `out`.
+pub fn resolve<'a>(table: &'a BindingTable, r: &Reading, out: &mut Vec<&'a Compiled>) -> Result<(), Unbound> {
+    out.clear();
     let all = table.for_serial(&r.serial);
     if all.is_empty() {
         return Err(Unbound::UnknownSerial);
     }
-    let mut found: Option<&Compiled> = None;
     for c in all {
         if !c.binding.covers(r.ts_ns) {
             continue;
@@ -43,12 +44,20 @@ pub fn resolve<'a>(table: &'a BindingTable, r: &Reading) -> Result<&'a Compiled,
         if r.signal_type.as_deref().is_some_and(|t| t != c.binding.signal_type) {
             continue;
         }
-        if found.is_some() {
+        if out.first().is_some_and(|f| f.binding.stream_id != c.binding.stream_id) {
+            out.clear();
             return Err(Unbound::Ambiguous);
         }
-        found = Some(c);
+        out.push(c);
     }
-    found.ok_or(Unbound::NotCovered)
+    if out.is_empty() { Err(Unbound::NotCovered) } else { Ok(()) }
+}
+
+/// As [`resolve`], for callers that expect exactly one binding (tests, tools).
+pub fn resolve_one<'a>(table: &'a BindingTable, r: &Reading) -> Result<&'a Compiled, Unbound> {
+    let mut out = Vec::new();
+    resolve(table, r, &mut out)?;
+    Ok(out[0])
 }
 
 /// Appends the line for `r` under binding `c` (no trailing newline).
@@ -103,12 +112,12 @@ mod tests {
             "test".into(),
             "1".into(),
         );
-        assert_eq!(resolve(&t, &reading(99, None)).map(|c| c.binding.stream_id.as_str()), Ok("old"));
-        assert_eq!(resolve(&t, &reading(100, None)).map(|c| c.binding.stream_id.as_str()), Ok("new"));
-        assert_eq!(resolve(&t, &reading(-1, None)).err(), Some(Unbound::NotCovered));
+        assert_eq!(resolve_one(&t, &reading(99, None)).map(|c| c.binding.stream_id.as_str()), Ok("old"));
+        assert_eq!(resolve_one(&t, &reading(100, None)).map(|c| c.binding.stream_id.as_str()), Ok("new"));
+        assert_eq!(resolve_one(&t, &reading(-1, None)).err(), Some(Unbound::NotCovered));
         let mut other = reading(5, None);
         other.serial = "OTHER".into();
-        assert_eq!(resolve(&t, &other).err(), Some(Unbound::UnknownSerial));
+        assert_eq!(resolve_one(&t, &other).err(), Some(Unbound::UnknownSerial));
     }
 
     #[test]
@@ -118,9 +127,9 @@ mod tests {
             "test".into(),
             "1".into(),
         );
-        assert_eq!(resolve(&t, &reading(5, Some("ecg"))).map(|c| c.binding.stream_id.as_str()), Ok("b"));
-        assert_eq!(resolve(&t, &reading(5, None)).err(), Some(Unbound::Ambiguous));
-        assert_eq!(resolve(&t, &reading(5, Some("x"))).err(), Some(Unbound::NotCovered));
+        assert_eq!(resolve_one(&t, &reading(5, Some("ecg"))).map(|c| c.binding.stream_id.as_str()), Ok("b"));
+        assert_eq!(resolve_one(&t, &reading(5, None)).err(), Some(Unbound::Ambiguous));
+        assert_eq!(resolve_one(&t, &reading(5, Some("x"))).err(), Some(Unbound::NotCovered));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Logs carry ids (device serial, stream id, destination), reasons and counts — never a
 //! payload's contents or anything about a patient but the patient id.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::decode::RejectReason;
 use crate::resolve::Unbound;
@@ -33,6 +33,17 @@ pub struct Counters {
     pub points_delivered: AtomicU64,
     pub write_failures: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Readings parked: waiting for a fresh binding copy or for a binding at all.
+    pub parked: AtomicU64,
+    /// Parked readings later resolved and queued.
+    pub unparked: AtomicU64,
+    /// Readings resolved on a copy whose freshness mark had stopped (PostgreSQL away).
+    pub resolved_stale: AtomicU64,
+    /// Parked readings that found no binding within `max_park_age_ms`.
+    pub expired_unbound: AtomicU64,
+    pub sync_errors: AtomicU64,
+    /// Database clock minus gateway clock, last measured (ms).
+    pub clock_skew_ms: AtomicI64,
 }
 
 impl Counters {
@@ -73,7 +84,7 @@ impl Counters {
             .map(|(u, c)| format!("{}={}", u.as_str(), c.load(Relaxed)))
             .collect();
         format!(
-            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={} dead_lettered={}",
+            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={} dead_lettered={} parked={} unparked={} resolved_stale={} expired_unbound={} sync_errors={} clock_skew_ms={}",
             self.messages_received.load(Relaxed),
             self.readings_decoded.load(Relaxed),
             self.readings_queued.load(Relaxed),
@@ -86,6 +97,12 @@ impl Counters {
             self.dropped_fields.load(Relaxed),
             self.write_failures.load(Relaxed),
             self.dead_lettered.load(Relaxed),
+            self.parked.load(Relaxed),
+            self.unparked.load(Relaxed),
+            self.resolved_stale.load(Relaxed),
+            self.expired_unbound.load(Relaxed),
+            self.sync_errors.load(Relaxed),
+            self.clock_skew_ms.load(Relaxed),
         )
     }
 }

@@ -12,6 +12,7 @@
 //! - nothing about a patient but the patient's id is ever held here (names are personal data).
 
 pub mod file;
+pub mod postgres;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -235,7 +236,7 @@ mod opt_rfc3339 {
 }
 
 /// Builds the table in force at start: the bindings file if configured (stored into the
-/// cache first), else the cached copy, else an empty table.
+/// cache first), else the cached copy (kept from the last sync), else an empty table.
 pub async fn load_table(
     file: Option<&std::path::Path>,
     queue: &crate::queue::QueueHandle,
@@ -247,18 +248,59 @@ pub async fn load_table(
             let b = file::parse(&text)
                 .map_err(|p| p.into_iter().map(|m| format!("{}: {m}", path.display())).collect::<Vec<_>>())?;
             let source = format!("file {}", path.display());
-            let version = format!("{:016x}", fnv1a(text.as_bytes()));
+            let version = version_of(&b);
             queue.replace_bindings(b.clone(), source.clone(), version.clone()).await.map_err(one)?;
             (b, source, version)
         }
         None => queue.load_bindings().await.map_err(one)?.unwrap_or_else(|| (Vec::new(), "none".into(), String::new())),
     };
+    compile(bindings, source, version, queue).await.map_err(one)
+}
+
+/// Encodes every binding's series prefix and registers its destination.
+pub async fn compile(
+    bindings: Vec<Binding>,
+    source: String,
+    version: String,
+    queue: &crate::queue::QueueHandle,
+) -> Result<BindingTable, crate::queue::QueueError> {
     let mut compiled = Vec::with_capacity(bindings.len());
     for b in bindings {
-        let dest_id = queue.destination_id(b.destination()).await.map_err(one)?;
+        let dest_id = queue.destination_id(b.destination()).await?;
         compiled.push(Compiled { prefix: b.series_prefix(), binding: b, dest_id });
     }
     Ok(BindingTable::new(compiled, source, version))
+}
+
+/// The version of a binding list: a content hash, so an unchanged reload changes nothing.
+pub fn version_of(bindings: &[Binding]) -> String {
+    let text = serde_json::to_string(bindings).unwrap_or_default();
+    format!("{:016x}", fnv1a(text.as_bytes()))
+}
+
+/// Replaces the bindings in force by `list` from `source`, if it differs from the current
+/// table: the cache first (one transaction), then the table (one swap). Bindings that fail
+/// validation are left out and logged; the rest apply.
+pub async fn apply(
+    list: Vec<Binding>,
+    source: &str,
+    queue: &crate::queue::QueueHandle,
+    table_tx: &tokio::sync::watch::Sender<SharedTable>,
+) -> Result<bool, String> {
+    let (list, refused): (Vec<Binding>, Vec<Binding>) = list.into_iter().partition(|b| b.problems().is_empty());
+    for b in &refused {
+        tracing::error!(device = %crate::model::loggable(&b.serial), stream = %b.stream_id, problems = %b.problems().join("; "), "Binding refused; the device's readings stay parked until it is fixed centrally.");
+    }
+    let version = version_of(&list);
+    if table_tx.borrow().version == version {
+        return Ok(false);
+    }
+    queue.replace_bindings(list.clone(), source.to_owned(), version.clone()).await.map_err(|e| e.to_string())?;
+    let n = list.len();
+    let table = compile(list, source.to_owned(), version.clone(), queue).await.map_err(|e| e.to_string())?;
+    table_tx.send_replace(std::sync::Arc::new(table));
+    tracing::info!(bindings = n, %source, %version, "Bindings updated.");
+    Ok(true)
 }
 
 /// A stable content hash, used as the version of a bindings file.

@@ -8,6 +8,7 @@
 //! it holds, acknowledges it and returns.
 
 pub mod mqtt;
+pub mod parking;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,8 +18,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, warn};
 
 use crate::bindings::SharedTable;
+use crate::bindings::postgres::Freshness;
 use crate::model::{Reading, loggable};
-use crate::queue::{NewPoint, QueueHandle};
+use crate::queue::{Batch, NewParked, NewPoint, PARKED_FRESH, PARKED_UNBOUND, QueueHandle};
 use crate::resolve;
 use crate::telemetry::Counters;
 
@@ -60,6 +62,7 @@ pub type Touched = Vec<(i64, u64)>;
 pub async fn run_intake(
     mut rx: mpsc::Receiver<Envelope>,
     table: watch::Receiver<SharedTable>,
+    fresh: watch::Receiver<Freshness>,
     queue: QueueHandle,
     counters: Arc<Counters>,
     touched_tx: mpsc::UnboundedSender<Touched>,
@@ -75,16 +78,26 @@ pub async fn run_intake(
             }
         }
         let table = table.borrow().clone();
+        let fresh = *fresh.borrow();
         let now = crate::now_ns();
-        let mut points = Vec::new();
+        let mut found = Vec::new();
+        let mut out = Batch::default();
         let mut touched: HashMap<i64, u64> = HashMap::new();
         for r in batch.iter().flat_map(|e| &e.readings) {
-            match resolve::resolve(&table, r) {
-                Ok(c) => {
-                    let mut line = String::with_capacity(c.prefix.len() + 24 * r.fields.len() + 24);
-                    resolve::encode(c, r, &mut line);
-                    *touched.entry(c.dest_id).or_default() += 1;
-                    points.push(NewPoint { dest_id: c.dest_id, line, enqueued_ns: now });
+            let Some(stale) = fresh.resolvable(r.ts_ns) else {
+                // The binding copy is not yet known to be current as of this reading.
+                out.parked.push(park(r, PARKED_FRESH, now));
+                continue;
+            };
+            match resolve::resolve(&table, r, &mut found) {
+                Ok(()) => {
+                    if stale {
+                        counters.resolved_stale.fetch_add(1, Relaxed);
+                    }
+                    for c in found.drain(..) {
+                        out.points.push(encode(c, r, now));
+                        *touched.entry(c.dest_id).or_default() += 1;
+                    }
                 }
                 Err(why) => {
                     counters.unbound(why);
@@ -92,17 +105,19 @@ pub async fn run_intake(
                         warn!(
                             device = %loggable(&r.serial),
                             reason = why.as_str(),
-                            "Reading has no binding and was not queued (counted; logged once a minute per device)."
+                            "Reading has no binding; parked until one covers it (counted; logged once a minute per device)."
                         );
                     }
+                    out.parked.push(park(r, PARKED_UNBOUND, now));
                 }
             }
         }
-        let n = points.len() as u64;
-        if !points.is_empty() {
-            commit(&queue, Arc::new(points)).await;
+        let (n, parked) = (out.points.len() as u64, out.parked.len() as u64);
+        if n + parked > 0 {
+            commit(&queue, Arc::new(out)).await;
         }
         counters.readings_queued.fetch_add(n, Relaxed);
+        counters.parked.fetch_add(parked, Relaxed);
         for env in batch.drain(..) {
             if let Some(ack) = env.ack {
                 ack.send();
@@ -114,12 +129,23 @@ pub async fn run_intake(
     }
 }
 
+/// The queued point for reading `r` under binding `c`.
+pub fn encode(c: &crate::bindings::Compiled, r: &Reading, now: i64) -> NewPoint {
+    let mut line = String::with_capacity(c.prefix.len() + 24 * r.fields.len() + 24);
+    resolve::encode(c, r, &mut line);
+    NewPoint { dest_id: c.dest_id, line, enqueued_ns: now }
+}
+
+fn park(r: &Reading, reason: &'static str, now: i64) -> NewParked {
+    NewParked { serial: r.serial.clone(), ts_ns: r.ts_ns, reason, body: r.to_stored(), parked_ns: now }
+}
+
 /// Commits, retrying until it works: nothing was acknowledged yet, and giving up would mean
 /// acknowledging data that is not stored.
-async fn commit(queue: &QueueHandle, points: Arc<Vec<NewPoint>>) {
+async fn commit(queue: &QueueHandle, batch: Arc<Batch>) {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
-        match queue.append_shared(points.clone()).await {
+        match queue.append_shared(batch.clone()).await {
             Ok(report) => {
                 if report.dropped > 0 {
                     warn!(
@@ -136,7 +162,7 @@ async fn commit(queue: &QueueHandle, points: Arc<Vec<NewPoint>>) {
                 delay = (delay * 2).min(std::time::Duration::from_secs(1));
             }
             Err(e) => {
-                error!(error = %e, points = points.len(), "Queue commit failed; holding the readings unacknowledged and retrying.");
+                error!(error = %e, readings = batch.points.len() + batch.parked.len(), "Queue commit failed; holding the readings unacknowledged and retrying.");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }

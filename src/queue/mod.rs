@@ -22,7 +22,8 @@ use tokio::sync::oneshot;
 use crate::bindings::{Binding, Destination};
 
 pub use store::{
-    AppendReport, DeadLetter, DeadLetterFilter, FullPolicy, Leased, Limits, NewPoint, QueueStats, Synchronous,
+    AppendReport, Batch, DeadLetter, DeadLetterFilter, FullPolicy, Leased, Limits, NewParked, NewPoint, PARKED_FRESH,
+    PARKED_UNBOUND, Parked, QueueStats, Synchronous,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,24 @@ pub enum QueueError {
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
 pub(crate) enum Command {
-    Append(Arc<Vec<NewPoint>>, Reply<AppendReport>),
+    Append(Arc<Batch>, Reply<AppendReport>),
+    ScanParked {
+        reason: &'static str,
+        max_ts: i64,
+        after_id: i64,
+        limit: usize,
+        reply: Reply<Vec<Parked>>,
+    },
+    Promote {
+        points: Vec<NewPoint>,
+        remove: Vec<i64>,
+        repark: Vec<(i64, &'static str)>,
+        reply: Reply<()>,
+    },
+    ExpireParked {
+        cutoff_ns: i64,
+        reply: Reply<u64>,
+    },
     Lease {
         dest_id: i64,
         max_lines: usize,
@@ -102,13 +120,40 @@ impl QueueHandle {
 
     /// Commits `points`; returns once they are durable, with what had to be dropped to fit.
     pub async fn append(&self, points: Vec<NewPoint>) -> Result<AppendReport, QueueError> {
-        self.append_shared(Arc::new(points)).await
+        self.append_shared(Arc::new(Batch { points, parked: Vec::new() })).await
     }
 
     /// As [`Self::append`], keeping the points with the caller so a failed commit can be
     /// retried without copying them.
-    pub async fn append_shared(&self, points: Arc<Vec<NewPoint>>) -> Result<AppendReport, QueueError> {
-        self.call(|r| Command::Append(points, r)).await
+    pub async fn append_shared(&self, batch: Arc<Batch>) -> Result<AppendReport, QueueError> {
+        self.call(|r| Command::Append(batch, r)).await
+    }
+
+    /// Parked readings with `reason`, taken at or before `max_ts`, after id `after_id`.
+    pub async fn scan_parked(
+        &self,
+        reason: &'static str,
+        max_ts: i64,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<Parked>, QueueError> {
+        self.call(|reply| Command::ScanParked { reason, max_ts, after_id, limit, reply }).await
+    }
+
+    /// Queues `points`, removes the parked readings they came from and re-marks others, in
+    /// one transaction.
+    pub async fn promote(
+        &self,
+        points: Vec<NewPoint>,
+        remove: Vec<i64>,
+        repark: Vec<(i64, &'static str)>,
+    ) -> Result<(), QueueError> {
+        self.call(|reply| Command::Promote { points, remove, repark, reply }).await
+    }
+
+    /// Moves readings parked before `cutoff_ns` to the dead letters; returns how many.
+    pub async fn expire_parked(&self, cutoff_ns: i64) -> Result<u64, QueueError> {
+        self.call(|reply| Command::ExpireParked { cutoff_ns, reply }).await
     }
 
     /// The oldest points of a destination, at most `max_lines` and about `max_bytes`.

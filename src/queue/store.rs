@@ -32,9 +32,19 @@ CREATE TABLE IF NOT EXISTS points (
     enqueued_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS points_by_dest ON points (dest_id, id);
+CREATE TABLE IF NOT EXISTS parked (
+    id        INTEGER PRIMARY KEY,
+    serial    TEXT NOT NULL,
+    ts_ns     INTEGER NOT NULL,
+    reason    TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    parked_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS parked_by_reason ON parked (reason, ts_ns);
+CREATE INDEX IF NOT EXISTS parked_by_age ON parked (parked_ns);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          INTEGER PRIMARY KEY,
-    dest_id     INTEGER NOT NULL REFERENCES destinations(id),
+    dest_id     INTEGER REFERENCES destinations(id),
     line        TEXT NOT NULL,
     reason      TEXT NOT NULL,
     status      INTEGER,
@@ -138,6 +148,39 @@ impl DeadLetterFilter {
     }
 }
 
+/// Why a reading is parked.
+pub const PARKED_FRESH: &str = "fresh";
+pub const PARKED_UNBOUND: &str = "unbound";
+
+/// A reading to park: durable, acknowledged, waiting for its binding.
+#[derive(Debug, Clone)]
+pub struct NewParked {
+    pub serial: String,
+    pub ts_ns: i64,
+    /// [`PARKED_FRESH`] (waiting for a binding copy current as of `ts_ns`) or
+    /// [`PARKED_UNBOUND`] (no binding covers it yet).
+    pub reason: &'static str,
+    /// The reading, as `Reading::to_stored`.
+    pub body: String,
+    pub parked_ns: i64,
+}
+
+/// A parked reading read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub id: i64,
+    pub ts_ns: i64,
+    pub body: String,
+    pub parked_ns: i64,
+}
+
+/// What one commit holds: points to deliver and readings to park.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub points: Vec<NewPoint>,
+    pub parked: Vec<NewParked>,
+}
+
 /// A point to commit.
 #[derive(Debug, Clone)]
 pub struct NewPoint {
@@ -158,6 +201,7 @@ pub struct Leased {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
     pub points: u64,
+    pub parked: u64,
     pub dead_letters: u64,
     pub bytes: u64,
     pub oldest_enqueued_ns: Option<i64>,
@@ -327,6 +371,15 @@ impl Store {
                 Command::DeadLetter { dest_id, ids, reason, status, detail, reply } => {
                     let _ = reply.send(self.dead_letter(dest_id, &ids, reason, status, &detail));
                 }
+                Command::ScanParked { reason, max_ts, after_id, limit, reply } => {
+                    let _ = reply.send(self.scan_parked(reason, max_ts, after_id, limit));
+                }
+                Command::Promote { points, remove, repark, reply } => {
+                    let _ = reply.send(self.promote(&points, &remove, &repark));
+                }
+                Command::ExpireParked { cutoff_ns, reply } => {
+                    let _ = reply.send(self.expire_parked(cutoff_ns));
+                }
                 Command::DestinationId(d, reply) => {
                     let _ = reply.send(self.destination_id(&d));
                 }
@@ -356,16 +409,16 @@ impl Store {
     /// Commits `first` together with every append already waiting in the channel.
     fn group_commit(
         &mut self,
-        first: std::sync::Arc<Vec<NewPoint>>,
+        first: std::sync::Arc<Batch>,
         reply: super::Reply<AppendReport>,
         rx: &mpsc::Receiver<Command>,
     ) {
-        let mut total = first.len();
+        let mut total = first.points.len() + first.parked.len();
         let mut batches = vec![(first, reply)];
         while total < GROUP_COMMIT_MAX_POINTS {
             match rx.try_recv() {
                 Ok(Command::Append(p, r)) => {
-                    total += p.len();
+                    total += p.points.len() + p.parked.len();
                     batches.push((p, r));
                 }
                 Ok(other) => {
@@ -390,9 +443,9 @@ impl Store {
 
     fn insert_all(
         &mut self,
-        batches: &[(std::sync::Arc<Vec<NewPoint>>, super::Reply<AppendReport>)],
+        batches: &[(std::sync::Arc<Batch>, super::Reply<AppendReport>)],
     ) -> Result<AppendReport, QueueError> {
-        let new_bytes: u64 = batches.iter().flat_map(|(b, _)| b.iter()).map(|p| p.line.len() as u64 + 1).sum();
+        let new_bytes: u64 = batches.iter().flat_map(|(b, _)| b.points.iter()).map(|p| p.line.len() as u64 + 1).sum();
         if self.limits.min_free_bytes > 0
             && let Some(free) = free_bytes(&self.conn, &self.dir)
             && free < self.limits.min_free_bytes.saturating_add(new_bytes)
@@ -433,8 +486,14 @@ impl Store {
         }
         {
             let mut stmt = tx.prepare_cached("INSERT INTO points (dest_id, line, enqueued_ns) VALUES (?1, ?2, ?3)")?;
-            for p in batches.iter().flat_map(|(b, _)| b.iter()) {
+            for p in batches.iter().flat_map(|(b, _)| b.points.iter()) {
                 stmt.execute(params![p.dest_id, p.line, p.enqueued_ns])?;
+            }
+            let mut park = tx.prepare_cached(
+                "INSERT INTO parked (serial, ts_ns, reason, body, parked_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for p in batches.iter().flat_map(|(b, _)| b.parked.iter()) {
+                park.execute(params![p.serial, p.ts_ns, p.reason, p.body, p.parked_ns])?;
             }
         }
         tx.commit()?;
@@ -496,6 +555,64 @@ impl Store {
         tx.commit()?;
         self.bytes = self.bytes.saturating_sub(bytes);
         Ok(moved)
+    }
+
+    fn scan_parked(
+        &mut self,
+        reason: &str,
+        max_ts: i64,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<Parked>, QueueError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, ts_ns, body, parked_ns FROM parked WHERE reason = ?1 AND ts_ns <= ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![reason, max_ts, after_id, limit as i64], |r| {
+            Ok(Parked { id: r.get(0)?, ts_ns: r.get(1)?, body: r.get(2)?, parked_ns: r.get(3)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Queues the points of resolved parked readings and removes those readings, atomically.
+    fn promote(
+        &mut self,
+        points: &[NewPoint],
+        remove: &[i64],
+        repark: &[(i64, &'static str)],
+    ) -> Result<(), QueueError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO points (dest_id, line, enqueued_ns) VALUES (?1, ?2, ?3)")?;
+            for p in points {
+                ins.execute(params![p.dest_id, p.line, p.enqueued_ns])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM parked WHERE id = ?1")?;
+            for id in remove {
+                del.execute([id])?;
+            }
+            let mut upd = tx.prepare_cached("UPDATE parked SET reason = ?2 WHERE id = ?1")?;
+            for (id, reason) in repark {
+                upd.execute(params![id, reason])?;
+            }
+        }
+        tx.commit()?;
+        self.bytes += points.iter().map(|p| p.line.len() as u64 + 1).sum::<u64>();
+        Ok(())
+    }
+
+    /// Moves readings parked before `cutoff_ns` to the dead letters (reason `unbound`).
+    fn expire_parked(&mut self, cutoff_ns: i64) -> Result<u64, QueueError> {
+        let now = crate::now_ns();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO dead_letters (dest_id, line, reason, status, detail, enqueued_ns, failed_ns)
+             SELECT NULL, body, 'unbound', NULL, 'device ' || serial || ': no binding covered the reading within gateway max_park_age_ms', parked_ns, ?2
+             FROM parked WHERE parked_ns < ?1 ORDER BY id",
+            params![cutoff_ns, now],
+        )?;
+        let n = tx.execute("DELETE FROM parked WHERE parked_ns < ?1", [cutoff_ns])?;
+        tx.commit()?;
+        Ok(n as u64)
     }
 
     /// Explicit WAL checkpoint (a long backlog must not grow the WAL without bound) and a
@@ -603,14 +720,17 @@ pub fn dead_letters(conn: &Connection, filter: &DeadLetterFilter, limit: usize) 
     let (clause, mut args) = filter.clause();
     let sql = format!(
         "SELECT x.id, d.org, d.bucket, x.line, x.reason, x.status, x.detail, x.enqueued_ns, x.failed_ns
-         FROM (SELECT * FROM dead_letters{clause}) x JOIN destinations d ON d.id = x.dest_id ORDER BY x.id LIMIT ?"
+         FROM (SELECT * FROM dead_letters{clause}) x LEFT JOIN destinations d ON d.id = x.dest_id ORDER BY x.id LIMIT ?"
     );
     args.push((limit.min(i64::MAX as usize) as i64).into());
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
         Ok(DeadLetter {
             id: r.get(0)?,
-            destination: Destination { org: r.get(1)?, bucket: r.get(2)? }.to_string(),
+            destination: match (r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?) {
+                (Some(org), Some(bucket)) => Destination { org, bucket }.to_string(),
+                _ => "-".into(),
+            },
             line: r.get(3)?,
             reason: r.get(4)?,
             status: r.get::<_, Option<i64>>(5)?.map(|s| s as u16),
@@ -635,11 +755,14 @@ pub fn replay_dead_letters(conn: &mut Connection, filter: &DeadLetterFilter) -> 
     let tx = conn.transaction()?;
     tx.execute(
         &format!(
-            "INSERT INTO points (dest_id, line, enqueued_ns) SELECT dest_id, line, enqueued_ns FROM dead_letters{clause} ORDER BY id"
+            "INSERT INTO points (dest_id, line, enqueued_ns) SELECT dest_id, line, enqueued_ns FROM dead_letters{clause} AND dest_id IS NOT NULL ORDER BY id"
         ),
         rusqlite::params_from_iter(args.clone()),
     )?;
-    let n = tx.execute(&format!("DELETE FROM dead_letters{clause}"), rusqlite::params_from_iter(args))?;
+    let n = tx.execute(
+        &format!("DELETE FROM dead_letters{clause} AND dest_id IS NOT NULL"),
+        rusqlite::params_from_iter(args),
+    )?;
     tx.commit()?;
     Ok(n as u64)
 }
@@ -671,8 +794,10 @@ pub fn stats(conn: &Connection, path: &Path) -> Result<QueueStats, QueueError> {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let dead: i64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
+    let parked: i64 = conn.query_row("SELECT count(*) FROM parked", [], |r| r.get(0))?;
     Ok(QueueStats {
         points: points as u64,
+        parked: parked as u64,
         dead_letters: dead as u64,
         bytes: bytes.unwrap_or(0) as u64,
         oldest_enqueued_ns: oldest,
