@@ -117,6 +117,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             done.cancel();
         })
     };
+    let mqtt = match (&cfg.bindings.trusted_keys.is_empty(), mqtt) {
+        (false, Some(m)) => {
+            let (push_tx, push_rx) = mpsc::channel(4);
+            tokio::spawn(bindings::push::run(
+                push_rx,
+                cfg.bindings.trusted_keys.clone(),
+                cfg.gateway.id.clone(),
+                queue.clone(),
+                table_tx.clone(),
+                counters.clone(),
+            ));
+            Some(m.with_push(bindings::push::topic(&cfg.gateway.id), push_tx))
+        }
+        (_, m) => m,
+    };
     let source = mqtt.map(|m| tokio::spawn(m.run(env_tx.clone(), ingest_stop.clone(), intake_done.clone())));
     drop(env_tx);
 
@@ -167,7 +182,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 }
 
 /// The PostgreSQL binding source, if configured.
-fn pg_source(cfg: &Config) -> Result<Option<PgSource>, String> {
+pub fn pg_source(cfg: &Config) -> Result<Option<PgSource>, String> {
     let b = &cfg.bindings;
     let Some(f) = &b.postgres_url_file else { return Ok(None) };
     let url = crate::config::read_secret(f).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;

@@ -184,6 +184,9 @@ pub struct Bindings {
     /// A parked reading (no binding covers it) waits at most this long, then moves to the
     /// dead letters with the reason `unbound`. Ended streams are kept in the cache as long.
     pub max_park_age_ms: u64,
+    /// Ed25519 public keys (hex) whose signed snapshots this gateway accepts over MQTT on
+    /// `heartguard/gateways/{gateway.id}/bindings`. Empty: pushes are not taken.
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for Bindings {
@@ -200,6 +203,7 @@ impl Default for Bindings {
             stale_grace_ms: 10_000,
             freshness_margin_ms: 500,
             max_park_age_ms: 24 * 3600 * 1000,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -364,6 +368,21 @@ impl Config {
         }
         if b.max_park_age_ms < 1000 {
             bad("bindings.max_park_age_ms", "at least 1000".into());
+        }
+        for (i, k) in b.trusted_keys.iter().enumerate() {
+            if k.len() != 64 || !k.chars().all(|c| c.is_ascii_hexdigit()) {
+                bad(&format!("bindings.trusted_keys[{i}]"), "an Ed25519 public key: 64 hex digits".into());
+            }
+        }
+        if !b.trusted_keys.is_empty() && (b.file.is_some() || b.postgres_url_file.is_some()) {
+            bad(
+                "bindings.trusted_keys",
+                "signed pushes are a binding source of their own: no bindings.file or postgres_url_file with them"
+                    .into(),
+            );
+        }
+        if !b.trusted_keys.is_empty() && !self.mqtt.enabled {
+            bad("bindings.trusted_keys", "signed pushes arrive over MQTT: enable [mqtt]".into());
         }
         for (i, o) in b.org_ids.iter().enumerate() {
             if o.trim().is_empty() {

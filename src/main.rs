@@ -115,6 +115,61 @@ enum BindingsCmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Administrator: create an Ed25519 key pair for signing binding snapshots. The private
+    /// key goes to --out (mode 0600); the public key (for bindings.trusted_keys) is printed.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Administrator: print the bindings of a bindings file, or of PostgreSQL (the config's
+    /// [bindings] source and scope), in the bindings-file format.
+    Export {
+        #[command(flatten)]
+        from: SnapshotSource,
+    },
+    /// Administrator: print a signed snapshot envelope (JSON) for a gateway.
+    Sign {
+        #[command(flatten)]
+        signing: Signing,
+    },
+    /// Administrator: sign a snapshot and publish it, retained, to
+    /// heartguard/gateways/{gateway}/bindings on an MQTT broker.
+    Publish {
+        #[command(flatten)]
+        signing: Signing,
+        /// mqtt://host:port of the broker the gateway listens to.
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct SnapshotSource {
+    /// A bindings file to read the bindings from.
+    #[arg(long, conflicts_with = "config")]
+    from_file: Option<PathBuf>,
+    /// A gateway configuration whose [bindings] PostgreSQL source (and scope) to read.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct Signing {
+    #[command(flatten)]
+    from: SnapshotSource,
+    /// The private key file written by `bindings keygen`.
+    #[arg(long)]
+    key: PathBuf,
+    /// The gateway id the snapshot is for (`*`: every gateway reading the topic).
+    #[arg(long)]
+    gateway: String,
+    /// Snapshot version; must grow with every snapshot. Default: now, in milliseconds.
+    #[arg(long)]
+    version: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -142,6 +197,14 @@ fn main() -> ExitCode {
         Command::DeadLetters { what } => dead_letters(what),
         Command::Bindings { what: BindingsCmd::Show { serial, config } } => {
             with_config(config.as_deref(), |c| bindings(c, Some(&serial)))
+        }
+        Command::Bindings { what: BindingsCmd::Keygen { out } } => report(keygen(&out)),
+        Command::Bindings { what: BindingsCmd::Export { from } } => {
+            report(snapshot_bindings(&from).map(|b| print!("{}", heartguard_gateway::bindings::file::to_toml(&b))))
+        }
+        Command::Bindings { what: BindingsCmd::Sign { signing } } => report(signed(&signing).map(|e| println!("{e}"))),
+        Command::Bindings { what: BindingsCmd::Publish { signing, broker, username, password_file } } => {
+            report(signed(&signing).and_then(|env| publish(&broker, &signing.gateway, username, password_file, env)))
         }
     }
 }
@@ -264,7 +327,14 @@ fn bindings(cfg: &Config, serial: Option<&str>) -> Result<(), String> {
     };
     match serial {
         None => {
-            println!("source: {source}  version: {version}  bindings: {}", list.len());
+            let stored: Option<String> =
+                conn.query_row("SELECT value FROM meta WHERE key = 'bindings_stored_at'", [], |r| r.get(0)).ok();
+            let age = stored
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| format!("{} s", (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()))
+                .unwrap_or_else(|| "unknown".into());
+            println!("source: {source}  version: {version}  bindings: {}  stored: {age} ago", list.len());
             for b in &list {
                 println!(
                     "{}\tstream {}\tpatient {}\t{}\t{}/{}\t{}",
@@ -348,4 +418,95 @@ enum DeadAction {
     Export,
     Replay,
     Purge(bool),
+}
+
+fn report(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keygen(out: &Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (private, public) = heartguard_gateway::bindings::push::generate_key()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    writeln!(f, "{private}").map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("{public}");
+    Ok(())
+}
+
+fn snapshot_bindings(from: &SnapshotSource) -> Result<Vec<heartguard_gateway::bindings::Binding>, String> {
+    if let Some(f) = &from.from_file {
+        return heartguard_gateway::bindings::file::load(f).map_err(|p| p.join("\n"));
+    }
+    let path = from.config.as_deref().ok_or("give --from-file FILE or --config FILE (PostgreSQL)")?;
+    let cfg = Config::load(path).map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
+    let src = app::pg_source(&cfg)?.ok_or("the configuration has no bindings.postgres_url_file")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(heartguard_gateway::bindings::postgres::fetch_once(&src))
+}
+
+fn signed(s: &Signing) -> Result<String, String> {
+    use heartguard_gateway::bindings::push;
+    let bindings = snapshot_bindings(&s.from)?;
+    let key = std::fs::read_to_string(&s.key).map_err(|e| format!("{}: {e}", s.key.display()))?;
+    let now = chrono::Utc::now();
+    let snapshot = push::Snapshot {
+        gateway: s.gateway.clone(),
+        version: s.version.unwrap_or(now.timestamp_millis().max(0) as u64),
+        created_at: now.to_rfc3339(),
+        bindings,
+    };
+    push::sign(&snapshot, &key)
+}
+
+fn publish(
+    broker: &str,
+    gateway: &str,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    envelope: String,
+) -> Result<(), String> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let addr = heartguard_gateway::config::broker_addr(broker)?;
+    let mut opts = MqttOptions::new(format!("heartguard-admin-{}", std::process::id()), addr.host, addr.port);
+    opts.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
+    if let Some(u) = username {
+        let pw = match password_file {
+            Some(f) => heartguard_gateway::config::read_secret(&f)?,
+            None => String::new(),
+        };
+        opts.set_credentials(u, pw);
+    }
+    let topic = heartguard_gateway::bindings::push::topic(gateway);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let (client, mut events) = AsyncClient::new(opts, 10);
+        client.publish(&topic, QoS::AtLeastOnce, true, envelope).await.map_err(|e| e.to_string())?;
+        let wait = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("{broker}: {e}")),
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+            .await
+            .map_err(|_| "no acknowledgement within 30 s".to_owned())??;
+        let _ = client.disconnect().await;
+        println!("Published a signed snapshot for gateway {gateway} to {topic} (retained).");
+        Ok(())
+    })
 }

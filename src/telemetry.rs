@@ -42,6 +42,8 @@ pub struct Counters {
     /// Parked readings that found no binding within `max_park_age_ms`.
     pub expired_unbound: AtomicU64,
     pub sync_errors: AtomicU64,
+    /// Pushed binding snapshots refused (untrusted, bad signature, older, …).
+    pub push_refused: AtomicU64,
     /// Database clock minus gateway clock, last measured (ms).
     pub clock_skew_ms: AtomicI64,
 }
@@ -84,7 +86,7 @@ impl Counters {
             .map(|(u, c)| format!("{}={}", u.as_str(), c.load(Relaxed)))
             .collect();
         format!(
-            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={} dead_lettered={} parked={} unparked={} resolved_stale={} expired_unbound={} sync_errors={} clock_skew_ms={}",
+            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={} dead_lettered={} parked={} unparked={} resolved_stale={} expired_unbound={} sync_errors={} push_refused={} clock_skew_ms={}",
             self.messages_received.load(Relaxed),
             self.readings_decoded.load(Relaxed),
             self.readings_queued.load(Relaxed),
@@ -102,6 +104,7 @@ impl Counters {
             self.resolved_stale.load(Relaxed),
             self.expired_unbound.load(Relaxed),
             self.sync_errors.load(Relaxed),
+            self.push_refused.load(Relaxed),
             self.clock_skew_ms.load(Relaxed),
         )
     }

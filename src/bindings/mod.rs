@@ -13,6 +13,7 @@
 
 pub mod file;
 pub mod postgres;
+pub mod push;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -287,12 +288,24 @@ pub async fn apply(
     queue: &crate::queue::QueueHandle,
     table_tx: &tokio::sync::watch::Sender<SharedTable>,
 ) -> Result<bool, String> {
+    apply_if(list, source, queue, table_tx, false).await
+}
+
+/// As [`apply`]; with `always`, the cache and table are replaced even when the content is
+/// unchanged (a newer signed snapshot must be recorded as the one in force).
+pub async fn apply_if(
+    list: Vec<Binding>,
+    source: &str,
+    queue: &crate::queue::QueueHandle,
+    table_tx: &tokio::sync::watch::Sender<SharedTable>,
+    always: bool,
+) -> Result<bool, String> {
     let (list, refused): (Vec<Binding>, Vec<Binding>) = list.into_iter().partition(|b| b.problems().is_empty());
     for b in &refused {
         tracing::error!(device = %crate::model::loggable(&b.serial), stream = %b.stream_id, problems = %b.problems().join("; "), "Binding refused; the device's readings stay parked until it is fixed centrally.");
     }
     let version = version_of(&list);
-    if table_tx.borrow().version == version {
+    if !always && table_tx.borrow().version == version {
         return Ok(false);
     }
     queue.replace_bindings(list.clone(), source.to_owned(), version.clone()).await.map_err(|e| e.to_string())?;

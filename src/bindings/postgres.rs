@@ -147,6 +147,14 @@ pub async fn fetch(
     Ok(bindings)
 }
 
+/// Connects, loads the scope once and disconnects (operator commands: `bindings export`).
+pub async fn fetch_once(src: &PgSource) -> Result<Vec<Binding>, String> {
+    let (mut client, _notes, task) = connect(src).await.map_err(|e| format!("{}: {e}", src.label))?;
+    let r = fetch(&mut client, &src.scope, src.keep_ended).await.map_err(|e| format!("{}: {e}", src.label));
+    task.abort();
+    r
+}
+
 /// Connects and starts the task that drives the connection and forwards notifications.
 async fn connect(
     src: &PgSource,

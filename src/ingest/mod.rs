@@ -41,7 +41,7 @@ pub enum Ack {
 }
 
 impl Ack {
-    fn send(self) {
+    pub fn send(self) {
         match self {
             // The request channel is sized above the broker's inflight window (see
             // `mqtt::REQUEST_CHANNEL`), so `try_ack` cannot find it full; an error means the

@@ -33,6 +33,8 @@ pub const MAX_INCOMING_PACKET: usize = 64 * 1024 * 1024;
 
 pub struct MqttSource {
     options: MqttOptions,
+    /// Topic of signed binding snapshots, and where they go, when pushes are enabled.
+    push: Option<(String, mpsc::Sender<crate::bindings::push::PushMsg>)>,
     patterns: Vec<TopicPattern>,
     max_payload: usize,
     counters: Arc<Counters>,
@@ -57,15 +59,24 @@ impl MqttSource {
             options.set_credentials(user, password);
         }
         let patterns = cfg.mqtt.topics.iter().map(|t| TopicPattern::parse(t)).collect::<Result<_, _>>()?;
-        Ok(Self { options, patterns, max_payload: cfg.mqtt.max_payload_bytes, counters })
+        Ok(Self { options, push: None, patterns, max_payload: cfg.mqtt.max_payload_bytes, counters })
+    }
+
+    /// Also takes signed binding snapshots from `topic` and hands them to `tx`.
+    pub fn with_push(mut self, topic: String, tx: mpsc::Sender<crate::bindings::push::PushMsg>) -> Self {
+        self.push = Some((topic, tx));
+        self
     }
 
     /// Runs until `shutdown`; then stops taking messages, lets intake commit and acknowledge
     /// what it holds (`intake_done`), flushes those acknowledgements and disconnects.
     pub async fn run(self, tx: mpsc::Sender<Envelope>, shutdown: CancellationToken, intake_done: CancellationToken) {
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CHANNEL);
-        let filters: Vec<SubscribeFilter> =
+        let mut filters: Vec<SubscribeFilter> =
             self.patterns.iter().map(|p| SubscribeFilter::new(p.filter.clone(), QoS::AtLeastOnce)).collect();
+        if let Some((topic, _)) = &self.push {
+            filters.push(SubscribeFilter::new(topic.clone(), QoS::AtLeastOnce));
+        }
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut connected = false;
         let mut reject_log = RateLimited::new(Duration::from_secs(10));
@@ -95,6 +106,18 @@ impl MqttSource {
                                 tracing::error!(topic = %f.path, "The broker refused the subscription; check its ACL.");
                             }
                         }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish)))
+                    if self.push.as_ref().is_some_and(|(t, _)| *t == publish.topic) =>
+                {
+                    let Some((_, push_tx)) = &self.push else { continue };
+                    let payload = publish.payload.to_vec();
+                    let ack = (publish.qos != QoS::AtMostOnce).then(|| Ack::Mqtt { client: client.clone(), publish });
+                    if push_tx.try_send(crate::bindings::push::PushMsg { payload, ack }).is_err() {
+                        warn!(
+                            "A binding snapshot arrived while the previous one is still being applied; the broker will redeliver it."
+                        );
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {

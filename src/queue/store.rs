@@ -461,8 +461,27 @@ impl Store {
         if over > 0 && self.limits.policy == FullPolicy::Backpressure && self.bytes > 0 {
             return Err(self.full(format!("queue.max_bytes ({}) reached", self.limits.max_bytes)));
         }
-        let tx = self.conn.transaction()?;
+        // drop_oldest with a commit larger than the whole limit: its own oldest points go too,
+        // so the queue never holds more than the limit.
+        let mut skip_new = 0usize;
         let mut report = AppendReport::default();
+        let mut new_bytes = new_bytes;
+        if self.limits.policy == FullPolicy::DropOldest && new_bytes > self.limits.max_bytes {
+            for p in batches.iter().flat_map(|(b, _)| b.points.iter()) {
+                if new_bytes <= self.limits.max_bytes {
+                    break;
+                }
+                new_bytes -= p.line.len() as u64 + 1;
+                skip_new += 1;
+                report.dropped += 1;
+                report.dropped_bytes += p.line.len() as u64 + 1;
+                report.dropped_span =
+                    Some(report.dropped_span.map_or((p.enqueued_ns, p.enqueued_ns), |(a, _)| (a, p.enqueued_ns)));
+            }
+        }
+        let skipped_bytes = report.dropped_bytes;
+        let over = (self.bytes + new_bytes).saturating_sub(self.limits.max_bytes);
+        let tx = self.conn.transaction()?;
         if over > 0 {
             // Oldest first, whatever the destination: the newest readings matter most.
             let mut freed = 0u64;
@@ -482,11 +501,11 @@ impl Store {
             if let Some(last) = last_id {
                 tx.execute("DELETE FROM points WHERE id <= ?1", [last])?;
             }
-            report.dropped_bytes = freed;
+            report.dropped_bytes += freed;
         }
         {
             let mut stmt = tx.prepare_cached("INSERT INTO points (dest_id, line, enqueued_ns) VALUES (?1, ?2, ?3)")?;
-            for p in batches.iter().flat_map(|(b, _)| b.points.iter()) {
+            for p in batches.iter().flat_map(|(b, _)| b.points.iter()).skip(skip_new) {
                 stmt.execute(params![p.dest_id, p.line, p.enqueued_ns])?;
             }
             let mut park = tx.prepare_cached(
@@ -497,7 +516,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        self.bytes = (self.bytes + new_bytes).saturating_sub(report.dropped_bytes);
+        self.bytes = (self.bytes + new_bytes).saturating_sub(report.dropped_bytes - skipped_bytes);
         self.full_logged = false;
         Ok(report)
     }
@@ -852,6 +871,24 @@ mod tests {
         q.append((0..5).map(|n| point(a, n)).collect()).await.expect("append");
         assert_eq!(q.lease(a, 100, 1).await.expect("lease").len(), 1);
         assert_eq!(q.lease(a, 100, 20).await.expect("lease").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_never_holds_more_than_the_limit_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits { max_bytes: 100, policy: FullPolicy::DropOldest, min_free_bytes: 0 };
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        // 10-byte lines + newline: 11 bytes each.
+        let line = |n: usize| NewPoint { dest_id: a, line: format!("m v={n:03}i 1"), enqueued_ns: n as i64 };
+        q.append((0..5).map(line).collect()).await.expect("append");
+        let r = q.append((5..20).map(line).collect()).await.expect("append");
+        assert_eq!(r.dropped, 11, "{r:?}");
+        let s = q.stats().await.expect("stats");
+        assert!(s.bytes <= 100, "{s:?}");
+        let kept = q.lease(a, 100, usize::MAX).await.expect("lease");
+        assert_eq!(kept.first().map(|l| l.line.as_str()), Some("m v=011i 1"));
+        assert_eq!(kept.last().map(|l| l.line.as_str()), Some("m v=019i 1"));
     }
 
     #[tokio::test]
