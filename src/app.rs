@@ -99,6 +99,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         unbound_log: std::sync::Mutex::new(ingest::RateLimited::new(Duration::from_secs(60))),
     };
     let parking = tokio::spawn(parking.run(sink_stop.clone()));
+    let reporter = if cfg.report.enabled {
+        let src = report_source(&cfg).map_err(StartError::Config)?;
+        let r = crate::report::Reporter {
+            queue: queue.clone(),
+            table: table_rx.clone(),
+            counters: counters.clone(),
+            gateway_id: cfg.gateway.id.clone(),
+            pg: src,
+            interval: Duration::from_millis(cfg.report.interval_ms),
+            gap_factor: cfg.report.gap_factor,
+            gap_min: Duration::from_millis(cfg.report.gap_min_ms),
+        };
+        Some(tokio::spawn(r.run(sink_stop.clone())))
+    } else {
+        None
+    };
     let sync = pg.map(|src| {
         tokio::spawn(bindings::postgres::run(
             src,
@@ -160,6 +176,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let _ = intake.await;
         sink_stop.cancel();
         let _ = parking.await;
+        if let Some(r) = reporter {
+            let _ = r.await;
+        }
         if let Some(s) = sync {
             let _ = s.await;
         }
@@ -181,10 +200,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     Ok(())
 }
 
+/// The database the reporter writes to: `report.postgres_url_file` or the bindings one.
+fn report_source(cfg: &Config) -> Result<PgSource, String> {
+    let file = cfg.report.postgres_url_file.as_deref().or(cfg.bindings.postgres_url_file.as_deref());
+    let file = file.ok_or("report.postgres_url_file: reporting needs a database")?;
+    pg_source_from(cfg, file)
+}
+
 /// The PostgreSQL binding source, if configured.
 pub fn pg_source(cfg: &Config) -> Result<Option<PgSource>, String> {
+    match &cfg.bindings.postgres_url_file {
+        Some(f) => pg_source_from(cfg, f).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn pg_source_from(cfg: &Config, f: &std::path::Path) -> Result<PgSource, String> {
     let b = &cfg.bindings;
-    let Some(f) = &b.postgres_url_file else { return Ok(None) };
     let url = crate::config::read_secret(f).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
     let mut config = crate::config::postgres_config(&url).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
     config
@@ -211,7 +243,7 @@ pub fn pg_source(cfg: &Config) -> Result<Option<PgSource>, String> {
         .collect();
     let label = format!("{}/{}", hosts.join(","), config.get_dbname().unwrap_or(""));
     let max_park_age = Duration::from_millis(b.max_park_age_ms);
-    Ok(Some(PgSource {
+    Ok(PgSource {
         config,
         tls,
         scope: bindings::postgres::Scope { org_ids: b.org_ids.clone(), serials: b.serials.clone() },
@@ -221,5 +253,5 @@ pub fn pg_source(cfg: &Config) -> Result<Option<PgSource>, String> {
         margin: Duration::from_millis(b.freshness_margin_ms),
         keep_ended: max_park_age,
         label,
-    }))
+    })
 }

@@ -17,6 +17,28 @@ pub struct Config {
     pub influx: Influx,
     pub queue: Queue,
     pub bindings: Bindings,
+    pub report: Report,
+}
+
+/// Reporting activity, counts and gaps back to PostgreSQL (`sql/heartguard-gateway-report.sql`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Report {
+    pub enabled: bool,
+    /// Connection string file; default: `bindings.postgres_url_file` (same TLS settings).
+    pub postgres_url_file: Option<PathBuf>,
+    pub interval_ms: u64,
+    /// A stream is in a gap after `gap_factor` sample periods without a reading
+    /// (`signal_streams.sample_rate_hz`)…
+    pub gap_factor: f64,
+    /// …and never less than this (also the threshold of streams without a sample rate).
+    pub gap_min_ms: u64,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self { enabled: false, postgres_url_file: None, interval_ms: 60_000, gap_factor: 3.0, gap_min_ms: 10_000 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -369,6 +391,19 @@ impl Config {
         if b.max_park_age_ms < 1000 {
             bad("bindings.max_park_age_ms", "at least 1000".into());
         }
+        let r = &self.report;
+        if r.enabled && r.postgres_url_file.is_none() && b.postgres_url_file.is_none() {
+            bad("report.postgres_url_file", "reporting needs a database: set it or bindings.postgres_url_file".into());
+        }
+        if !(1000..=86_400_000).contains(&r.interval_ms) {
+            bad("report.interval_ms", "between 1000 and 86400000".into());
+        }
+        if !(r.gap_factor.is_finite() && r.gap_factor >= 1.0) {
+            bad("report.gap_factor", "a number of sample periods, at least 1".into());
+        }
+        if r.gap_min_ms < 100 {
+            bad("report.gap_min_ms", "at least 100".into());
+        }
         for (i, k) in b.trusted_keys.iter().enumerate() {
             if k.len() != 64 || !k.chars().all(|c| c.is_ascii_hexdigit()) {
                 bad(&format!("bindings.trusted_keys[{i}]"), "an Ed25519 public key: 64 hex digits".into());
@@ -397,6 +432,7 @@ impl Config {
             ("bindings.file", &self.bindings.file),
             ("bindings.postgres_url_file", &self.bindings.postgres_url_file),
             ("bindings.ca_file", &self.bindings.ca_file),
+            ("report.postgres_url_file", &self.report.postgres_url_file),
         ] {
             let Some(f) = file else { continue };
             let check = if key == "bindings.file" || key == "bindings.ca_file" {

@@ -32,6 +32,7 @@ pub mod ingest;
 pub mod lineproto;
 pub mod model;
 pub mod queue;
+pub mod report;
 pub mod resolve;
 pub mod sink;
 pub mod telemetry;

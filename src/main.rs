@@ -46,6 +46,12 @@ enum Command {
         #[command(subcommand)]
         what: BindingsCmd,
     },
+    /// Per-stream activity: readings, deliveries, last times, open data gaps (safe while the
+    /// daemon runs).
+    Activity {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Points InfluxDB refused for good: list, export, replay after the cause is fixed, purge.
     DeadLetters {
         #[command(subcommand)]
@@ -195,6 +201,7 @@ fn main() -> ExitCode {
             with_config(config.as_deref(), |c| bindings(c, None))
         }
         Command::DeadLetters { what } => dead_letters(what),
+        Command::Activity { config } => with_config(config.as_deref(), activity),
         Command::Bindings { what: BindingsCmd::Show { serial, config } } => {
             with_config(config.as_deref(), |c| bindings(c, Some(&serial)))
         }
@@ -509,4 +516,25 @@ fn publish(
         println!("Published a signed snapshot for gateway {gateway} to {topic} (retained).");
         Ok(())
     })
+}
+
+fn activity(cfg: &Config) -> Result<(), String> {
+    let conn = store::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
+    let now = heartguard_gateway::now_ns();
+    let ago = |ns: Option<i64>| {
+        ns.map(|t| format!("{} s ago", (now - t).max(0) / 1_000_000_000)).unwrap_or_else(|| "never".into())
+    };
+    println!("stream\treadings\tdelivered\tlast reading\tlast delivered\tgap");
+    for a in store::activity(&conn).map_err(|e| e.to_string())? {
+        let gap = a.open_gap_ns.map(|g| format!("open since {}", ago(Some(g)))).unwrap_or_else(|| "-".into());
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{gap}",
+            a.stream_id,
+            a.readings,
+            a.delivered,
+            ago(a.last_reading_ns),
+            ago(a.last_delivered_ns)
+        );
+    }
+    Ok(())
 }

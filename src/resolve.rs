@@ -73,7 +73,7 @@ mod tests {
     use crate::model::FieldValue;
 
     fn compiled(b: Binding) -> Compiled {
-        Compiled { prefix: b.series_prefix(), binding: b, dest_id: 1 }
+        Compiled { prefix: b.series_prefix(), binding: b, dest_id: 1, stream_key: 1 }
     }
 
     fn binding(stream: &str, signal: &str, start: Option<i64>, end: Option<i64>) -> Binding {
@@ -89,6 +89,7 @@ mod tests {
             measurement: "vital_signs".into(),
             started_at: start,
             ended_at: end,
+            sample_rate_hz: None,
             tags: Default::default(),
         }
     }

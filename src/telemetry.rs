@@ -44,6 +44,8 @@ pub struct Counters {
     pub sync_errors: AtomicU64,
     /// Pushed binding snapshots refused (untrusted, bad signature, older, …).
     pub push_refused: AtomicU64,
+    /// Data gaps opened (a stream silent for longer than its threshold).
+    pub gaps_opened: AtomicU64,
     /// Database clock minus gateway clock, last measured (ms).
     pub clock_skew_ms: AtomicI64,
 }
@@ -86,7 +88,7 @@ impl Counters {
             .map(|(u, c)| format!("{}={}", u.as_str(), c.load(Relaxed)))
             .collect();
         format!(
-            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={} dead_lettered={} parked={} unparked={} resolved_stale={} expired_unbound={} sync_errors={} push_refused={} clock_skew_ms={}",
+            "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={} dead_lettered={} parked={} unparked={} resolved_stale={} expired_unbound={} sync_errors={} push_refused={} gaps_opened={} clock_skew_ms={}",
             self.messages_received.load(Relaxed),
             self.readings_decoded.load(Relaxed),
             self.readings_queued.load(Relaxed),
@@ -105,6 +107,7 @@ impl Counters {
             self.expired_unbound.load(Relaxed),
             self.sync_errors.load(Relaxed),
             self.push_refused.load(Relaxed),
+            self.gaps_opened.load(Relaxed),
             self.clock_skew_ms.load(Relaxed),
         )
     }

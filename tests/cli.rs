@@ -85,9 +85,11 @@ async fn dead_letters_can_be_listed_exported_replayed_and_purged() {
     {
         let (q, join) = QueueHandle::open(&data, Synchronous::Full, Limits::default()).expect("queue");
         let d = q.destination_id(Destination { org: String::new(), bucket: "db".into() }).await.expect("dest");
-        q.append((0..4).map(|i| NewPoint { dest_id: d, line: format!("m v={i}i {i}"), enqueued_ns: 0 }).collect())
-            .await
-            .expect("append");
+        q.append(
+            (0..4).map(|i| NewPoint { dest_id: d, line: format!("m v={i}i {i}"), ..Default::default() }).collect(),
+        )
+        .await
+        .expect("append");
         let rows = q.lease(d, 10, usize::MAX).await.expect("lease");
         q.dead_letter(d, vec![rows[0].id, rows[1].id], "rejected", Some(400), "bad line".into()).await.expect("dead");
         q.dead_letter(d, vec![rows[2].id], "too_large", Some(413), "big".into()).await.expect("dead");

@@ -118,7 +118,7 @@ async fn sinks_over(
 ) -> (QueueHandle, Arc<Counters>, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
     let (queue, _join) = QueueHandle::open(dir, Synchronous::Full, Limits::default()).expect("queue");
     let dest_id = queue.destination_id(Destination { org: String::new(), bucket: "db".into() }).await.expect("dest");
-    let points = lines.iter().map(|l| NewPoint { dest_id, line: l.clone(), enqueued_ns: 0 }).collect();
+    let points = lines.iter().map(|l| NewPoint { dest_id, line: l.clone(), ..Default::default() }).collect();
     queue.append(points).await.expect("append");
     let client = Arc::new(InfluxClient::new(&cfg).expect("client"));
     let counters = Arc::new(Counters::default());

@@ -50,7 +50,7 @@ pub fn is_personal_tag(key: &str) -> bool {
 }
 
 /// One binding, as exchanged in files and stored in the cache.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     pub serial: String,
@@ -70,6 +70,9 @@ pub struct Binding {
     /// Stream end (`signal_streams.ended_at`, UTC), exclusive. Absent: still active.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_rfc3339")]
     pub ended_at: Option<i64>,
+    /// The stream's nominal sample rate (`signal_streams.sample_rate_hz`), for gap detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate_hz: Option<f64>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
 }
@@ -166,6 +169,8 @@ pub struct Compiled {
     pub prefix: String,
     /// Queue id of the destination (see `queue::QueueHandle::destination_id`).
     pub dest_id: i64,
+    /// Queue key of the stream (see `queue::QueueHandle::stream_key`), for activity.
+    pub stream_key: i64,
 }
 
 /// All bindings in force, by serial. Immutable; replaced whole.
@@ -268,7 +273,8 @@ pub async fn compile(
     let mut compiled = Vec::with_capacity(bindings.len());
     for b in bindings {
         let dest_id = queue.destination_id(b.destination()).await?;
-        compiled.push(Compiled { prefix: b.series_prefix(), binding: b, dest_id });
+        let stream_key = queue.stream_key(b.stream_id.clone()).await?;
+        compiled.push(Compiled { prefix: b.series_prefix(), binding: b, dest_id, stream_key });
     }
     Ok(BindingTable::new(compiled, source, version))
 }
@@ -338,6 +344,7 @@ mod tests {
             measurement: "vital_signs".into(),
             started_at: None,
             ended_at: None,
+            sample_rate_hz: None,
             tags: BTreeMap::from([("location".into(), "ICU-5".into())]),
         }
     }

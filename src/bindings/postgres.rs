@@ -87,7 +87,8 @@ pub struct PgSource {
 
 const QUERY: &str = "
 SELECT d.serial, d.id::text, ss.id::text, ss.patient_id::text, coalesce(p.org_id::text, ''), st.code,
-       coalesce(tb.influx_org, ''), tb.influx_bucket, tb.measurement, ss.started_at, ss.ended_at, tb.id::text
+       coalesce(tb.influx_org, ''), tb.influx_bucket, tb.measurement, ss.started_at, ss.ended_at, tb.id::text,
+       ss.sample_rate_hz::float8
 FROM timeseries_binding tb
 JOIN signal_streams ss ON ss.id = tb.stream_id
 JOIN devices d ON d.id = ss.device_id
@@ -131,6 +132,7 @@ pub async fn fetch(
             measurement: r.get(8),
             started_at: ts(r.get(9)),
             ended_at: ts(r.get(10)),
+            sample_rate_hz: r.get(12),
             tags: Default::default(),
         });
     }
@@ -153,6 +155,13 @@ pub async fn fetch_once(src: &PgSource) -> Result<Vec<Binding>, String> {
     let r = fetch(&mut client, &src.scope, src.keep_ended).await.map_err(|e| format!("{}: {e}", src.label));
     task.abort();
     r
+}
+
+/// Connects for a caller that needs no notifications (the reporter); the returned task
+/// drives the connection and ends with it.
+pub async fn connect_client(src: &PgSource) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let (client, _notes, task) = connect(src).await?;
+    Ok((client, task))
 }
 
 /// Connects and starts the task that drives the connection and forwards notifications.

@@ -133,7 +133,7 @@ pub async fn run_intake(
 pub fn encode(c: &crate::bindings::Compiled, r: &Reading, now: i64) -> NewPoint {
     let mut line = String::with_capacity(c.prefix.len() + 24 * r.fields.len() + 24);
     resolve::encode(c, r, &mut line);
-    NewPoint { dest_id: c.dest_id, line, enqueued_ns: now }
+    NewPoint { dest_id: c.dest_id, line, enqueued_ns: now, stream_key: c.stream_key, ts_ns: r.ts_ns }
 }
 
 fn park(r: &Reading, reason: &'static str, now: i64) -> NewParked {

@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 use crate::bindings::{Binding, Destination};
 
 pub use store::{
-    AppendReport, Batch, DeadLetter, DeadLetterFilter, FullPolicy, Leased, Limits, NewParked, NewPoint, PARKED_FRESH,
-    PARKED_UNBOUND, Parked, QueueStats, Synchronous,
+    Activity, AppendReport, Batch, DeadLetter, DeadLetterFilter, FullPolicy, Gap, Leased, Limits, NewParked, NewPoint,
+    PARKED_FRESH, PARKED_UNBOUND, Parked, QueueStats, Synchronous,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,21 @@ pub(crate) enum Command {
     ExpireParked {
         cutoff_ns: i64,
         reply: Reply<u64>,
+    },
+    StreamKey(String, Reply<i64>),
+    Activity(Reply<Vec<Activity>>),
+    OpenGap {
+        stream_key: i64,
+        started_ns: i64,
+        threshold_ns: i64,
+        reply: Reply<bool>,
+    },
+    UnreportedGaps(Reply<Vec<Gap>>),
+    MarkReported {
+        activity: Vec<(i64, u64, u64)>,
+        gaps: Vec<(i64, bool)>,
+        reported_ns: i64,
+        reply: Reply<()>,
     },
     Lease {
         dest_id: i64,
@@ -149,6 +164,36 @@ impl QueueHandle {
         repark: Vec<(i64, &'static str)>,
     ) -> Result<(), QueueError> {
         self.call(|reply| Command::Promote { points, remove, repark, reply }).await
+    }
+
+    /// The small integer key of a stream id, registered on first use.
+    pub async fn stream_key(&self, stream_id: String) -> Result<i64, QueueError> {
+        self.call(|r| Command::StreamKey(stream_id, r)).await
+    }
+
+    /// Every stream's activity (totals, last times, open gap).
+    pub async fn activity(&self) -> Result<Vec<Activity>, QueueError> {
+        self.call(Command::Activity).await
+    }
+
+    /// Opens a gap starting at `started_ns` unless the stream already has one open.
+    pub async fn open_gap(&self, stream_key: i64, started_ns: i64, threshold_ns: i64) -> Result<bool, QueueError> {
+        self.call(|reply| Command::OpenGap { stream_key, started_ns, threshold_ns, reply }).await
+    }
+
+    pub async fn unreported_gaps(&self) -> Result<Vec<Gap>, QueueError> {
+        self.call(Command::UnreportedGaps).await
+    }
+
+    /// Records a successful report: (stream_key, readings, delivered) totals sent, and
+    /// (gap id, sent closed).
+    pub async fn mark_reported(
+        &self,
+        activity: Vec<(i64, u64, u64)>,
+        gaps: Vec<(i64, bool)>,
+        reported_ns: i64,
+    ) -> Result<(), QueueError> {
+        self.call(|reply| Command::MarkReported { activity, gaps, reported_ns, reply }).await
     }
 
     /// Moves readings parked before `cutoff_ns` to the dead letters; returns how many.

@@ -29,8 +29,38 @@ CREATE TABLE IF NOT EXISTS points (
     id          INTEGER PRIMARY KEY,
     dest_id     INTEGER NOT NULL REFERENCES destinations(id),
     line        TEXT NOT NULL,
-    enqueued_ns INTEGER NOT NULL
+    enqueued_ns INTEGER NOT NULL,
+    -- The stream the point belongs to (streams.id) and its time, for per-stream activity.
+    stream_key  INTEGER,
+    ts_ns       INTEGER
 );
+CREATE TABLE IF NOT EXISTS streams (
+    id        INTEGER PRIMARY KEY,
+    stream_id TEXT NOT NULL UNIQUE
+);
+-- Per-stream activity: totals since the gateway first saw the stream, and how much of it
+-- was already reported to PostgreSQL.
+CREATE TABLE IF NOT EXISTS activity (
+    stream_key         INTEGER PRIMARY KEY REFERENCES streams(id),
+    readings           INTEGER NOT NULL DEFAULT 0,
+    delivered          INTEGER NOT NULL DEFAULT 0,
+    last_reading_ns    INTEGER,
+    last_delivered_ns  INTEGER,
+    reported_readings  INTEGER NOT NULL DEFAULT 0,
+    reported_delivered INTEGER NOT NULL DEFAULT 0,
+    reported_ns        INTEGER
+);
+-- Data gaps: opened when a stream's readings stop for longer than its threshold, closed by
+-- the next reading. reported: 0 not yet, 1 sent open, 2 sent closed.
+CREATE TABLE IF NOT EXISTS gaps (
+    id           INTEGER PRIMARY KEY,
+    stream_key   INTEGER NOT NULL REFERENCES streams(id),
+    started_ns   INTEGER NOT NULL,
+    ended_ns     INTEGER,
+    threshold_ns INTEGER NOT NULL,
+    reported     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS gaps_open ON gaps (stream_key) WHERE ended_ns IS NULL;
 CREATE INDEX IF NOT EXISTS points_by_dest ON points (dest_id, id);
 CREATE TABLE IF NOT EXISTS parked (
     id        INTEGER PRIMARY KEY,
@@ -182,12 +212,42 @@ pub struct Batch {
 }
 
 /// A point to commit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewPoint {
     pub dest_id: i64,
     pub line: String,
     /// When the point was accepted (ns), for the oldest-age figure.
     pub enqueued_ns: i64,
+    /// The stream's key (`QueueHandle::stream_key`; 0: none) and the point's time, for
+    /// per-stream activity and gaps.
+    pub stream_key: i64,
+    pub ts_ns: i64,
+}
+
+/// One stream's activity, for the reporter and `status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Activity {
+    pub stream_key: i64,
+    pub stream_id: String,
+    pub readings: u64,
+    pub delivered: u64,
+    pub last_reading_ns: Option<i64>,
+    pub last_delivered_ns: Option<i64>,
+    pub reported_readings: u64,
+    pub reported_delivered: u64,
+    pub reported_ns: Option<i64>,
+    /// The open gap's start, if the stream is in a gap.
+    pub open_gap_ns: Option<i64>,
+}
+
+/// A gap to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub id: i64,
+    pub stream_id: String,
+    pub started_ns: i64,
+    pub ended_ns: Option<i64>,
+    pub threshold_ns: i64,
 }
 
 /// A waiting point handed to a sink.
@@ -264,6 +324,37 @@ pub fn open_or_recover(path: &Path, sync: Synchronous) -> Result<Connection, Que
         let _ = std::fs::rename(&side, &moved);
     }
     open(path, sync)
+}
+
+/// Adds points to their streams' activity and closes an open gap with the first reading
+/// after it, in the caller's transaction (so activity is exactly what was accepted).
+fn record_readings<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    points: impl Iterator<Item = &'a NewPoint>,
+) -> Result<(), QueueError> {
+    let mut per: std::collections::HashMap<i64, (u64, i64, i64)> = std::collections::HashMap::new();
+    for p in points.filter(|p| p.stream_key > 0) {
+        let e = per.entry(p.stream_key).or_insert((0, p.ts_ns, p.ts_ns));
+        e.0 += 1;
+        e.1 = e.1.min(p.ts_ns);
+        e.2 = e.2.max(p.ts_ns);
+    }
+    if per.is_empty() {
+        return Ok(());
+    }
+    let mut up = tx.prepare_cached(
+        "INSERT INTO activity (stream_key, readings, last_reading_ns) VALUES (?1, ?2, ?3)
+         ON CONFLICT (stream_key) DO UPDATE SET readings = readings + excluded.readings,
+           last_reading_ns = max(coalesce(last_reading_ns, excluded.last_reading_ns), excluded.last_reading_ns)",
+    )?;
+    let mut close = tx.prepare_cached(
+        "UPDATE gaps SET ended_ns = ?2 WHERE stream_key = ?1 AND ended_ns IS NULL AND started_ns <= ?2",
+    )?;
+    for (key, (n, min_ts, max_ts)) in per {
+        up.execute(params![key, n as i64, max_ts])?;
+        close.execute(params![key, min_ts])?;
+    }
+    Ok(())
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
@@ -379,6 +470,21 @@ impl Store {
                 }
                 Command::ExpireParked { cutoff_ns, reply } => {
                     let _ = reply.send(self.expire_parked(cutoff_ns));
+                }
+                Command::StreamKey(stream_id, reply) => {
+                    let _ = reply.send(self.stream_key(&stream_id));
+                }
+                Command::Activity(reply) => {
+                    let _ = reply.send(activity(&self.conn));
+                }
+                Command::OpenGap { stream_key, started_ns, threshold_ns, reply } => {
+                    let _ = reply.send(self.open_gap(stream_key, started_ns, threshold_ns));
+                }
+                Command::UnreportedGaps(reply) => {
+                    let _ = reply.send(unreported_gaps(&self.conn));
+                }
+                Command::MarkReported { activity, gaps, reported_ns, reply } => {
+                    let _ = reply.send(self.mark_reported(&activity, &gaps, reported_ns));
                 }
                 Command::DestinationId(d, reply) => {
                     let _ = reply.send(self.destination_id(&d));
@@ -504,9 +610,11 @@ impl Store {
             report.dropped_bytes += freed;
         }
         {
-            let mut stmt = tx.prepare_cached("INSERT INTO points (dest_id, line, enqueued_ns) VALUES (?1, ?2, ?3)")?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO points (dest_id, line, enqueued_ns, stream_key, ts_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             for p in batches.iter().flat_map(|(b, _)| b.points.iter()).skip(skip_new) {
-                stmt.execute(params![p.dest_id, p.line, p.enqueued_ns])?;
+                stmt.execute(params![p.dest_id, p.line, p.enqueued_ns, p.stream_key, p.ts_ns])?;
             }
             let mut park = tx.prepare_cached(
                 "INSERT INTO parked (serial, ts_ns, reason, body, parked_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -515,6 +623,7 @@ impl Store {
                 park.execute(params![p.serial, p.ts_ns, p.reason, p.body, p.parked_ns])?;
             }
         }
+        record_readings(&tx, batches.iter().flat_map(|(b, _)| b.points.iter()))?;
         tx.commit()?;
         self.bytes = (self.bytes + new_bytes).saturating_sub(report.dropped_bytes - skipped_bytes);
         self.full_logged = false;
@@ -536,6 +645,14 @@ impl Store {
                 "SELECT coalesce(sum(length(line) + 1), 0) FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3",
             )?
             .query_row(params![dest_id, first, last], |r| r.get(0))?;
+        tx.prepare_cached(
+            "INSERT INTO activity (stream_key, delivered, last_delivered_ns)
+             SELECT stream_key, count(*), max(ts_ns) FROM points
+             WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3 AND stream_key > 0 GROUP BY stream_key
+             ON CONFLICT (stream_key) DO UPDATE SET delivered = delivered + excluded.delivered,
+               last_delivered_ns = max(coalesce(last_delivered_ns, excluded.last_delivered_ns), excluded.last_delivered_ns)",
+        )?
+        .execute(params![dest_id, first, last])?;
         let n = tx
             .prepare_cached("DELETE FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3")?
             .execute(params![dest_id, first, last])?;
@@ -576,6 +693,54 @@ impl Store {
         Ok(moved)
     }
 
+    fn stream_key(&mut self, stream_id: &str) -> Result<i64, QueueError> {
+        self.conn
+            .prepare_cached("INSERT INTO streams (stream_id) VALUES (?1) ON CONFLICT DO NOTHING")?
+            .execute([stream_id])?;
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM streams WHERE stream_id = ?1")?
+            .query_row([stream_id], |r| r.get(0))?)
+    }
+
+    /// Opens a gap for a stream that has none open; returns whether one was opened.
+    fn open_gap(&mut self, stream_key: i64, started_ns: i64, threshold_ns: i64) -> Result<bool, QueueError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO gaps (stream_key, started_ns, threshold_ns)
+             SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM gaps WHERE stream_key = ?1 AND ended_ns IS NULL)
+               AND NOT EXISTS (SELECT 1 FROM gaps WHERE stream_key = ?1 AND started_ns = ?2)",
+            )?
+            .execute(params![stream_key, started_ns, threshold_ns])?;
+        Ok(n > 0)
+    }
+
+    /// Records what the reporter has sent: activity totals as of the snapshot and the gaps
+    /// in the state they were sent in.
+    fn mark_reported(
+        &mut self,
+        activity: &[(i64, u64, u64)],
+        gaps: &[(i64, bool)],
+        reported_ns: i64,
+    ) -> Result<(), QueueError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut a = tx.prepare_cached(
+                "UPDATE activity SET reported_readings = ?2, reported_delivered = ?3, reported_ns = ?4 WHERE stream_key = ?1",
+            )?;
+            for (key, readings, delivered) in activity {
+                a.execute(params![key, *readings as i64, *delivered as i64, reported_ns])?;
+            }
+            let mut g = tx.prepare_cached("UPDATE gaps SET reported = max(reported, ?2) WHERE id = ?1")?;
+            for (id, closed) in gaps {
+                g.execute(params![id, if *closed { 2 } else { 1 }])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn scan_parked(
         &mut self,
         reason: &str,
@@ -601,9 +766,11 @@ impl Store {
     ) -> Result<(), QueueError> {
         let tx = self.conn.transaction()?;
         {
-            let mut ins = tx.prepare_cached("INSERT INTO points (dest_id, line, enqueued_ns) VALUES (?1, ?2, ?3)")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO points (dest_id, line, enqueued_ns, stream_key, ts_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             for p in points {
-                ins.execute(params![p.dest_id, p.line, p.enqueued_ns])?;
+                ins.execute(params![p.dest_id, p.line, p.enqueued_ns, p.stream_key, p.ts_ns])?;
             }
             let mut del = tx.prepare_cached("DELETE FROM parked WHERE id = ?1")?;
             for id in remove {
@@ -614,6 +781,7 @@ impl Store {
                 upd.execute(params![id, reason])?;
             }
         }
+        record_readings(&tx, points.iter())?;
         tx.commit()?;
         self.bytes += points.iter().map(|p| p.line.len() as u64 + 1).sum::<u64>();
         Ok(())
@@ -734,6 +902,49 @@ pub fn load_bindings(conn: &Connection) -> Result<Option<(Vec<Binding>, String, 
     Ok(Some((out, source, version)))
 }
 
+/// Every stream's activity.
+pub fn activity(conn: &Connection) -> Result<Vec<Activity>, QueueError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.stream_key, s.stream_id, a.readings, a.delivered, a.last_reading_ns, a.last_delivered_ns,
+                a.reported_readings, a.reported_delivered, a.reported_ns,
+                (SELECT started_ns FROM gaps g WHERE g.stream_key = a.stream_key AND g.ended_ns IS NULL)
+         FROM activity a JOIN streams s ON s.id = a.stream_key ORDER BY s.stream_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Activity {
+            stream_key: r.get(0)?,
+            stream_id: r.get(1)?,
+            readings: r.get::<_, i64>(2)? as u64,
+            delivered: r.get::<_, i64>(3)? as u64,
+            last_reading_ns: r.get(4)?,
+            last_delivered_ns: r.get(5)?,
+            reported_readings: r.get::<_, i64>(6)? as u64,
+            reported_delivered: r.get::<_, i64>(7)? as u64,
+            reported_ns: r.get(8)?,
+            open_gap_ns: r.get(9)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Gaps whose current state was not reported yet.
+pub fn unreported_gaps(conn: &Connection) -> Result<Vec<Gap>, QueueError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT g.id, s.stream_id, g.started_ns, g.ended_ns, g.threshold_ns FROM gaps g JOIN streams s ON s.id = g.stream_key
+         WHERE g.reported = 0 OR (g.reported = 1 AND g.ended_ns IS NOT NULL) ORDER BY g.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Gap {
+            id: r.get(0)?,
+            stream_id: r.get(1)?,
+            started_ns: r.get(2)?,
+            ended_ns: r.get(3)?,
+            threshold_ns: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Dead letters, oldest first (operator command).
 pub fn dead_letters(conn: &Connection, filter: &DeadLetterFilter, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
     let (clause, mut args) = filter.clause();
@@ -834,7 +1045,7 @@ mod tests {
     }
 
     fn point(dest_id: i64, n: usize) -> NewPoint {
-        NewPoint { dest_id, line: format!("m v={n}i {n}"), enqueued_ns: n as i64 }
+        NewPoint { dest_id, line: format!("m v={n}i {n}"), enqueued_ns: n as i64, ..Default::default() }
     }
 
     #[tokio::test]
@@ -880,7 +1091,12 @@ mod tests {
         let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
         let a = q.destination_id(dest("a")).await.expect("dest");
         // 10-byte lines + newline: 11 bytes each.
-        let line = |n: usize| NewPoint { dest_id: a, line: format!("m v={n:03}i 1"), enqueued_ns: n as i64 };
+        let line = |n: usize| NewPoint {
+            dest_id: a,
+            line: format!("m v={n:03}i 1"),
+            enqueued_ns: n as i64,
+            ..Default::default()
+        };
         q.append((0..5).map(line).collect()).await.expect("append");
         let r = q.append((5..20).map(line).collect()).await.expect("append");
         assert_eq!(r.dropped, 11, "{r:?}");
@@ -967,7 +1183,7 @@ mod model {
                         Op::Append { dest, n } => {
                             let lines: Vec<String> = (0..n).map(|_| { seq += 1; format!("m v={seq}i {seq}") }).collect();
                             model[dest].extend(lines.iter().cloned());
-                            q.append(lines.into_iter().map(|line| NewPoint { dest_id: ids[dest], line, enqueued_ns: 0 }).collect()).await.expect("append");
+                            q.append(lines.into_iter().map(|line| NewPoint { dest_id: ids[dest], line, ..Default::default() }).collect()).await.expect("append");
                         }
                         Op::Deliver { dest, n } | Op::Fail { dest, n } => {
                             let got = q.lease(ids[dest], n, usize::MAX).await.expect("lease");

@@ -1328,6 +1328,7 @@ impl Postgres {
                 "tests/fixtures/schema/heartguard.sql",
                 "tests/fixtures/schema/sample-data.sql",
                 "sql/heartguard-gateway-notify.sql",
+                "sql/heartguard-gateway-report.sql",
             ] {
                 let sql = std::fs::read_to_string(root.join(f)).expect("read schema file");
                 c.batch_execute(&sql).await.unwrap_or_else(|e| panic!("load {f}: {e:?}"));
