@@ -1,24 +1,31 @@
 //! heartguard-gateway: bedside readings → HeartGuard stream → durable queue → InfluxDB.
 //!
 //! ```text
-//! device ─► ingest::mqtt ─► decode (JSON) ─► Reading ─► resolve (+bindings) ─► lineproto
-//!                                                              │ unknown serial: counted
+//! device ─► ingest::mqtt ─► decode (JSON) ─► Reading ─► resolve (+bindings, fresh as of ts) ─► lineproto
+//!                                                          │ not yet fresh / no binding
+//!                                                          ▼
+//!                                              ingest::parking (durable, resolved later)
 //!            ack to broker ◄── commit ◄── queue (SQLite, one writer thread, group commit)
 //!                                             │
 //!                                             └─► sink (one worker per destination) ─► InfluxDB
+//! bindings: file │ postgres (LISTEN/NOTIFY + freshness mark) │ push (signed snapshots) ─► cache ─► table
+//! report: queue activity + gaps ─► PostgreSQL
 //! ```
 //!
 //! Module map, in the order data flows:
 //! - [`ingest`]: transports (MQTT) and the intake stage that resolves, commits and only then
-//!   acknowledges.
+//!   acknowledges; [`ingest::parking`] resolves parked readings once they can be.
 //! - [`decode`]: payload formats → [`model::Reading`]. Never panics on any input.
 //! - [`fields`]: the canonical field table (names, types, legacy aliases).
-//! - [`bindings`]: which stream a device's reading belongs to; loaded into the SQLite cache.
+//! - [`bindings`]: which stream a device's reading belongs to: from a file, PostgreSQL
+//!   ([`bindings::postgres`]) or signed MQTT pushes ([`bindings::push`]), via the SQLite cache.
 //! - [`resolve`]: `Reading` + binding → an encoded line for one destination.
 //! - [`lineproto`]: the only place that knows InfluxDB line-protocol syntax.
 //! - [`queue`]: the only place that knows SQL; a point waits here until InfluxDB answered 2xx.
-//! - [`sink`]: batching, HTTP, retries; one worker per destination.
+//! - [`sink`]: batching, HTTP, retries, dead letters; one worker per destination.
+//! - [`report`]: per-stream activity and data gaps, reported to PostgreSQL.
 //! - [`app`]: wiring and the shutdown order. [`config`]: the TOML file and its validation.
+//!   [`tls`]: the one rustls client configuration. [`telemetry`]: logs and counters.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
