@@ -38,6 +38,7 @@ pub mod fields;
 pub mod ingest;
 pub mod lineproto;
 pub mod model;
+pub mod protocols;
 pub mod queue;
 pub mod report;
 pub mod resolve;

@@ -14,7 +14,8 @@
 //!   (a trailing backslash would escape the separator after it, and the server rejects the
 //!   line). In a measurement name every backslash is written as `/`. Nothing else is changed,
 //!   no line is ever broken, no point is ever lost to this.
-//! - integers carry `i`; floats are finite and always written with a decimal point.
+//! - integers carry `i`; floats are finite and always written with a decimal point; booleans
+//!   are `true` / `false`.
 
 use crate::model::FieldValue;
 
@@ -108,6 +109,7 @@ pub fn push_value(out: &mut String, v: FieldValue) {
         FieldValue::Int(i) => {
             let _ = write!(out, "{i}i");
         }
+        FieldValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         FieldValue::Float(f) => {
             // Display never uses an exponent; add ".0" so a whole number stays a float to
             // every reader, not only to InfluxDB (which would also take a bare `36`).
@@ -231,6 +233,15 @@ pub(crate) mod tests {
         assert_eq!(enc(36.55), "36.55");
         assert_eq!(enc(1e21), "1000000000000000000000.0");
         assert_eq!(enc(1e-7), "0.0000001");
+    }
+
+    #[test]
+    fn booleans_are_words() {
+        let mut s = String::new();
+        push_value(&mut s, FieldValue::Bool(true));
+        s.push(',');
+        push_value(&mut s, FieldValue::Bool(false));
+        assert_eq!(s, "true,false");
     }
 
     proptest! {

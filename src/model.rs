@@ -8,6 +8,8 @@ pub enum FieldValue {
     Int(i64),
     /// Always finite: decoders refuse NaN and ±inf (line protocol cannot carry them).
     Float(f64),
+    /// Device status flags (written `true` / `false`).
+    Bool(bool),
 }
 
 /// A decoded reading: device identity, time, canonical fields. No patient or stream context
@@ -66,6 +68,7 @@ impl Reading {
                 let v = match v {
                     FieldValue::Int(i) => serde_json::Value::from(*i),
                     FieldValue::Float(f) => serde_json::Value::from(*f),
+                    FieldValue::Bool(b) => serde_json::Value::from(*b),
                 };
                 (spec.name.to_owned(), v)
             })
@@ -89,6 +92,7 @@ impl Reading {
             let value = match spec.kind {
                 crate::fields::FieldKind::Int => FieldValue::Int(v.as_i64()?),
                 crate::fields::FieldKind::Float => FieldValue::Float(v.as_f64().filter(|f| f.is_finite())?),
+                crate::fields::FieldKind::Bool => FieldValue::Bool(v.as_bool()?),
             };
             fields.push((spec, value));
         }
@@ -108,6 +112,7 @@ mod tests {
             signal_type: Some("spo2".into()),
             fields: vec![
                 (crate::fields::lookup("spo2").expect("spo2"), FieldValue::Int(97)),
+                (crate::fields::lookup("sensor_off").expect("flag"), FieldValue::Bool(false)),
                 (crate::fields::lookup("temperature").expect("t"), FieldValue::Float(37.0)),
             ],
         };

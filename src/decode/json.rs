@@ -170,6 +170,13 @@ fn reading_from(
                     return Err(Rejection::new(RejectReason::InvalidField, format!("{} out of range", spec.name)));
                 }
             },
+            (FieldKind::Bool, Value::Bool(b)) => FieldValue::Bool(*b),
+            (FieldKind::Bool, other) => {
+                return Err(Rejection::new(
+                    RejectReason::InvalidField,
+                    format!("{} is {}, expected a boolean", spec.name, type_name(other)),
+                ));
+            }
             (_, other) => {
                 return Err(Rejection::new(
                     RejectReason::InvalidField,
@@ -355,6 +362,7 @@ mod tests {
                     match (spec.kind, v) {
                         (FieldKind::Int, FieldValue::Int(i)) => proptest::prop_assert!(*i >= 0),
                         (FieldKind::Float, FieldValue::Float(f)) => proptest::prop_assert!(f.is_finite()),
+                        (FieldKind::Bool, FieldValue::Bool(_)) => {}
                         _ => proptest::prop_assert!(false, "type mismatch"),
                     }
                 }

@@ -20,10 +20,20 @@ pub enum RejectReason {
     TimestampOutOfRange,
     InvalidField,
     NoFields,
+    /// Device protocols: a frame whose checksum does not match.
+    BadChecksum,
+    /// Device protocols: a frame cut short or malformed (resynchronized after it).
+    BadFrame,
+    /// Device protocols: bytes before the next frame start (skipped to resynchronize).
+    Noise,
+    /// Demo, test or training data: never stored as patient data.
+    DemoData,
+    /// A message type the gateway does not take (HL7: anything but ORU^R01).
+    Unsupported,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 16] = [
         Self::Oversized,
         Self::Empty,
         Self::InvalidJson,
@@ -35,6 +45,11 @@ impl RejectReason {
         Self::TimestampOutOfRange,
         Self::InvalidField,
         Self::NoFields,
+        Self::BadChecksum,
+        Self::BadFrame,
+        Self::Noise,
+        Self::DemoData,
+        Self::Unsupported,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +65,11 @@ impl RejectReason {
             Self::TimestampOutOfRange => "timestamp_out_of_range",
             Self::InvalidField => "invalid_field",
             Self::NoFields => "no_fields",
+            Self::BadChecksum => "bad_checksum",
+            Self::BadFrame => "bad_frame",
+            Self::Noise => "noise",
+            Self::DemoData => "demo_data",
+            Self::Unsupported => "unsupported_message",
         }
     }
 }
