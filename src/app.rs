@@ -3,7 +3,8 @@
 //!
 //! Stop order (crash-only design: correctness never depends on it, it only saves redelivery):
 //! 1. sources stop taking data (MQTT stops reading; its messages not yet acknowledged stay
-//!    with the broker);
+//!    with the broker; serial ports close; the HL7 listener stops accepting, and messages not
+//!    yet acknowledged are resent by their monitors);
 //! 2. intake commits and acknowledges what it holds, then ends (its input closed);
 //! 3. sinks finish the request in flight and start no new one;
 //! 4. the queue checkpoints its WAL and closes.
@@ -20,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::bindings::{self, postgres::Freshness, postgres::PgSource};
 use crate::config::Config;
-use crate::ingest::{self, mqtt::MqttSource};
+use crate::ingest::{self, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
 use crate::queue::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
 use crate::telemetry::Counters;
@@ -71,6 +72,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(StartError::Config)?);
     let mqtt = if cfg.mqtt.enabled {
         Some(MqttSource::new(&cfg, counters.clone()).map_err(StartError::Config)?)
+    } else {
+        None
+    };
+
+    let serial: Vec<SerialSource> = cfg.serial.iter().map(|p| SerialSource::new(p, counters.clone())).collect();
+    let mllp = if cfg.hl7.enabled {
+        Some(MllpSource::bind(&cfg.hl7, counters.clone()).await.map_err(StartError::Runtime)?)
     } else {
         None
     };
@@ -148,7 +156,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
         (_, m) => m,
     };
-    let source = mqtt.map(|m| tokio::spawn(m.run(env_tx.clone(), ingest_stop.clone(), intake_done.clone())));
+    let mut sources: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    if let Some(m) = mqtt {
+        sources.push(tokio::spawn(m.run(env_tx.clone(), ingest_stop.clone(), intake_done.clone())));
+    }
+    for port in serial {
+        sources.push(tokio::spawn(port.run(env_tx.clone(), ingest_stop.clone())));
+    }
+    if let Some(l) = mllp {
+        sources.push(tokio::spawn(l.run(env_tx.clone(), ingest_stop.clone())));
+    }
     drop(env_tx);
 
     let summary = {
@@ -170,7 +187,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let grace = Duration::from_millis(cfg.gateway.shutdown_grace_ms);
     let stop = async {
         ingest_stop.cancel();
-        if let Some(s) = source {
+        for s in sources {
             let _ = s.await;
         }
         let _ = intake.await;

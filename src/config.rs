@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocols::{FlowControl, LineSettings, Parity, Protocol};
 use crate::queue::{FullPolicy, Limits, Synchronous};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -18,6 +19,10 @@ pub struct Config {
     pub queue: Queue,
     pub bindings: Bindings,
     pub report: Report,
+    /// Serial ports with a bedside device each (`[[serial]]` tables).
+    pub serial: Vec<SerialPort>,
+    /// HL7 v2 (IHE PCD-01) over MLLP.
+    pub hl7: Hl7,
 }
 
 /// Reporting activity, counts and gaps back to PostgreSQL (`sql/heartguard-gateway-report.sql`).
@@ -230,6 +235,79 @@ impl Default for Bindings {
     }
 }
 
+/// One `[[serial]]` port. Line settings default to the protocol's (protocols.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialPort {
+    /// The device path; prefer the stable `/dev/serial/by-id/...` symlink.
+    pub path: PathBuf,
+    pub protocol: Protocol,
+    pub baud: Option<u32>,
+    pub data_bits: Option<u8>,
+    pub parity: Option<Parity>,
+    pub stop_bits: Option<u8>,
+    pub flow_control: Option<FlowControl>,
+    /// The device serial (`devices.serial`); required unless the protocol carries it.
+    pub serial: Option<String>,
+    /// Routes readings of a device with several active streams.
+    pub signal_type: Option<String>,
+    /// Watchdog: no valid frame for this long is logged and counted.
+    #[serde(default = "default_frame_timeout_secs")]
+    pub frame_timeout_secs: u64,
+}
+
+fn default_frame_timeout_secs() -> u64 {
+    30
+}
+
+impl SerialPort {
+    /// The line settings in force: the configured ones over the protocol's defaults.
+    pub fn line(&self) -> LineSettings {
+        let d = self.protocol.line();
+        LineSettings {
+            baud: self.baud.unwrap_or(d.baud),
+            data_bits: self.data_bits.unwrap_or(d.data_bits),
+            parity: self.parity.unwrap_or(d.parity),
+            stop_bits: self.stop_bits.unwrap_or(d.stop_bits),
+            flow_control: self.flow_control.unwrap_or(d.flow_control),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hl7 {
+    /// Off by default: the listener opens a TCP port.
+    pub enabled: bool,
+    /// `host:port` to listen on for MLLP connections.
+    pub listen: String,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Largest message accepted; a larger one is refused (AR) and skipped.
+    pub max_message_bytes: usize,
+    /// Signal type given to HL7 readings (routes devices with several streams).
+    pub signal_type: Option<String>,
+}
+
+impl Default for Hl7 {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:2575".into(),
+            max_connections: 64,
+            max_message_bytes: 1024 * 1024,
+            signal_type: None,
+        }
+    }
+}
+
+/// Baud rates a serial port may be given.
+pub const BAUD_RATES: &[u32] = &[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400];
+
+fn valid_signal_type(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 60 && !s.chars().any(char::is_control)
+}
+
 /// A problem in the file, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -425,6 +503,57 @@ impl Config {
             }
         }
 
+        let mut paths = std::collections::HashSet::new();
+        for (n, port) in self.serial.iter().enumerate() {
+            let key = |k: &str| format!("serial[{n}].{k}");
+            if port.path.as_os_str().is_empty() {
+                bad(&key("path"), "must not be empty".into());
+            } else if !paths.insert(&port.path) {
+                bad(&key("path"), "the same port is configured twice".into());
+            }
+            let line = port.line();
+            if !BAUD_RATES.contains(&line.baud) {
+                bad(&key("baud"), format!("one of {BAUD_RATES:?}"));
+            }
+            if !(5..=8).contains(&line.data_bits) {
+                bad(&key("data_bits"), "5, 6, 7 or 8".into());
+            }
+            if !(1..=2).contains(&line.stop_bits) {
+                bad(&key("stop_bits"), "1 or 2".into());
+            }
+            match &port.serial {
+                None if !port.protocol.carries_serial() => {
+                    bad(&key("serial"), format!("required: {} carries no device identity", port.protocol))
+                }
+                Some(s) if !crate::model::valid_serial(s) => {
+                    bad(&key("serial"), "1 to 80 characters without control characters, '/', '+', '#'".into())
+                }
+                _ => {}
+            }
+            if port.signal_type.as_deref().is_some_and(|s| !valid_signal_type(s)) {
+                bad(&key("signal_type"), "1 to 60 characters without control characters".into());
+            }
+            if !(1..=86_400).contains(&port.frame_timeout_secs) {
+                bad(&key("frame_timeout_secs"), "between 1 and 86400".into());
+            }
+        }
+
+        let h = &self.hl7;
+        if h.enabled {
+            if h.listen.parse::<std::net::SocketAddr>().is_err() {
+                bad("hl7.listen", format!("{:?} is not an address:port (e.g. 127.0.0.1:2575)", h.listen));
+            }
+            if !(1..=10_000).contains(&h.max_connections) {
+                bad("hl7.max_connections", "between 1 and 10000".into());
+            }
+            if !(1024..=64 * 1024 * 1024).contains(&h.max_message_bytes) {
+                bad("hl7.max_message_bytes", "between 1024 and 67108864".into());
+            }
+            if h.signal_type.as_deref().is_some_and(|s| !valid_signal_type(s)) {
+                bad("hl7.signal_type", "1 to 60 characters without control characters".into());
+            }
+        }
+
         for (key, file) in [
             ("mqtt.password_file", &m.password_file),
             ("influx.token_file", &i.token_file),
@@ -586,6 +715,39 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().expect("embedded defaults validate");
+    }
+
+    #[test]
+    fn serial_ports_and_hl7_are_validated() {
+        let cfg = Config::parse(
+            r#"
+[[serial]]
+path = "/dev/serial/by-id/usb-nonin"
+protocol = "nonin_df8"
+serial = "NON-7500-0042"
+
+[[serial]]
+path = "/dev/ttyUSB1"
+protocol = "masimo_ascii1"
+
+[[serial]]
+path = "/dev/ttyUSB1"
+protocol = "datex_s5"
+baud = 1234
+stop_bits = 3
+
+[hl7]
+enabled = true
+listen = "localhost"
+"#,
+        )
+        .expect("parses");
+        assert_eq!(cfg.serial[0].line().baud, 9600);
+        assert_eq!(cfg.serial[2].line().parity, Parity::Even);
+        let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["serial[2].path", "serial[2].baud", "serial[2].stop_bits", "serial[2].serial", "hl7.listen"]);
+        let e = Config::parse("[[serial]]\npath = \"/dev/x\"\nprotocol = \"nonin_df9\"\n").expect_err("bad protocol");
+        assert!(e[0].key.starts_with("serial"), "{e:?}");
     }
 
     #[test]

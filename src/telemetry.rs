@@ -48,6 +48,19 @@ pub struct Counters {
     pub gaps_opened: AtomicU64,
     /// Database clock minus gateway clock, last measured (ms).
     pub clock_skew_ms: AtomicI64,
+    /// Valid frames read from serial ports.
+    pub serial_frames: AtomicU64,
+    /// Serial devices lost (EOF, I/O error) and reopened.
+    pub serial_disconnects: AtomicU64,
+    /// Times a serial port went silent for its watchdog period.
+    pub serial_watchdog: AtomicU64,
+    /// Serial ports silent right now (a gauge).
+    pub serial_ports_silent: AtomicU64,
+    /// Serial readings dropped, oldest first, because intake was behind.
+    pub serial_overflow: AtomicU64,
+    /// HL7 messages received over MLLP, and how many of them were retries already stored.
+    pub hl7_messages: AtomicU64,
+    pub hl7_duplicates: AtomicU64,
 }
 
 impl Counters {
@@ -109,6 +122,29 @@ impl Counters {
             self.push_refused.load(Relaxed),
             self.gaps_opened.load(Relaxed),
             self.clock_skew_ms.load(Relaxed),
-        )
+        ) + &self.device_summary()
+    }
+
+    /// The serial and HL7 part of the summary; empty while neither saw anything.
+    fn device_summary(&self) -> String {
+        let serial = [
+            self.serial_frames.load(Relaxed),
+            self.serial_disconnects.load(Relaxed),
+            self.serial_watchdog.load(Relaxed),
+            self.serial_ports_silent.load(Relaxed),
+            self.serial_overflow.load(Relaxed),
+        ];
+        let hl7 = [self.hl7_messages.load(Relaxed), self.hl7_duplicates.load(Relaxed)];
+        let mut out = String::new();
+        if serial.iter().any(|n| *n > 0) {
+            out += &format!(
+                " serial_frames={} serial_disconnects={} serial_watchdog={} serial_ports_silent={} serial_overflow={}",
+                serial[0], serial[1], serial[2], serial[3], serial[4]
+            );
+        }
+        if hl7.iter().any(|n| *n > 0) {
+            out += &format!(" hl7_messages={} hl7_duplicates={}", hl7[0], hl7[1]);
+        }
+        out
     }
 }

@@ -7,8 +7,10 @@
 //! Shutdown flows with the data: when every source has dropped its sender, intake commits what
 //! it holds, acknowledges it and returns.
 
+pub mod mllp;
 pub mod mqtt;
 pub mod parking;
+pub mod serial;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +39,12 @@ pub struct Envelope {
 
 /// How to tell a source that its message is safely committed.
 pub enum Ack {
-    Mqtt { client: rumqttc::AsyncClient, publish: rumqttc::Publish },
+    Mqtt {
+        client: rumqttc::AsyncClient,
+        publish: rumqttc::Publish,
+    },
+    /// An HL7 message over MLLP: its connection writes the ACK once this fires.
+    Mllp(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Ack {
@@ -50,6 +57,10 @@ impl Ack {
                 if let Err(e) = client.try_ack(&publish) {
                     debug!(error = %e, "MQTT acknowledgement not sent; the broker will redeliver.");
                 }
+            }
+            // The connection may be gone; its sender then resends the message.
+            Ack::Mllp(done) => {
+                let _ = done.send(());
             }
         }
     }

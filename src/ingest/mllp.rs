@@ -1,0 +1,240 @@
+//! HL7 v2 over MLLP: a TCP listener for patient monitors and central stations (IHE PCD-01
+//! Device Observation Reporters), decoded by [`crate::protocols::hl7`].
+//!
+//! - Each message is answered on its connection, in order. **AA is sent only after the
+//!   message's readings are committed** (intake completes an [`Ack::Mllp`]); a monitor such
+//!   as the GE B40 resends a message that got no ACK, so a gateway crash before the commit
+//!   loses nothing. AE/AR carry a fixed reason in MSA-3 (protocols.md §3.3).
+//! - **Retries** are recognised by (MSH-3 sending application, MSH-10 control id): a message
+//!   already committed is answered AA again without being stored twice.
+//! - Connections are capped (`hl7.max_connections`, mini-redis' semaphore); messages are
+//!   capped (`hl7.max_message_bytes`, answered AR). Nothing from a message — no field, no
+//!   patient data — goes into a log line: only the peer address, control id and reason.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::{Ack, Envelope, RateLimited};
+use crate::config::Hl7;
+use crate::decode::RejectReason;
+use crate::model::loggable;
+use crate::protocols::hl7::{self, AckCode, Header};
+use crate::protocols::{Framer, Scan};
+use crate::telemetry::Counters;
+
+/// Retries remembered per gateway (sender, control id), oldest forgotten first.
+const DEDUPE_CAPACITY: usize = 10_000;
+/// Longest time an ACK may take to write before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The MLLP listener, bound.
+pub struct MllpSource {
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+    max_message: usize,
+    signal_type: Option<String>,
+    counters: Arc<Counters>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// (sender, control id) of messages committed recently.
+#[derive(Default)]
+struct Seen {
+    set: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
+}
+
+impl Seen {
+    fn contains(&self, k: &(String, String)) -> bool {
+        self.set.contains(k)
+    }
+
+    fn insert(&mut self, k: (String, String)) {
+        if self.set.insert(k.clone()) {
+            self.order.push_back(k);
+            if self.order.len() > DEDUPE_CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+impl MllpSource {
+    /// Binds the listen address of a validated configuration.
+    pub async fn bind(cfg: &Hl7, counters: Arc<Counters>) -> Result<Self, String> {
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|e| format!("hl7.listen {}: cannot listen: {e}", cfg.listen))?;
+        Ok(Self {
+            listener,
+            limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            max_message: cfg.max_message_bytes,
+            signal_type: cfg.signal_type.clone(),
+            counters,
+            seen: Arc::new(Mutex::new(Seen::default())),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Accepts connections until `shutdown`, then waits for the open ones to finish.
+    pub async fn run(self, tx: mpsc::Sender<Envelope>, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        if let Some(addr) = self.local_addr() {
+            info!(%addr, "HL7 MLLP listener ready.");
+        }
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = self.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "Accepting an HL7 connection failed.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let conn = Connection {
+                peer,
+                max_message: self.max_message,
+                signal_type: self.signal_type.clone(),
+                counters: self.counters.clone(),
+                seen: self.seen.clone(),
+            };
+            let (tx, shutdown) = (tx.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                conn.run(stream, tx, shutdown).await;
+                drop(permit);
+            });
+        }
+        drop(tx);
+        tracker.close();
+        tracker.wait().await;
+        info!("HL7 MLLP listener stopped.");
+    }
+}
+
+struct Connection {
+    peer: SocketAddr,
+    max_message: usize,
+    signal_type: Option<String>,
+    counters: Arc<Counters>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+static ACK_SEQ: AtomicU64 = AtomicU64::new(1);
+
+fn ack_bytes(header: Option<&Header>, code: AckCode, reason: Option<&str>) -> Vec<u8> {
+    let now = chrono::Utc::now();
+    let control = format!("GW{}{:04}", now.format("%y%m%d%H%M%S"), ACK_SEQ.fetch_add(1, Ordering::Relaxed) % 10_000);
+    hl7::build_ack(header, code, reason, &control, &now.format("%Y%m%d%H%M%S+0000").to_string())
+}
+
+impl Connection {
+    async fn run(self, mut stream: TcpStream, tx: mpsc::Sender<Envelope>, shutdown: CancellationToken) {
+        debug!(peer = %self.peer, "HL7 connection opened.");
+        let mut framer = Framer::new(self.max_message + 3);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut reject_log = RateLimited::new(Duration::from_secs(10));
+        let max = self.max_message;
+        'read: loop {
+            let n = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = stream.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+            };
+            framer.push(&buf[..n]);
+            while let Some(frame) = framer.next(|b| match hl7::scan_mllp(b) {
+                Scan::Incomplete if b.len() > max + 2 => Scan::Skip(b.len(), RejectReason::Oversized),
+                Scan::Frame(m, _) if m.len() > max => Scan::Skip(m.len() + 3, RejectReason::Oversized),
+                s => s,
+            }) {
+                let reply = match frame {
+                    Ok(msg) => match self.handle(&msg, &tx, &mut reject_log).await {
+                        Some(reply) => reply,
+                        None => break 'read, // intake is gone: no ACK, the sender resends
+                    },
+                    Err(rej) => {
+                        self.counters.reject(rej.reason);
+                        if rej.reason != RejectReason::Oversized {
+                            continue; // a message cut short: its sender resends it whole
+                        }
+                        ack_bytes(None, AckCode::Reject, Some("message larger than hl7.max_message_bytes"))
+                    }
+                };
+                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&reply)).await {
+                    Ok(Ok(())) => {}
+                    _ => break 'read,
+                }
+            }
+            let noise = framer.take_noise();
+            if noise > 0 {
+                self.counters.reject(RejectReason::Noise);
+            }
+        }
+        debug!(peer = %self.peer, "HL7 connection closed.");
+    }
+
+    /// Decodes one message, has its readings committed and returns the ACK to send; `None`
+    /// when intake stopped before committing it.
+    async fn handle(&self, msg: &[u8], tx: &mpsc::Sender<Envelope>, reject_log: &mut RateLimited) -> Option<Vec<u8>> {
+        self.counters.hl7_messages.fetch_add(1, Relaxed);
+        self.counters.messages_received.fetch_add(1, Relaxed);
+        let mut m = hl7::decode_message(msg, crate::now_ns());
+        let control = m.header.as_ref().map(|h| loggable(&h.control_id)).unwrap_or_default();
+        for r in &m.decoded.rejected {
+            self.counters.reject(r.reason);
+            if reject_log.allow(r.reason.as_str()) {
+                warn!(peer = %self.peer, control_id = %control, reason = r.reason.as_str(), detail = %r.detail, "HL7 message (or part of it) not stored (counted; logged at most every 10 s per reason).");
+            }
+        }
+        self.counters.dropped_fields.fetch_add(u64::from(m.decoded.dropped_fields), Relaxed);
+        self.counters.readings_decoded.fetch_add(m.decoded.readings.len() as u64, Relaxed);
+        let key = m.header.as_ref().map(|h| (h.sending_app.clone(), h.control_id.clone()));
+        if m.ack != AckCode::Accept || m.decoded.readings.is_empty() {
+            return Some(ack_bytes(m.header.as_ref(), m.ack, m.reason));
+        }
+        if let Some(k) = &key
+            && self.seen.lock().is_ok_and(|s| s.contains(k))
+        {
+            self.counters.hl7_duplicates.fetch_add(1, Relaxed);
+            debug!(peer = %self.peer, control_id = %control, "HL7 retry of a message already stored; acknowledged again.");
+            return Some(ack_bytes(m.header.as_ref(), AckCode::Accept, None));
+        }
+        if let Some(t) = &self.signal_type {
+            for r in &mut m.decoded.readings {
+                r.signal_type = Some(t.clone());
+            }
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let env = Envelope { readings: std::mem::take(&mut m.decoded.readings), ack: Some(Ack::Mllp(done_tx)) };
+        tx.send(env).await.ok()?;
+        done_rx.await.ok()?;
+        if let (Some(k), Ok(mut seen)) = (key, self.seen.lock()) {
+            seen.insert(k);
+        }
+        Some(ack_bytes(m.header.as_ref(), AckCode::Accept, None))
+    }
+}
