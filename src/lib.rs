@@ -42,6 +42,7 @@ pub mod protocols;
 pub mod queue;
 pub mod report;
 pub mod resolve;
+pub mod simulate;
 pub mod sink;
 pub mod telemetry;
 pub mod tls;

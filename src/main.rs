@@ -52,6 +52,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Play a simulated bedside device (serial port or pseudo-terminal, HL7/MLLP, MQTT JSON).
+    Simulate(heartguard_gateway::simulate::SimArgs),
     /// Points InfluxDB refused for good: list, export, replay after the cause is fixed, purge.
     DeadLetters {
         #[command(subcommand)]
@@ -191,6 +193,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => run(config.as_deref()),
+        Command::Simulate(args) => simulate(args),
         Command::CheckConfig { config } => check_config(&config),
         Command::DefaultConfig => {
             print!("{}", toml::to_string_pretty(&Config::default()).unwrap_or_default());
@@ -268,6 +271,29 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
         Err(app::StartError::Runtime(e)) => {
             tracing::error!(error = %e, "Gateway failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn simulate(args: heartguard_gateway::simulate::SimArgs) -> ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() else {
+        eprintln!("error: cannot start the async runtime");
+        return ExitCode::FAILURE;
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    let result = rt.block_on(async move {
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            on_signal.cancel();
+        });
+        heartguard_gateway::simulate::run_cli(args, stop).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

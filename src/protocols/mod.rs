@@ -222,24 +222,19 @@ impl Framer {
         Self { buf: Vec::new(), start: 0, cap: cap.max(1), noise: 0 }
     }
 
-    /// Appends bytes. When more than `cap` bytes wait unread, the oldest are dropped and
-    /// counted as noise: a scanner that cannot decide within `cap` bytes is looking at junk.
+    /// Appends bytes (the caller's read size bounds one push).
     pub fn push(&mut self, bytes: &[u8]) {
         if self.start > 0 && (self.start >= self.buf.len() / 2 || self.buf.len() > self.cap) {
             self.buf.drain(..self.start);
             self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
-        let unread = self.buf.len() - self.start;
-        if unread > self.cap {
-            let drop = unread - self.cap;
-            self.start += drop;
-            self.noise += drop;
-        }
     }
 
     /// The next frame, or a rejection (bad checksum, broken frame), or `None` when more
     /// bytes are needed. Noise is counted, not returned (see [`Framer::take_noise`]).
+    /// When more than `cap` bytes wait undecided, the oldest are dropped as noise: a scanner
+    /// that cannot decide within `cap` bytes is looking at junk.
     pub fn next<F>(&mut self, mut scan: impl FnMut(&[u8]) -> Scan<F>) -> Option<Result<F, Rejection>> {
         loop {
             let unread = &self.buf[self.start..];
@@ -247,6 +242,11 @@ impl Framer {
                 return None;
             }
             match scan(unread) {
+                Scan::Incomplete if unread.len() > self.cap => {
+                    let drop = unread.len() - self.cap;
+                    self.start += drop;
+                    self.noise += drop;
+                }
                 Scan::Incomplete => return None,
                 Scan::Frame(f, len) => {
                     self.start += len.clamp(1, unread.len());
@@ -419,8 +419,14 @@ mod tests {
         assert_eq!(f.next(scan), None);
         assert_eq!(f.take_noise(), 2);
         f.push(&[b'A'; 20]);
-        assert!(f.pending() <= 8);
-        assert_eq!(f.take_noise(), 12);
+        assert_eq!(f.next(scan), None);
+        assert_eq!(f.pending(), 1);
+        assert_eq!(f.take_noise(), 19);
+        // Undecidable bytes beyond the cap are dropped as noise.
+        let mut f = Framer::new(8);
+        f.push(&[b'A'; 30]);
+        assert_eq!(f.next(|_| Scan::<()>::Incomplete), None);
+        assert_eq!((f.pending(), f.take_noise()), (8, 22));
     }
 
     #[test]
