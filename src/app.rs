@@ -29,6 +29,9 @@ use crate::telemetry::Counters;
 /// Messages between the sources and intake. MQTT's inflight window bounds what is in here.
 const ENVELOPE_CHANNEL: usize = 4096;
 
+/// How often the counters are written to the status file (`heartguard-gateway status`).
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
 /// How often the counters are logged.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
@@ -170,12 +173,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     let summary = {
         let counters = counters.clone();
+        let (data_dir, id) = (cfg.gateway.data_dir.clone(), cfg.gateway.id.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SUMMARY_EVERY);
-            tick.tick().await;
+            let mut tick = tokio::time::interval(STATUS_EVERY);
+            let mut n: u64 = 0;
             loop {
                 tick.tick().await;
-                info!(counters = %counters.summary(), "Periodic summary.");
+                if let Err(e) = crate::telemetry::write_status(&data_dir, &id, &counters)
+                    && n == 0
+                {
+                    warn!(error = %e, "Cannot write the status file (`status` will not show counters).");
+                }
+                if n > 0 && n.is_multiple_of(SUMMARY_EVERY.as_secs() / STATUS_EVERY.as_secs()) {
+                    info!(counters = %counters.summary(), "Periodic summary.");
+                }
+                n += 1;
             }
         })
     };
@@ -213,6 +225,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     } else {
         let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     }
+    let _ = crate::telemetry::write_status(&cfg.gateway.data_dir, &cfg.gateway.id, &counters);
     info!(counters = %counters.summary(), "Gateway stopped.");
     Ok(())
 }

@@ -34,6 +34,7 @@ pub mod backoff;
 pub mod bindings;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod fields;
 pub mod ingest;
 pub mod lineproto;

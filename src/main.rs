@@ -52,6 +52,17 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// A one-command demo: the daemon with simulated devices on pseudo-terminals and HL7 over
+    /// loopback; no broker or database server needed (delivers to InfluxDB if reachable).
+    Demo(heartguard_gateway::demo::DemoArgs),
+    /// What a running daemon is doing: its counters (from the data directory) and the queue.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Read this data directory instead of the configuration's.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Play a simulated bedside device (serial port or pseudo-terminal, HL7/MLLP, MQTT JSON).
     Simulate(heartguard_gateway::simulate::SimArgs),
     /// Points InfluxDB refused for good: list, export, replay after the cause is fixed, purge.
@@ -194,6 +205,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config.as_deref()),
         Command::Simulate(args) => simulate(args),
+        Command::Demo(args) => demo(args),
+        Command::Status { config, data_dir } => with_config(config.as_deref(), |c| {
+            let mut c = c.clone();
+            if let Some(d) = data_dir {
+                c.gateway.data_dir = d;
+            }
+            status(&c)
+        }),
         Command::CheckConfig { config } => check_config(&config),
         Command::DefaultConfig => {
             print!("{}", toml::to_string_pretty(&Config::default()).unwrap_or_default());
@@ -274,6 +293,51 @@ fn run(path: Option<&Path>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn demo(args: heartguard_gateway::demo::DemoArgs) -> ExitCode {
+    heartguard_gateway::telemetry::init_logging();
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+        eprintln!("error: cannot start the async runtime");
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(heartguard_gateway::demo::run(args, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the counters a running daemon left in its data directory, then the queue.
+fn status(cfg: &Config) -> Result<(), String> {
+    use heartguard_gateway::telemetry::STATUS_FILE;
+    let path = cfg.gateway.data_dir.join(STATUS_FILE);
+    match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+        Some(s) => {
+            let age = (heartguard_gateway::now_ns() - s["updated_ns"].as_i64().unwrap_or(0)) / 1_000_000_000;
+            let state = if age <= 15 { "running" } else { "not running (status file is stale)" };
+            println!("daemon:             {state}; gateway {}, pid {}, updated {age} s ago", s["gateway"], s["pid"]);
+            if let Some(c) = s["counters"].as_object() {
+                for (k, v) in c {
+                    match v.as_object() {
+                        Some(by_reason) => {
+                            let nonzero: Vec<String> = by_reason
+                                .iter()
+                                .filter(|(_, n)| n.as_u64() != Some(0))
+                                .map(|(r, n)| format!("{r}={n}"))
+                                .collect();
+                            println!("{k:<20}{}", if nonzero.is_empty() { "none".into() } else { nonzero.join(" ") });
+                        }
+                        None => println!("{k:<20}{v}"),
+                    }
+                }
+            }
+        }
+        None => println!("daemon:             no status file at {} (never started here?)", path.display()),
+    }
+    queue_stats(cfg)
 }
 
 fn simulate(args: heartguard_gateway::simulate::SimArgs) -> ExitCode {

@@ -86,6 +86,33 @@ impl Counters {
         self.unbound.iter().map(|c| c.load(Relaxed)).sum()
     }
 
+    /// Every counter by name, for the status file.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let rejected: serde_json::Map<String, serde_json::Value> = RejectReason::ALL
+            .iter()
+            .zip(&self.rejected)
+            .map(|(r, c)| (r.as_str().to_owned(), c.load(Relaxed).into()))
+            .collect();
+        serde_json::json!({
+            "messages_received": self.messages_received.load(Relaxed),
+            "readings_decoded": self.readings_decoded.load(Relaxed),
+            "readings_queued": self.readings_queued.load(Relaxed),
+            "points_delivered": self.points_delivered.load(Relaxed),
+            "write_failures": self.write_failures.load(Relaxed),
+            "dead_lettered": self.dead_lettered.load(Relaxed),
+            "unbound": self.unbound_total(),
+            "rejected": rejected,
+            "dropped_fields": self.dropped_fields.load(Relaxed),
+            "serial_frames": self.serial_frames.load(Relaxed),
+            "serial_disconnects": self.serial_disconnects.load(Relaxed),
+            "serial_watchdog": self.serial_watchdog.load(Relaxed),
+            "serial_ports_silent": self.serial_ports_silent.load(Relaxed),
+            "serial_overflow": self.serial_overflow.load(Relaxed),
+            "hl7_messages": self.hl7_messages.load(Relaxed),
+            "hl7_duplicates": self.hl7_duplicates.load(Relaxed),
+        })
+    }
+
     /// One line for the periodic summary log.
     pub fn summary(&self) -> String {
         let rejected: Vec<String> = RejectReason::ALL
@@ -147,4 +174,21 @@ impl Counters {
         }
         out
     }
+}
+
+/// The file in the data directory where a running daemon leaves its counters.
+pub const STATUS_FILE: &str = "status.json";
+
+/// Writes the status file (atomically: a temporary file renamed over it).
+pub fn write_status(data_dir: &std::path::Path, gateway_id: &str, counters: &Counters) -> std::io::Result<()> {
+    let status = serde_json::json!({
+        "gateway": gateway_id,
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "updated_ns": crate::now_ns(),
+        "counters": counters.snapshot(),
+    });
+    let tmp = data_dir.join(format!("{STATUS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&status).unwrap_or_default())?;
+    std::fs::rename(tmp, data_dir.join(STATUS_FILE))
 }
