@@ -24,6 +24,8 @@
 //!   HL7 OBX-18 / MSH-3), otherwise from the port's configuration.
 
 pub mod datex;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hl7;
 pub mod masimo;
 pub mod nonin;

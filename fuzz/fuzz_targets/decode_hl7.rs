@@ -1,0 +1,5 @@
+//! Fuzz target: arbitrary bytes into the hl7 decoder; every invariant is checked by
+//! `heartguard_gateway::protocols::fuzzing::hl7` (shared with the corpus replay test).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| heartguard_gateway::protocols::fuzzing::hl7(data));

@@ -1,0 +1,5 @@
+//! Fuzz target: arbitrary bytes into the masimo decoder; every invariant is checked by
+//! `heartguard_gateway::protocols::fuzzing::masimo` (shared with the corpus replay test).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| heartguard_gateway::protocols::fuzzing::masimo(data));
