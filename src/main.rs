@@ -321,6 +321,9 @@ fn status(cfg: &Config) -> Result<(), String> {
             println!("daemon:             {state}; gateway {}, pid {}, updated {age} s ago", s["gateway"], s["pid"]);
             if let Some(c) = s["counters"].as_object() {
                 for (k, v) in c {
+                    if k == "ports" {
+                        continue;
+                    }
                     match v.as_object() {
                         Some(by_reason) => {
                             let nonzero: Vec<String> = by_reason
@@ -333,6 +336,18 @@ fn status(cfg: &Config) -> Result<(), String> {
                         None => println!("{k:<20}{v}"),
                     }
                 }
+            }
+            for (path, p) in s["counters"]["ports"].as_object().into_iter().flatten() {
+                let last = p["last_frame_ns"]
+                    .as_i64()
+                    .map(|t| format!("last frame {} s ago", (heartguard_gateway::now_ns() - t) / 1_000_000_000))
+                    .unwrap_or_else(|| "no frame yet".into());
+                println!(
+                    "serial port         {path} ({}): {}, {} frames, {last}",
+                    p["protocol"].as_str().unwrap_or("?"),
+                    p["state"].as_str().unwrap_or("?"),
+                    p["frames"]
+                );
             }
         }
         None => println!("daemon:             no status file at {} (never started here?)", path.display()),

@@ -61,9 +61,29 @@ pub struct Counters {
     /// HL7 messages received over MLLP, and how many of them were retries already stored.
     pub hl7_messages: AtomicU64,
     pub hl7_duplicates: AtomicU64,
+    /// Each serial port's state, by path, for `status`.
+    pub ports: std::sync::Mutex<std::collections::BTreeMap<String, PortStatus>>,
+}
+
+/// What `status` shows of one serial port.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PortStatus {
+    pub protocol: String,
+    /// `opening`, `open`, `silent` (watchdog) or `disconnected`.
+    pub state: &'static str,
+    pub frames: u64,
+    /// When the last valid frame arrived (ns since the epoch), if one did.
+    pub last_frame_ns: Option<i64>,
 }
 
 impl Counters {
+    /// Updates the status of serial port `path`.
+    pub fn port(&self, path: &str, update: impl FnOnce(&mut PortStatus)) {
+        if let Ok(mut ports) = self.ports.lock() {
+            update(ports.entry(path.to_owned()).or_default());
+        }
+    }
+
     pub fn reject(&self, r: RejectReason) {
         let i = RejectReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
         self.rejected[i].fetch_add(1, Relaxed);
@@ -110,6 +130,7 @@ impl Counters {
             "serial_overflow": self.serial_overflow.load(Relaxed),
             "hl7_messages": self.hl7_messages.load(Relaxed),
             "hl7_duplicates": self.hl7_duplicates.load(Relaxed),
+            "ports": self.ports.lock().map(|p| serde_json::to_value(&*p).unwrap_or_default()).unwrap_or_default(),
         })
     }
 

@@ -254,7 +254,13 @@ async fn unplugged_device_is_reopened_and_the_watchdog_reports_silence() {
     drop(first);
     wait_for_log(&gw, "Serial device disconnected").await;
     wait_for_log(&gw, "Cannot open the serial port").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // `status` shows the port as disconnected (the status file is rewritten every 5 s).
+    let data = dir.path().join("data");
+    eventually(WAIT, "status shows the port disconnected", || {
+        let (_, out, _) = common::gateway_cli(&["status", "--data-dir", data.to_str().expect("utf8")]);
+        async move { out.contains("(nonin_df8): disconnected") }
+    })
+    .await;
 
     // Replug: a new terminal behind the same by-id path.
     let second = Pty::open().expect("pty");

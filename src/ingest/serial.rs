@@ -90,11 +90,17 @@ impl SerialSource {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
         let mut ring: VecDeque<Envelope> = VecDeque::with_capacity(PORT_RING);
         let mut failing_since_logged = false;
+        let protocol = self.protocol.as_str().to_owned();
+        self.counters.port(&self.path, |p| {
+            p.protocol = protocol;
+            p.state = "opening";
+        });
         loop {
             let port = match self.builder().open_native_async() {
                 Ok(p) => p,
                 Err(e) => {
                     if !failing_since_logged {
+                        self.counters.port(&self.path, |p| p.state = "disconnected");
                         warn!(port = %self.path, protocol = %self.protocol, error = %e, "Cannot open the serial port; retrying with back-off.");
                         failing_since_logged = true;
                     } else {
@@ -109,12 +115,14 @@ impl SerialSource {
                 }
             };
             failing_since_logged = false;
+            self.counters.port(&self.path, |p| p.state = "open");
             info!(port = %self.path, protocol = %self.protocol, baud = self.settings.baud, "Serial port opened.");
             let outcome = self.read_port(port, &mut ring, &tx, &shutdown).await;
             match outcome {
                 Closed::Shutdown => break,
                 Closed::Lost(why) => {
                     self.counters.serial_disconnects.fetch_add(1, Relaxed);
+                    self.counters.port(&self.path, |p| p.state = "disconnected");
                     warn!(port = %self.path, reason = %why, "Serial device disconnected; reopening with back-off.");
                     backoff.reset();
                     tokio::select! {
@@ -161,6 +169,7 @@ impl SerialSource {
                     silent = true;
                     self.counters.serial_watchdog.fetch_add(1, Relaxed);
                     self.counters.serial_ports_silent.fetch_add(1, Relaxed);
+                    self.counters.port(&self.path, |p| p.state = "silent");
                     warn!(port = %self.path, protocol = %self.protocol, secs = self.frame_timeout.as_secs(), "No frame from the serial device for the watchdog period (counted); asking it again.");
                     if !hello.is_empty() && let Err(e) = port.write_all(&hello).await {
                         self.unsilence(&mut silent);
@@ -188,6 +197,12 @@ impl SerialSource {
             if d.frames > 0 {
                 last_frame = Instant::now();
                 self.counters.serial_frames.fetch_add(d.frames, Relaxed);
+                let now = crate::now_ns();
+                self.counters.port(&self.path, |p| {
+                    p.state = "open";
+                    p.frames += d.frames;
+                    p.last_frame_ns = Some(now);
+                });
                 if silent {
                     info!(port = %self.path, "Frames from the serial device again.");
                     self.unsilence(&mut silent);
