@@ -1,11 +1,11 @@
 //! heartguard-gateway: bedside readings → HeartGuard stream → durable queue → InfluxDB.
 //!
 //! ```text
-//! device ─► ingest::mqtt ─► decode (JSON) ─► Reading ─► resolve (+bindings, fresh as of ts) ─► lineproto
+//! device ─► ingest::{mqtt, serial, mllp} ─► decode (JSON) / protocols ─► Reading ─► resolve (+bindings, fresh as of ts) ─► lineproto
 //!                                                          │ not yet fresh / no binding
 //!                                                          ▼
 //!                                              ingest::parking (durable, resolved later)
-//!            ack to broker ◄── commit ◄── queue (SQLite, one writer thread, group commit)
+//!   ack to broker / HL7 ACK ◄── commit ◄── queue (SQLite, one writer thread, group commit)
 //!                                             │
 //!                                             └─► sink (one worker per destination) ─► InfluxDB
 //! bindings: file │ postgres (LISTEN/NOTIFY + freshness mark) │ push (signed snapshots) ─► cache ─► table
@@ -13,9 +13,12 @@
 //! ```
 //!
 //! Module map, in the order data flows:
-//! - [`ingest`]: transports (MQTT) and the intake stage that resolves, commits and only then
-//!   acknowledges; [`ingest::parking`] resolves parked readings once they can be.
+//! - [`ingest`]: transports (MQTT, serial ports, HL7 over MLLP) and the intake stage that
+//!   resolves, commits and only then acknowledges; [`ingest::parking`] resolves parked
+//!   readings once they can be.
 //! - [`decode`]: payload formats → [`model::Reading`]. Never panics on any input.
+//! - [`protocols`]: bedside device protocols (Nonin, Masimo, GE Datex, HL7 PCD-01) → readings;
+//!   pure, panic-free, fuzzed.
 //! - [`fields`]: the canonical field table (names, types, legacy aliases).
 //! - [`bindings`]: which stream a device's reading belongs to: from a file, PostgreSQL
 //!   ([`bindings::postgres`]) or signed MQTT pushes ([`bindings::push`]), via the SQLite cache.
@@ -26,6 +29,8 @@
 //! - [`report`]: per-stream activity and data gaps, reported to PostgreSQL.
 //! - [`app`]: wiring and the shutdown order. [`config`]: the TOML file and its validation.
 //!   [`tls`]: the one rustls client configuration. [`telemetry`]: logs and counters.
+//! - [`simulate`]: simulated devices for every protocol (the `simulate` command, tests, the
+//!   demo); [`demo`]: the one-command demo.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
