@@ -184,6 +184,11 @@ fn reading_from(
                 ));
             }
         };
+        // Outside the field's plausible range: a device sentinel or fault, never a reading.
+        if !spec.accepts(v) {
+            out.dropped_fields += 1;
+            continue;
+        }
         if let Some((_, prev)) = fields.iter().find(|(s, _)| s.name == spec.name) {
             if *prev != v {
                 return Err(Rejection::new(
@@ -334,14 +339,14 @@ mod tests {
     #[test]
     fn array_keeps_good_readings_next_to_bad_ones() {
         let d = decode(
-            br#"[{"serial":"A","spo2":97},7,{"serial":"B","spo2":"x"},{"serial":"C","spo2":-1,"heart_rate":60}]"#,
+            br#"[{"serial":"A","spo2":97},7,{"serial":"B","spo2":"x"},{"serial":"C","spo2":-1,"heart_rate":60},{"serial":"D","spo2":250,"temperature":36.6}]"#,
             None,
             NOW,
             MAX,
         );
-        assert_eq!(d.readings.len(), 2);
+        assert_eq!(d.readings.len(), 3);
         assert_eq!(d.rejected.len(), 2);
-        assert_eq!(d.dropped_fields, 1);
+        assert_eq!(d.dropped_fields, 2, "a negative and an out-of-range value dropped, their readings kept");
     }
 
     proptest::proptest! {
