@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::ingest::{self, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
 use crate::queue::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
-use crate::telemetry::Counters;
+use crate::telemetry::{self, Counters, Telemetry};
 
 /// Messages between the sources and intake. MQTT's inflight window bounds what is in here.
 const ENVELOPE_CHANNEL: usize = 4096;
@@ -71,6 +71,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     let (fresh_tx, fresh_rx) = watch::channel(fresh);
     let (table_tx, table_rx) = watch::channel(Arc::new(table));
+    let telemetry = Telemetry::new(&cfg.gateway.id, counters.clone(), queue.clone(), table_rx.clone());
+    let endpoint = telemetry::http::start(&cfg.http, telemetry.clone()).await.map_err(StartError::Runtime)?;
 
     let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(StartError::Config)?);
     let mqtt = if cfg.mqtt.enabled {
@@ -172,14 +174,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     drop(env_tx);
 
     let summary = {
-        let counters = counters.clone();
-        let (data_dir, id) = (cfg.gateway.data_dir.clone(), cfg.gateway.id.clone());
+        let (counters, telemetry) = (counters.clone(), telemetry.clone());
+        let data_dir = cfg.gateway.data_dir.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(STATUS_EVERY);
             let mut n: u64 = 0;
             loop {
                 tick.tick().await;
-                if let Err(e) = crate::telemetry::write_status(&data_dir, &id, &counters)
+                if let Err(e) = telemetry.write_status_file(&data_dir, false).await
                     && n == 0
                 {
                     warn!(error = %e, "Cannot write the status file (`status` will not show counters).");
@@ -192,8 +194,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         })
     };
 
+    telemetry.set_ready();
     info!(gateway = %cfg.gateway.id, version = env!("CARGO_PKG_VERSION"), "Gateway running.");
     shutdown.await;
+    telemetry.set_stopping();
     info!("Stopping: no new readings are taken; committing and delivering what is in hand.");
 
     let grace = Duration::from_millis(cfg.gateway.shutdown_grace_ms);
@@ -216,6 +220,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         if let Err(e) = queue.close().await {
             warn!(error = %e, "Closing the queue failed; SQLite recovers from its WAL at the next start.");
         }
+        endpoint.stop().await;
     };
     if tokio::time::timeout(grace, stop).await.is_err() {
         warn!(
@@ -225,7 +230,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     } else {
         let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     }
-    let _ = crate::telemetry::write_status(&cfg.gateway.data_dir, &cfg.gateway.id, &counters);
+    let _ = telemetry.write_status_file(&cfg.gateway.data_dir, true).await;
     info!(counters = %counters.summary(), "Gateway stopped.");
     Ok(())
 }

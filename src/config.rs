@@ -23,6 +23,7 @@ pub struct Config {
     pub serial: Vec<SerialPort>,
     /// HL7 v2 (IHE PCD-01) over MLLP.
     pub hl7: Hl7,
+    pub http: Http,
 }
 
 /// Reporting activity, counts and gaps back to PostgreSQL (`sql/heartguard-gateway-report.sql`).
@@ -308,6 +309,21 @@ fn valid_signal_type(s: &str) -> bool {
     !s.is_empty() && s.len() <= 60 && !s.chars().any(char::is_control)
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Serve `/metrics`, `/healthz`, `/readyz` and `/status`.
+    pub enabled: bool,
+    /// `address:port`. Loopback by default: the endpoint has no authentication.
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self { enabled: true, listen: "127.0.0.1:9187".into() }
+    }
+}
+
 /// A problem in the file, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -426,6 +442,13 @@ impl Config {
         }
         if i.retry_initial_ms == 0 || i.retry_max_ms < i.retry_initial_ms {
             bad("influx.retry_max_ms", "retry_initial_ms must be > 0 and <= retry_max_ms".into());
+        }
+
+        if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "http.listen",
+                format!("{:?} is not an address:port (for example \"127.0.0.1:9187\")", self.http.listen),
+            );
         }
 
         if self.queue.max_bytes < 64 * 1024 {

@@ -36,6 +36,22 @@ enum Command {
     },
     /// Print the embedded default configuration (a valid starting point).
     DefaultConfig,
+    /// One screen for an operator: sources and serial ports, queue, destinations, bindings,
+    /// devices seen in the last minute, warnings. Asks the running daemon (http.listen);
+    /// without it, reads its status file or the database, read-only.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Read this data directory instead of the configuration's.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The daemon's HTTP endpoint, e.g. http://127.0.0.1:9187 (default: from http.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the daemon's status document (JSON) instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the durable queue (safe while the daemon runs).
     Queue {
         #[command(subcommand)]
@@ -55,14 +71,6 @@ enum Command {
     /// A one-command demo: the daemon with simulated devices on pseudo-terminals and HL7 over
     /// loopback; no broker or database server needed (delivers to InfluxDB if reachable).
     Demo(heartguard_gateway::demo::DemoArgs),
-    /// What a running daemon is doing: its counters (from the data directory) and the queue.
-    Status {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Read this data directory instead of the configuration's.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
     /// Play a simulated bedside device (serial port or pseudo-terminal, HL7/MLLP, MQTT JSON).
     Simulate(heartguard_gateway::simulate::SimArgs),
     /// Points InfluxDB refused for good: list, export, replay after the cause is fixed, purge.
@@ -206,18 +214,18 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config.as_deref()),
         Command::Simulate(args) => simulate(args),
         Command::Demo(args) => demo(args),
-        Command::Status { config, data_dir } => with_config(config.as_deref(), |c| {
-            let mut c = c.clone();
-            if let Some(d) = data_dir {
-                c.gateway.data_dir = d;
-            }
-            status(&c)
-        }),
         Command::CheckConfig { config } => check_config(&config),
         Command::DefaultConfig => {
             print!("{}", toml::to_string_pretty(&Config::default()).unwrap_or_default());
             ExitCode::SUCCESS
         }
+        Command::Status { config, data_dir, url, json } => with_config(config.as_deref(), |c| {
+            let mut c = c.clone();
+            if let Some(d) = data_dir {
+                c.gateway.data_dir = d;
+            }
+            heartguard_gateway::telemetry::status::command(&c, url.as_deref(), json)
+        }),
         Command::Queue { what: QueueCmd::Stats { config } } => with_config(config.as_deref(), queue_stats),
         Command::Bindings { what: BindingsCmd::List { config } } => {
             with_config(config.as_deref(), |c| bindings(c, None))
@@ -308,51 +316,6 @@ fn demo(args: heartguard_gateway::demo::DemoArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Prints the counters a running daemon left in its data directory, then the queue.
-fn status(cfg: &Config) -> Result<(), String> {
-    use heartguard_gateway::telemetry::STATUS_FILE;
-    let path = cfg.gateway.data_dir.join(STATUS_FILE);
-    match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
-        Some(s) => {
-            let age = (heartguard_gateway::now_ns() - s["updated_ns"].as_i64().unwrap_or(0)) / 1_000_000_000;
-            let state = if age <= 15 { "running" } else { "not running (status file is stale)" };
-            println!("daemon:             {state}; gateway {}, pid {}, updated {age} s ago", s["gateway"], s["pid"]);
-            if let Some(c) = s["counters"].as_object() {
-                for (k, v) in c {
-                    if k == "ports" {
-                        continue;
-                    }
-                    match v.as_object() {
-                        Some(by_reason) => {
-                            let nonzero: Vec<String> = by_reason
-                                .iter()
-                                .filter(|(_, n)| n.as_u64() != Some(0))
-                                .map(|(r, n)| format!("{r}={n}"))
-                                .collect();
-                            println!("{k:<20}{}", if nonzero.is_empty() { "none".into() } else { nonzero.join(" ") });
-                        }
-                        None => println!("{k:<20}{v}"),
-                    }
-                }
-            }
-            for (path, p) in s["counters"]["ports"].as_object().into_iter().flatten() {
-                let last = p["last_frame_ns"]
-                    .as_i64()
-                    .map(|t| format!("last frame {} s ago", (heartguard_gateway::now_ns() - t) / 1_000_000_000))
-                    .unwrap_or_else(|| "no frame yet".into());
-                println!(
-                    "serial port         {path} ({}): {}, {} frames, {last}",
-                    p["protocol"].as_str().unwrap_or("?"),
-                    p["state"].as_str().unwrap_or("?"),
-                    p["frames"]
-                );
-            }
-        }
-        None => println!("daemon:             no status file at {} (never started here?)", path.display()),
-    }
-    queue_stats(cfg)
 }
 
 fn simulate(args: heartguard_gateway::simulate::SimArgs) -> ExitCode {

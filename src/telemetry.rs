@@ -1,11 +1,33 @@
-//! Logs and counters. Counters are plain atomics today; the metrics endpoint reads them.
+//! Telling the gateway's state: logs, counters, heartbeats, the HTTP endpoint (metrics,
+//! health, readiness, status) and systemd notifications.
+//!
+//! - [`Counters`] are plain atomics, cheap on the hot path; [`metrics`] turns them into
+//!   Prometheus metric families on each scrape, together with gauges computed at that moment
+//!   (queue depth from the store, binding cache, heartbeat ages).
+//! - [`health`]: every long-running stage beats; `/healthz` and the systemd watchdog only
+//!   report "alive" while every stage has beaten recently and the queue's store answers.
+//! - Labels stay low-cardinality: source, protocol, reason, destination (few), stage. Device
+//!   serials never become labels; they appear only in `/status`.
 //!
 //! Logs carry ids (device serial, stream id, destination), reasons and counts — never a
 //! payload's contents or anything about a patient but the patient id.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+pub mod devices;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod status;
 
-use crate::decode::RejectReason;
+pub use service::Telemetry;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::bindings::Destination;
 use crate::resolve::Unbound;
 
 /// Sets up `tracing`: `RUST_LOG` or `info`, plain text on stderr (journald adds time stamps).
@@ -20,19 +42,23 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Every counter of the data path.
+/// Source label of the MQTT transport.
+pub const SOURCE_MQTT: &str = "mqtt";
+/// Protocol label of the MQTT JSON payload format.
+pub const PROTOCOL_JSON: &str = "json";
+
+/// Every counter of the data path, and the stages' heartbeats.
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub messages_received: AtomicU64,
-    pub readings_decoded: AtomicU64,
+    /// Per (source, protocol): what came in and what the decoder made of it.
+    sources: Mutex<BTreeMap<(&'static str, &'static str), Arc<SourceCounters>>>,
+    /// Readings resolved to a binding and committed to the queue.
     pub readings_queued: AtomicU64,
-    pub rejected: [AtomicU64; RejectReason::ALL.len()],
-    pub unknown_fields: AtomicU64,
-    pub dropped_fields: AtomicU64,
+    /// Waiting points deleted to make room (queue full, policy `drop_oldest`).
+    pub queue_dropped: AtomicU64,
     pub unbound: [AtomicU64; 3],
-    pub points_delivered: AtomicU64,
-    pub write_failures: AtomicU64,
-    pub dead_lettered: AtomicU64,
+    /// Per destination: what the sink did.
+    destinations: Mutex<BTreeMap<String, Arc<DestinationCounters>>>,
     /// Readings parked: waiting for a fresh binding copy or for a binding at all.
     pub parked: AtomicU64,
     /// Parked readings later resolved and queued.
@@ -41,6 +67,8 @@ pub struct Counters {
     pub resolved_stale: AtomicU64,
     /// Parked readings that found no binding within `max_park_age_ms`.
     pub expired_unbound: AtomicU64,
+    /// Binding loads or syncs that failed (a failed PostgreSQL sync, a bindings file refused
+    /// at reload), while the copy in force stays.
     pub sync_errors: AtomicU64,
     /// Pushed binding snapshots refused (untrusted, bad signature, older, …).
     pub push_refused: AtomicU64,
@@ -62,11 +90,15 @@ pub struct Counters {
     pub hl7_messages: AtomicU64,
     pub hl7_duplicates: AtomicU64,
     /// Each serial port's state, by path, for `status`.
-    pub ports: std::sync::Mutex<std::collections::BTreeMap<String, PortStatus>>,
+    pub ports: Mutex<BTreeMap<String, PortStatus>>,
+    /// Stages' heartbeats, for `/healthz` and the systemd watchdog.
+    pub health: health::Health,
+    /// Devices seen recently, for `status` (never a metric label).
+    pub devices: devices::DevicesSeen,
 }
 
 /// What `status` shows of one serial port.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortStatus {
     pub protocol: String,
     /// `opening`, `open`, `silent` (watchdog) or `disconnected`.
@@ -76,73 +108,201 @@ pub struct PortStatus {
     pub last_frame_ns: Option<i64>,
 }
 
+/// Source label of serial ports; their protocol label is the port's protocol.
+pub const SOURCE_SERIAL: &str = "serial";
+/// Source and protocol labels of HL7 v2 over MLLP.
+pub const SOURCE_MLLP: &str = "mllp";
+pub const PROTOCOL_HL7: &str = "hl7";
+
+/// Counters of one source and payload protocol (`mqtt`/`json`, `serial`/`nonin`, …).
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Messages (MQTT) or frames (serial) received.
+    pub messages: AtomicU64,
+    /// Readings decoded successfully.
+    pub readings: AtomicU64,
+    /// Payload keys that are neither a field nor an alias.
+    pub unknown_fields: AtomicU64,
+    /// Fields dropped for a bad value; the rest of the reading was kept.
+    pub dropped_fields: AtomicU64,
+    /// Whether the source is connected (MQTT: to its broker); see [`Self::set_connected`].
+    connected: AtomicBool,
+    /// Whether the source reports a connection at all (serial ports have their own state).
+    has_connection: AtomicBool,
+    /// Refused payloads and readings by reason (rare: a lock is fine).
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl SourceCounters {
+    pub fn set_connected(&self, connected: bool) {
+        self.has_connection.store(true, Relaxed);
+        self.connected.store(connected, Relaxed);
+    }
+
+    /// `None` for sources without a connection of their own.
+    pub fn connection(&self) -> Option<bool> {
+        self.has_connection.load(Relaxed).then(|| self.connected.load(Relaxed))
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        *lock(&self.rejected).entry(reason).or_default() += 1;
+    }
+
+    pub fn rejected(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.rejected).iter().map(|(r, n)| (*r, *n)).collect()
+    }
+}
+
+/// Counters and state of one InfluxDB destination's sink worker.
+#[derive(Debug)]
+pub struct DestinationCounters {
+    /// Points InfluxDB answered 2xx for.
+    pub delivered: AtomicU64,
+    /// Failed write attempts (each retry counts).
+    pub write_failures: AtomicU64,
+    /// Points moved to the dead letters, by reason.
+    dead_lettered: Mutex<BTreeMap<&'static str, u64>>,
+    /// Whether the last write attempt failed.
+    pub failing: AtomicBool,
+    /// When InfluxDB last answered 2xx (ns since the epoch; 0: never since start).
+    pub last_success_ns: AtomicI64,
+    /// The last failure, short and content-free (status code or error kind).
+    last_error: Mutex<Option<String>>,
+    /// Duration of write attempts, in seconds.
+    pub write_duration: Histogram,
+}
+
+/// Buckets of the write latency histogram, in seconds: a LAN write takes milliseconds, a
+/// large gzip batch over a slow link seconds, and the request timeout is 30 s by default.
+pub const WRITE_DURATION_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+impl Default for DestinationCounters {
+    fn default() -> Self {
+        Self {
+            delivered: AtomicU64::new(0),
+            write_failures: AtomicU64::new(0),
+            dead_lettered: Mutex::default(),
+            failing: AtomicBool::new(false),
+            last_success_ns: AtomicI64::new(0),
+            last_error: Mutex::default(),
+            write_duration: Histogram::new(WRITE_DURATION_BUCKETS),
+        }
+    }
+}
+
+impl DestinationCounters {
+    pub fn written(&self, points: u64, now_ns: i64) {
+        self.delivered.fetch_add(points, Relaxed);
+        self.last_success_ns.store(now_ns, Relaxed);
+        self.failing.store(false, Relaxed);
+    }
+
+    pub fn failed(&self, why: String) {
+        self.write_failures.fetch_add(1, Relaxed);
+        self.failing.store(true, Relaxed);
+        *lock(&self.last_error) = Some(why);
+    }
+
+    pub fn dead_lettered(&self, reason: &'static str, points: u64) {
+        *lock(&self.dead_lettered).entry(reason).or_default() += points;
+    }
+
+    pub fn dead_letters(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.dead_lettered).iter().map(|(r, n)| (*r, *n)).collect()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+}
+
+/// The label value of a destination: `org/bucket`, or the bucket alone when there is no org
+/// (v1: `db` or `db/rp`). Destinations are few, so the label stays low-cardinality.
+pub fn destination_label(d: &Destination) -> String {
+    if d.org.is_empty() { d.bucket.clone() } else { format!("{}/{}", d.org, d.bucket) }
+}
+
+/// Locks, ignoring poisoning: counters stay usable after a panic elsewhere.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Counters {
     /// Updates the status of serial port `path`.
     pub fn port(&self, path: &str, update: impl FnOnce(&mut PortStatus)) {
-        if let Ok(mut ports) = self.ports.lock() {
-            update(ports.entry(path.to_owned()).or_default());
-        }
+        update(lock(&self.ports).entry(path.to_owned()).or_default());
     }
 
-    pub fn reject(&self, r: RejectReason) {
-        let i = RejectReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        self.rejected[i].fetch_add(1, Relaxed);
+    /// Every serial port's state, by path.
+    pub fn ports(&self) -> Vec<(String, PortStatus)> {
+        lock(&self.ports).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The counters of a source and protocol, created on first use. Keep the handle: it is
+    /// lock-free to update.
+    pub fn source(&self, source: &'static str, protocol: &'static str) -> Arc<SourceCounters> {
+        lock(&self.sources).entry((source, protocol)).or_default().clone()
+    }
+
+    /// The counters of a destination, created on first use.
+    pub fn destination(&self, d: &Destination) -> Arc<DestinationCounters> {
+        lock(&self.destinations).entry(destination_label(d)).or_default().clone()
+    }
+
+    pub fn sources(&self) -> Vec<((&'static str, &'static str), Arc<SourceCounters>)> {
+        lock(&self.sources).iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    pub fn destinations(&self) -> Vec<(String, Arc<DestinationCounters>)> {
+        lock(&self.destinations).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     pub fn unbound(&self, u: Unbound) {
-        let i = match u {
+        self.unbound[Self::unbound_index(u)].fetch_add(1, Relaxed);
+    }
+
+    pub const UNBOUND: [Unbound; 3] = [Unbound::UnknownSerial, Unbound::NotCovered, Unbound::Ambiguous];
+
+    fn unbound_index(u: Unbound) -> usize {
+        match u {
             Unbound::UnknownSerial => 0,
             Unbound::NotCovered => 1,
             Unbound::Ambiguous => 2,
-        };
-        self.unbound[i].fetch_add(1, Relaxed);
-    }
-
-    pub fn rejected_total(&self) -> u64 {
-        self.rejected.iter().map(|c| c.load(Relaxed)).sum()
+        }
     }
 
     pub fn unbound_total(&self) -> u64 {
         self.unbound.iter().map(|c| c.load(Relaxed)).sum()
     }
 
-    /// Every counter by name, for the status file.
-    pub fn snapshot(&self) -> serde_json::Value {
-        let rejected: serde_json::Map<String, serde_json::Value> = RejectReason::ALL
-            .iter()
-            .zip(&self.rejected)
-            .map(|(r, c)| (r.as_str().to_owned(), c.load(Relaxed).into()))
-            .collect();
-        serde_json::json!({
-            "messages_received": self.messages_received.load(Relaxed),
-            "readings_decoded": self.readings_decoded.load(Relaxed),
-            "readings_queued": self.readings_queued.load(Relaxed),
-            "points_delivered": self.points_delivered.load(Relaxed),
-            "write_failures": self.write_failures.load(Relaxed),
-            "dead_lettered": self.dead_lettered.load(Relaxed),
-            "unbound": self.unbound_total(),
-            "rejected": rejected,
-            "dropped_fields": self.dropped_fields.load(Relaxed),
-            "serial_frames": self.serial_frames.load(Relaxed),
-            "serial_disconnects": self.serial_disconnects.load(Relaxed),
-            "serial_watchdog": self.serial_watchdog.load(Relaxed),
-            "serial_ports_silent": self.serial_ports_silent.load(Relaxed),
-            "serial_overflow": self.serial_overflow.load(Relaxed),
-            "hl7_messages": self.hl7_messages.load(Relaxed),
-            "hl7_duplicates": self.hl7_duplicates.load(Relaxed),
-            "ports": self.ports.lock().map(|p| serde_json::to_value(&*p).unwrap_or_default()).unwrap_or_default(),
-        })
+    fn sum_sources(&self, f: impl Fn(&SourceCounters) -> u64) -> u64 {
+        lock(&self.sources).values().map(|s| f(s)).sum()
+    }
+
+    /// Points InfluxDB answered 2xx for, over every destination.
+    pub fn delivered_total(&self) -> u64 {
+        lock(&self.destinations).values().map(|d| d.delivered.load(Relaxed)).sum()
+    }
+
+    pub fn write_failures_total(&self) -> u64 {
+        lock(&self.destinations).values().map(|d| d.write_failures.load(Relaxed)).sum()
+    }
+
+    pub fn dead_lettered_total(&self) -> u64 {
+        lock(&self.destinations).values().flat_map(|d| d.dead_letters()).map(|(_, n)| n).sum()
     }
 
     /// One line for the periodic summary log.
     pub fn summary(&self) -> String {
-        let rejected: Vec<String> = RejectReason::ALL
-            .iter()
-            .zip(&self.rejected)
-            .filter(|(_, c)| c.load(Relaxed) > 0)
-            .map(|(r, c)| format!("{}={}", r.as_str(), c.load(Relaxed)))
-            .collect();
-        let unbound: Vec<String> = [Unbound::UnknownSerial, Unbound::NotCovered, Unbound::Ambiguous]
+        let mut rejected: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, s) in self.sources() {
+            for (r, n) in s.rejected() {
+                *rejected.entry(r).or_default() += n;
+            }
+        }
+        let rejected_total: u64 = rejected.values().sum();
+        let rejected: Vec<String> = rejected.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        let unbound: Vec<String> = Self::UNBOUND
             .iter()
             .zip(&self.unbound)
             .filter(|(_, c)| c.load(Relaxed) > 0)
@@ -150,18 +310,18 @@ impl Counters {
             .collect();
         format!(
             "messages={} readings={} queued={} delivered={} rejected={} [{}] unbound={} [{}] unknown_fields={} dropped_fields={} write_failures={} dead_lettered={} parked={} unparked={} resolved_stale={} expired_unbound={} sync_errors={} push_refused={} gaps_opened={} clock_skew_ms={}",
-            self.messages_received.load(Relaxed),
-            self.readings_decoded.load(Relaxed),
+            self.sum_sources(|s| s.messages.load(Relaxed)),
+            self.sum_sources(|s| s.readings.load(Relaxed)),
             self.readings_queued.load(Relaxed),
-            self.points_delivered.load(Relaxed),
-            self.rejected_total(),
+            self.delivered_total(),
+            rejected_total,
             rejected.join(" "),
             self.unbound_total(),
             unbound.join(" "),
-            self.unknown_fields.load(Relaxed),
-            self.dropped_fields.load(Relaxed),
-            self.write_failures.load(Relaxed),
-            self.dead_lettered.load(Relaxed),
+            self.sum_sources(|s| s.unknown_fields.load(Relaxed)),
+            self.sum_sources(|s| s.dropped_fields.load(Relaxed)),
+            self.write_failures_total(),
+            self.dead_lettered_total(),
             self.parked.load(Relaxed),
             self.unparked.load(Relaxed),
             self.resolved_stale.load(Relaxed),
@@ -197,19 +357,38 @@ impl Counters {
     }
 }
 
-/// The file in the data directory where a running daemon leaves its counters.
-pub const STATUS_FILE: &str = "status.json";
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Writes the status file (atomically: a temporary file renamed over it).
-pub fn write_status(data_dir: &std::path::Path, gateway_id: &str, counters: &Counters) -> std::io::Result<()> {
-    let status = serde_json::json!({
-        "gateway": gateway_id,
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "updated_ns": crate::now_ns(),
-        "counters": counters.snapshot(),
-    });
-    let tmp = data_dir.join(format!("{STATUS_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&status).unwrap_or_default())?;
-    std::fs::rename(tmp, data_dir.join(STATUS_FILE))
+    #[test]
+    fn summary_adds_up_sources_and_destinations() {
+        let c = Counters::default();
+        let mqtt = c.source(SOURCE_MQTT, PROTOCOL_JSON);
+        mqtt.messages.fetch_add(5, Relaxed);
+        mqtt.readings.fetch_add(4, Relaxed);
+        mqtt.reject("invalid_json");
+        c.source("serial", "nonin").reject("invalid_json");
+        c.source("serial", "nonin").reject("bad_checksum");
+        c.unbound(Unbound::NotCovered);
+        let d = c.destination(&Destination { org: String::new(), bucket: "db".into() });
+        d.written(3, 1);
+        d.failed("HTTP 503".into());
+        d.dead_lettered("rejected", 2);
+        assert_eq!(
+            c.summary(),
+            "messages=5 readings=4 queued=0 delivered=3 rejected=3 [bad_checksum=1 invalid_json=2] unbound=1 \
+             [no_stream_at_time=1] unknown_fields=0 dropped_fields=0 write_failures=1 dead_lettered=2 parked=0 \
+             unparked=0 resolved_stale=0 expired_unbound=0 sync_errors=0 push_refused=0 gaps_opened=0 clock_skew_ms=0"
+        );
+        assert!(Arc::ptr_eq(&d, &c.destination(&Destination { org: String::new(), bucket: "db".into() })));
+        assert_eq!(d.last_error().as_deref(), Some("HTTP 503"));
+    }
+
+    #[test]
+    fn destination_labels_are_short() {
+        let d = |o: &str, b: &str| destination_label(&Destination { org: o.into(), bucket: b.into() });
+        assert_eq!(d("", "heartguard_vitals/30d"), "heartguard_vitals/30d");
+        assert_eq!(d("heartguard", "vitals"), "heartguard/vitals");
+    }
 }

@@ -47,8 +47,8 @@ async fn demo_delivers_every_simulated_device_and_status_shows_it() {
     let exit = child.wait().expect("wait for the demo");
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("running"), "{out}");
-    assert!(out.contains("serial_frames"), "{out}");
-    assert_eq!(out.matches("serial port ").count(), 3, "{out}");
+    assert!(out.contains("Source       serial/nonin_df8: "), "{out}");
+    assert_eq!(out.matches("Serial port  ").count(), 3, "{out}");
     assert!(out.contains("(nonin_df8): open,"), "{out}");
     assert!(exit.success(), "{}", std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default());
 }

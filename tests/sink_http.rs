@@ -186,7 +186,7 @@ async fn too_large_batches_are_split_and_a_single_oversized_line_is_dead_lettere
     assert_eq!(d.len(), 1);
     assert_eq!((d[0].reason.as_str(), d[0].status), ("too_large", Some(413)));
     assert!(d[0].line.contains("huge"));
-    assert_eq!(counters.points_delivered.load(std::sync::atomic::Ordering::Relaxed), 6);
+    assert_eq!(counters.delivered_total(), 6);
 }
 
 #[tokio::test]
@@ -218,7 +218,7 @@ async fn v3_partial_answer_dead_letters_exactly_the_named_lines() {
     let d = dead(dir.path());
     assert_eq!(d.iter().map(|d| d.line.as_str()).collect::<Vec<_>>(), ["m v=1i 1"]);
     assert!(d[0].detail.contains("invalid column type"));
-    assert_eq!(counters.points_delivered.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(counters.delivered_total(), 3);
 }
 
 #[tokio::test]
@@ -239,7 +239,7 @@ async fn slow_answers_and_connections_cut_mid_request_are_retried_without_loss()
     let seen = seen.lock().expect("lock").clone();
     assert!(seen.len() >= 3, "timed out, cut, then written: {}", seen.len());
     assert!(seen.iter().all(|s| s.body == b"m v=0i 0\nm v=1i 1\nm v=2i 2\n"));
-    assert_eq!(counters.points_delivered.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(counters.delivered_total(), 3);
     assert!(dead(dir.path()).is_empty());
 }
 
@@ -312,5 +312,5 @@ async fn retry_after_is_honoured_and_a_4xx_keeps_the_batch() {
         assert_eq!(s.body, b"m v=0i 0\nm v=1i 1\nm v=2i 2\n", "the same batch every time");
     }
     assert!(seen[1].at - seen[0].at >= Duration::from_secs(1), "waited at least Retry-After");
-    assert_eq!(counters.points_delivered.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(counters.delivered_total(), 3);
 }

@@ -31,7 +31,7 @@ use crate::decode::RejectReason;
 use crate::model::loggable;
 use crate::protocols::hl7::{self, AckCode, Header};
 use crate::protocols::{Framer, Scan};
-use crate::telemetry::Counters;
+use crate::telemetry::{Counters, PROTOCOL_HL7, SOURCE_MLLP, SourceCounters};
 
 /// Retries remembered per gateway (sender, control id), oldest forgotten first.
 const DEDUPE_CAPACITY: usize = 10_000;
@@ -119,6 +119,7 @@ impl MllpSource {
                 max_message: self.max_message,
                 signal_type: self.signal_type.clone(),
                 counters: self.counters.clone(),
+                stats: self.counters.source(SOURCE_MLLP, PROTOCOL_HL7),
                 seen: self.seen.clone(),
             };
             let (tx, shutdown) = (tx.clone(), shutdown.clone());
@@ -139,6 +140,8 @@ struct Connection {
     max_message: usize,
     signal_type: Option<String>,
     counters: Arc<Counters>,
+    /// Messages, readings and rejections of the `mllp`/`hl7` source.
+    stats: Arc<SourceCounters>,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -177,7 +180,7 @@ impl Connection {
                         None => break 'read, // intake is gone: no ACK, the sender resends
                     },
                     Err(rej) => {
-                        self.counters.reject(rej.reason);
+                        self.stats.reject(rej.reason.as_str());
                         if rej.reason != RejectReason::Oversized {
                             continue; // a message cut short: its sender resends it whole
                         }
@@ -191,7 +194,7 @@ impl Connection {
             }
             let noise = framer.take_noise();
             if noise > 0 {
-                self.counters.reject(RejectReason::Noise);
+                self.stats.reject(RejectReason::Noise.as_str());
             }
         }
         debug!(peer = %self.peer, "HL7 connection closed.");
@@ -201,17 +204,17 @@ impl Connection {
     /// when intake stopped before committing it.
     async fn handle(&self, msg: &[u8], tx: &mpsc::Sender<Envelope>, reject_log: &mut RateLimited) -> Option<Vec<u8>> {
         self.counters.hl7_messages.fetch_add(1, Relaxed);
-        self.counters.messages_received.fetch_add(1, Relaxed);
+        self.stats.messages.fetch_add(1, Relaxed);
         let mut m = hl7::decode_message(msg, crate::now_ns());
         let control = m.header.as_ref().map(|h| loggable(&h.control_id)).unwrap_or_default();
         for r in &m.decoded.rejected {
-            self.counters.reject(r.reason);
+            self.stats.reject(r.reason.as_str());
             if reject_log.allow(r.reason.as_str()) {
                 warn!(peer = %self.peer, control_id = %control, reason = r.reason.as_str(), detail = %r.detail, "HL7 message (or part of it) not stored (counted; logged at most every 10 s per reason).");
             }
         }
-        self.counters.dropped_fields.fetch_add(u64::from(m.decoded.dropped_fields), Relaxed);
-        self.counters.readings_decoded.fetch_add(m.decoded.readings.len() as u64, Relaxed);
+        self.stats.dropped_fields.fetch_add(u64::from(m.decoded.dropped_fields), Relaxed);
+        self.stats.readings.fetch_add(m.decoded.readings.len() as u64, Relaxed);
         let key = m.header.as_ref().map(|h| (h.sending_app.clone(), h.control_id.clone()));
         if m.ack != AckCode::Accept || m.decoded.readings.is_empty() {
             return Some(ack_bytes(m.header.as_ref(), m.ack, m.reason));

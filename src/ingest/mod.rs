@@ -24,7 +24,7 @@ use crate::bindings::postgres::Freshness;
 use crate::model::{Reading, loggable};
 use crate::queue::{Batch, NewParked, NewPoint, PARKED_FRESH, PARKED_UNBOUND, QueueHandle};
 use crate::resolve;
-use crate::telemetry::Counters;
+use crate::telemetry::{Counters, health};
 
 /// Most envelopes gathered into one commit.
 const INTAKE_BATCH_MAX: usize = 512;
@@ -80,7 +80,17 @@ pub async fn run_intake(
 ) {
     let mut batch: Vec<Envelope> = Vec::with_capacity(INTAKE_BATCH_MAX);
     let mut unbound_log = RateLimited::new(std::time::Duration::from_secs(60));
-    while let Some(first) = rx.recv().await {
+    let heartbeat = counters.health.register(health::STAGE_INTAKE);
+    loop {
+        let first = match tokio::time::timeout(health::BEAT_EVERY, rx.recv()).await {
+            Err(_idle) => {
+                heartbeat.beat();
+                continue;
+            }
+            Ok(None) => break,
+            Ok(Some(e)) => e,
+        };
+        heartbeat.beat();
         batch.push(first);
         while batch.len() < INTAKE_BATCH_MAX {
             match rx.try_recv() {
@@ -91,6 +101,7 @@ pub async fn run_intake(
         let table = table.borrow().clone();
         let fresh = *fresh.borrow();
         let now = crate::now_ns();
+        counters.devices.record(batch.iter().flat_map(|e| &e.readings), now);
         let mut found = Vec::new();
         let mut out = Batch::default();
         let mut touched: HashMap<i64, u64> = HashMap::new();
@@ -125,7 +136,8 @@ pub async fn run_intake(
         }
         let (n, parked) = (out.points.len() as u64, out.parked.len() as u64);
         if n + parked > 0 {
-            commit(&queue, Arc::new(out)).await;
+            let dropped = heartbeat.while_waiting(commit(&queue, Arc::new(out))).await;
+            counters.queue_dropped.fetch_add(dropped, Relaxed);
         }
         counters.readings_queued.fetch_add(n, Relaxed);
         counters.parked.fetch_add(parked, Relaxed);
@@ -138,6 +150,7 @@ pub async fn run_intake(
             let _ = touched_tx.send(touched.into_iter().collect());
         }
     }
+    counters.health.deregister(health::STAGE_INTAKE);
 }
 
 /// The queued point for reading `r` under binding `c`.
@@ -152,8 +165,9 @@ fn park(r: &Reading, reason: &'static str, now: i64) -> NewParked {
 }
 
 /// Commits, retrying until it works: nothing was acknowledged yet, and giving up would mean
-/// acknowledging data that is not stored.
-async fn commit(queue: &QueueHandle, batch: Arc<Batch>) {
+/// acknowledging data that is not stored. Returns how many waiting points were dropped to
+/// make room.
+async fn commit(queue: &QueueHandle, batch: Arc<Batch>) -> u64 {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
         match queue.append_shared(batch.clone()).await {
@@ -165,7 +179,7 @@ async fn commit(queue: &QueueHandle, batch: Arc<Batch>) {
                         "Queue full: dropped the oldest waiting points to make room (policy drop_oldest)."
                     );
                 }
-                return;
+                return report.dropped;
             }
             // Full is a state the store already logged once; the sources hold the data.
             Err(crate::queue::QueueError::Full(_)) => {

@@ -22,7 +22,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, TopicPattern, broker_addr, read_secret};
 use crate::decode::json;
 use crate::model::loggable;
-use crate::telemetry::Counters;
+use crate::telemetry::{Counters, PROTOCOL_JSON, SOURCE_MQTT, SourceCounters, health};
 
 /// Above MQTT's 65,535 packet ids: outstanding acknowledgements can never fill it.
 pub const REQUEST_CHANNEL: usize = 65_536 + 64;
@@ -38,6 +38,7 @@ pub struct MqttSource {
     patterns: Vec<TopicPattern>,
     max_payload: usize,
     counters: Arc<Counters>,
+    stats: Arc<SourceCounters>,
 }
 
 impl MqttSource {
@@ -59,7 +60,8 @@ impl MqttSource {
             options.set_credentials(user, password);
         }
         let patterns = cfg.mqtt.topics.iter().map(|t| TopicPattern::parse(t)).collect::<Result<_, _>>()?;
-        Ok(Self { options, push: None, patterns, max_payload: cfg.mqtt.max_payload_bytes, counters })
+        let stats = counters.source(SOURCE_MQTT, PROTOCOL_JSON);
+        Ok(Self { options, push: None, patterns, max_payload: cfg.mqtt.max_payload_bytes, counters, stats })
     }
 
     /// Also takes signed binding snapshots from `topic` and hands them to `tx`.
@@ -81,15 +83,19 @@ impl MqttSource {
         let mut connected = false;
         let mut reject_log = RateLimited::new(Duration::from_secs(10));
         let broker = format!("{}:{}", self.options.broker_address().0, self.options.broker_address().1);
+        let heartbeat = self.counters.health.register(health::STAGE_MQTT);
 
         loop {
+            // The poll future is kept across heartbeats (never dropped half-way) until it
+            // yields an event.
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                ev = eventloop.poll() => ev,
+                ev = heartbeat.while_waiting(eventloop.poll()) => ev,
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     connected = true;
+                    self.stats.set_connected(true);
                     backoff.reset();
                     info!(%broker, session_present = ack.session_present, "Connected to the MQTT broker.");
                     if let Err(e) = client.try_subscribe_many(filters.clone()) {
@@ -124,11 +130,12 @@ impl MqttSource {
                     let env = self.decode(&client, publish, &mut reject_log);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        r = tx.send(env) => if r.is_err() { break },
+                        r = heartbeat.while_waiting(tx.send(env)) => if r.is_err() { break },
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    self.stats.set_connected(false);
                     if connected {
                         warn!(%broker, error = %e, "MQTT connection lost; reconnecting with back-off.");
                         connected = false;
@@ -140,7 +147,7 @@ impl MqttSource {
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = heartbeat.while_waiting(tokio::time::sleep(backoff.next_delay())) => {}
                     }
                 }
             }
@@ -170,18 +177,20 @@ impl MqttSource {
                 warn!("MQTT session did not close in time; unacknowledged messages will be redelivered.");
             }
         }
+        self.stats.set_connected(false);
+        self.counters.health.deregister(health::STAGE_MQTT);
         info!("MQTT source stopped.");
     }
 
     fn decode(&self, client: &AsyncClient, publish: rumqttc::Publish, reject_log: &mut RateLimited) -> Envelope {
-        self.counters.messages_received.fetch_add(1, Relaxed);
+        self.stats.messages.fetch_add(1, Relaxed);
         let topic_serial = self.patterns.iter().find_map(|p| p.serial_of(&publish.topic));
         let d = json::decode(&publish.payload, topic_serial, crate::now_ns(), self.max_payload);
-        self.counters.readings_decoded.fetch_add(d.readings.len() as u64, Relaxed);
-        self.counters.unknown_fields.fetch_add(u64::from(d.unknown_fields), Relaxed);
-        self.counters.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
+        self.stats.readings.fetch_add(d.readings.len() as u64, Relaxed);
+        self.stats.unknown_fields.fetch_add(u64::from(d.unknown_fields), Relaxed);
+        self.stats.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
         for r in &d.rejected {
-            self.counters.reject(r.reason);
+            self.stats.reject(r.reason.as_str());
             if reject_log.allow(r.reason.as_str()) {
                 warn!(
                     topic = %loggable(&publish.topic),

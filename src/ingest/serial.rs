@@ -33,7 +33,7 @@ use crate::backoff::Backoff;
 use crate::config::SerialPort;
 use crate::model::loggable;
 use crate::protocols::{self, FlowControl, Parity, PortIdentity, Protocol};
-use crate::telemetry::Counters;
+use crate::telemetry::{Counters, SOURCE_SERIAL, SourceCounters};
 
 /// Readings held per port while intake is busy; beyond this the oldest is dropped.
 pub const PORT_RING: usize = 256;
@@ -48,6 +48,8 @@ pub struct SerialSource {
     identity: PortIdentity,
     frame_timeout: Duration,
     counters: Arc<Counters>,
+    /// Frames, readings and rejections of the `serial`/<protocol> source.
+    stats: Arc<SourceCounters>,
 }
 
 impl SerialSource {
@@ -59,6 +61,7 @@ impl SerialSource {
             settings: port.line(),
             identity: PortIdentity { serial: port.serial.clone(), signal_type: port.signal_type.clone() },
             frame_timeout: Duration::from_secs(port.frame_timeout_secs),
+            stats: counters.source(SOURCE_SERIAL, port.protocol.as_str()),
             counters,
         }
     }
@@ -197,6 +200,7 @@ impl SerialSource {
             if d.frames > 0 {
                 last_frame = Instant::now();
                 self.counters.serial_frames.fetch_add(d.frames, Relaxed);
+                self.stats.messages.fetch_add(d.frames, Relaxed);
                 let now = crate::now_ns();
                 self.counters.port(&self.path, |p| {
                     p.state = "open";
@@ -208,10 +212,10 @@ impl SerialSource {
                     self.unsilence(&mut silent);
                 }
             }
-            self.counters.readings_decoded.fetch_add(d.readings.len() as u64, Relaxed);
-            self.counters.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
+            self.stats.readings.fetch_add(d.readings.len() as u64, Relaxed);
+            self.stats.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
             for r in &d.rejected {
-                self.counters.reject(r.reason);
+                self.stats.reject(r.reason.as_str());
                 if reject_log.allow(r.reason.as_str()) {
                     warn!(port = %self.path, protocol = %self.protocol, reason = r.reason.as_str(), detail = %loggable(&r.detail), "Rejected serial data (counted; logged at most every 10 s per reason).");
                 }

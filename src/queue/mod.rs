@@ -23,7 +23,7 @@ use crate::bindings::{Binding, Destination};
 
 pub use store::{
     Activity, AppendReport, Batch, DeadLetter, DeadLetterFilter, FullPolicy, Gap, Leased, Limits, NewParked, NewPoint,
-    PARKED_FRESH, PARKED_UNBOUND, Parked, QueueStats, Synchronous,
+    PARKED_FRESH, PARKED_UNBOUND, Parked, QueueGauges, QueueStats, Synchronous,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,8 @@ pub(crate) enum Command {
     },
     LoadBindings(Reply<Option<(Vec<Binding>, String, String)>>),
     Stats(Reply<QueueStats>),
+    Gauges(Reply<QueueGauges>),
+    Ping(Reply<()>),
     Close(Reply<()>),
 }
 
@@ -250,6 +252,16 @@ impl QueueHandle {
 
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
         self.call(Command::Stats).await
+    }
+
+    /// What is waiting, cheaply (metrics and status; see [`store::gauges`]).
+    pub async fn gauges(&self) -> Result<QueueGauges, QueueError> {
+        self.call(Command::Gauges).await
+    }
+
+    /// Answers once the store thread has handled every earlier command: it is alive.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        self.call(Command::Ping).await
     }
 
     /// Checkpoints the WAL and closes the database; the store thread then exits.

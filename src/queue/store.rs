@@ -501,6 +501,12 @@ impl Store {
                 Command::Stats(reply) => {
                     let _ = reply.send(stats(&self.conn, &self.path));
                 }
+                Command::Gauges(reply) => {
+                    let _ = reply.send(gauges(&self.conn, &self.path, Some(self.bytes)));
+                }
+                Command::Ping(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
                 Command::Close(reply) => {
                     let r = self.checkpoint();
                     // Dropping the connection closes it; answer after that.
@@ -945,6 +951,13 @@ pub fn unreported_gaps(conn: &Connection) -> Result<Vec<Gap>, QueueError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// When the cached bindings were stored (ns since the epoch), if ever.
+pub fn bindings_stored_at(conn: &Connection) -> Result<Option<i64>, QueueError> {
+    let at: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'bindings_stored_at'", [], |r| r.get(0)).optional()?;
+    Ok(at.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).and_then(|t| t.timestamp_nanos_opt()))
+}
+
 /// Dead letters, oldest first (operator command).
 pub fn dead_letters(conn: &Connection, filter: &DeadLetterFilter, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
     let (clause, mut args) = filter.clause();
@@ -1035,6 +1048,66 @@ pub fn stats(conn: &Connection, path: &Path) -> Result<QueueStats, QueueError> {
     })
 }
 
+/// Figures for metrics and `status`, cheap enough for every scrape: one pass over the
+/// destination index (no line is read), one over the dead letters' reason index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueGauges {
+    pub points: u64,
+    pub bytes: u64,
+    /// Enqueue time of the oldest waiting point (by queue order), ns since the epoch.
+    pub oldest_enqueued_ns: Option<i64>,
+    /// The database with its WAL, in bytes.
+    pub db_file_bytes: u64,
+    /// Every known destination with its waiting points and their oldest enqueue time.
+    pub destinations: Vec<(Destination, u64, Option<i64>)>,
+    /// Dead letters per reason.
+    pub dead_letters: Vec<(String, u64)>,
+}
+
+/// Computes [`QueueGauges`]. `bytes` is the store's running figure; without it (an operator
+/// command beside the daemon) the lines are summed, which reads the whole queue.
+pub fn gauges(conn: &Connection, path: &Path, bytes: Option<u64>) -> Result<QueueGauges, QueueError> {
+    let mut waiting: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+    {
+        let mut stmt = conn.prepare_cached("SELECT dest_id, count(*) FROM points GROUP BY dest_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (id, n) = row?;
+            waiting.insert(id, n as u64);
+        }
+    }
+    let mut oldest_of = conn.prepare_cached("SELECT enqueued_ns FROM points WHERE dest_id = ?1 ORDER BY id LIMIT 1")?;
+    let mut destinations = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached("SELECT id, org, bucket FROM destinations ORDER BY id")?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, Destination { org: r.get(1)?, bucket: r.get(2)? })))?;
+        for row in rows {
+            let (id, d) = row?;
+            let n = waiting.get(&id).copied().unwrap_or(0);
+            let oldest = if n > 0 { oldest_of.query_row([id], |r| r.get(0)).optional()? } else { None };
+            destinations.push((d, n, oldest));
+        }
+    }
+    let bytes = match bytes {
+        Some(b) => b,
+        None => {
+            conn.query_row("SELECT coalesce(sum(length(line) + 1), 0) FROM points", [], |r| r.get::<_, i64>(0))? as u64
+        }
+    };
+    let file = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    Ok(QueueGauges {
+        points: destinations.iter().map(|(_, n, _)| n).sum(),
+        bytes,
+        oldest_enqueued_ns: destinations.iter().filter_map(|(_, _, o)| *o).min(),
+        db_file_bytes: file(path.to_path_buf()) + file(PathBuf::from(wal)),
+        destinations,
+        dead_letters: dead_letter_counts(conn)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1072,6 +1145,26 @@ mod tests {
         let d = q.destinations().await.expect("dests");
         assert_eq!(d.iter().map(|(_, _, n)| *n).collect::<Vec<_>>(), [6, 3]);
         assert_eq!(q.stats().await.expect("stats").points, 9);
+    }
+
+    #[tokio::test]
+    async fn gauges_count_per_destination_without_reading_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Full, Limits::default()).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        let b = q.destination_id(dest("b")).await.expect("dest");
+        q.append((3..8).map(|n| point(a, n)).collect()).await.expect("append");
+        q.append((1..3).map(|n| point(b, n)).collect()).await.expect("append");
+        let rows = q.lease(a, 1, usize::MAX).await.expect("lease");
+        q.dead_letter(a, vec![rows[0].id], "rejected", Some(400), "x".into()).await.expect("dead");
+        q.ping().await.expect("ping");
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.points, g.oldest_enqueued_ns), (6, Some(1)));
+        assert_eq!(g.bytes, q.stats().await.expect("stats").bytes);
+        assert_eq!(g.destinations, vec![(dest("a"), 4, Some(4)), (dest("b"), 2, Some(1))]);
+        assert_eq!(g.dead_letters, vec![("rejected".to_owned(), 1)]);
+        let conn = open_read_only(dir.path()).expect("ro");
+        assert_eq!(gauges(&conn, &dir.path().join(DB_FILE), None).expect("ro gauges").bytes, g.bytes);
     }
 
     #[tokio::test]

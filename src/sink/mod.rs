@@ -26,7 +26,8 @@ use crate::bindings::Destination;
 use crate::config::Influx;
 use crate::ingest::Touched;
 use crate::queue::QueueHandle;
-use crate::telemetry::Counters;
+use crate::telemetry::health::{self, Heartbeat};
+use crate::telemetry::{Counters, DestinationCounters, destination_label};
 use influx::{InfluxClient, WriteOutcome};
 
 /// What a worker is told by the manager.
@@ -49,11 +50,16 @@ pub async fn run_sinks(
     let mut workers: HashMap<i64, Arc<Wake>> = HashMap::new();
     let mut names: HashMap<i64, Destination> = HashMap::new();
 
+    let heartbeat = counters.health.register(health::STAGE_SINKS);
     let spawn = |id: i64, dest: Destination, pending: u64, workers: &mut HashMap<i64, Arc<Wake>>| {
         let wake = Arc::new(Wake { pending: AtomicU64::new(pending), notify: Notify::new() });
         workers.insert(id, wake.clone());
+        let stage = format!("sink {}", destination_label(&dest));
         let w = Worker {
             id,
+            stats: counters.destination(&dest),
+            heartbeat: counters.health.register(stage.clone()),
+            stage,
             dest,
             queue: queue.clone(),
             client: client.clone(),
@@ -80,12 +86,14 @@ pub async fn run_sinks(
     }
 
     loop {
+        heartbeat.beat();
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(health::BEAT_EVERY) => continue,
             t = touched.recv() => match t {
                 Some(t) => t,
                 // Intake is gone: nothing new will arrive; keep delivering until told to stop.
-                None => { shutdown.cancelled().await; break; }
+                None => { heartbeat.while_waiting(shutdown.cancelled()).await; break; }
             },
         };
         for (id, n) in batch {
@@ -110,12 +118,18 @@ pub async fn run_sinks(
         }
     }
     tracker.close();
-    tracker.wait().await;
+    heartbeat.while_waiting(tracker.wait()).await;
+    counters.health.deregister(health::STAGE_SINKS);
 }
 
 struct Worker {
     id: i64,
     dest: Destination,
+    /// This destination's counters (metrics, status).
+    stats: Arc<DestinationCounters>,
+    /// Beats while the worker's loop comes round; named `stage`.
+    heartbeat: Arc<Heartbeat>,
+    stage: String,
     queue: QueueHandle,
     client: Arc<InfluxClient>,
     cfg: Influx,
@@ -151,6 +165,11 @@ struct Retry {
 
 impl Worker {
     async fn run(self, shutdown: CancellationToken) {
+        self.work(shutdown).await;
+        self.counters.health.deregister(&self.stage);
+    }
+
+    async fn work(&self, shutdown: CancellationToken) {
         let flush = Duration::from_millis(self.cfg.flush_interval_ms);
         let mut st = Retry {
             backoff: Backoff::new(
@@ -165,12 +184,14 @@ impl Worker {
         let mut deadline = Instant::now();
         loop {
             while self.wake.pending.load(Relaxed) < st.max_lines as u64 && Instant::now() < deadline {
+                self.heartbeat.beat();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = self.wake.notify.notified() => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = tokio::time::sleep_until(deadline.min(Instant::now() + health::BEAT_EVERY)) => {}
                 }
             }
+            self.heartbeat.beat();
             // Drain: batch after batch while full batches are waiting.
             loop {
                 if shutdown.is_cancelled() {
@@ -180,7 +201,7 @@ impl Worker {
                     Ok(r) => r,
                     Err(e) => {
                         error!(destination = %self.dest, error = %e, "Could not read the queue; retrying.");
-                        if sleep_or_cancel(st.backoff.next_delay(), &shutdown).await {
+                        if self.sleep_or_cancel(st.backoff.next_delay(), &shutdown).await {
                             return;
                         }
                         continue;
@@ -196,7 +217,7 @@ impl Worker {
                     // Lease again after the wait: rows may have been dropped (queue full) or
                     // replayed meanwhile, and new ones may fill the batch.
                     Flow::Retry(wait) => {
-                        if sleep_or_cancel(wait, &shutdown).await {
+                        if self.sleep_or_cancel(wait, &shutdown).await {
                             return;
                         }
                         continue;
@@ -227,10 +248,12 @@ impl Worker {
                 body.push(b'\n');
             }
             let started = Instant::now();
-            let wait = match self.client.write(&self.dest, body).await {
+            let outcome = self.heartbeat.while_waiting(self.client.write(&self.dest, body)).await;
+            self.stats.write_duration.observe(started.elapsed().as_secs_f64());
+            let wait = match outcome {
                 WriteOutcome::Written => {
                     self.delete(part).await;
-                    self.counters.points_delivered.fetch_add(part.len() as u64, Relaxed);
+                    self.stats.written(part.len() as u64, crate::now_ns());
                     if st.failing {
                         info!(destination = %self.dest, "InfluxDB accepts writes again.");
                     }
@@ -246,7 +269,7 @@ impl Worker {
                     self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await;
                     self.delete(part).await;
                     let delivered = part.len().saturating_sub(lines.len());
-                    self.counters.points_delivered.fetch_add(delivered as u64, Relaxed);
+                    self.stats.written(delivered as u64, crate::now_ns());
                     continue;
                 }
                 WriteOutcome::Partial { status, body, rejected: None } => {
@@ -274,7 +297,7 @@ impl Worker {
                     continue;
                 }
                 WriteOutcome::Retry { after, why, mid_request } => {
-                    self.counters.write_failures.fetch_add(1, Relaxed);
+                    self.stats.failed(short(&why));
                     if mid_request && r.len() > 1 {
                         st.breaks += 1;
                         if st.breaks >= BREAKS_BEFORE_SPLIT {
@@ -293,7 +316,7 @@ impl Worker {
                     after.map_or(step, |a| a.max(step))
                 }
                 WriteOutcome::Auth { status, body } => {
-                    self.counters.write_failures.fetch_add(1, Relaxed);
+                    self.stats.failed(format!("HTTP {status}: credentials refused"));
                     if !st.failing || st.backoff.attempts.is_multiple_of(10) {
                         error!(destination = %self.dest, status, response = %body, "InfluxDB refused the credentials; keeping every point. Fix the token or password file.");
                     }
@@ -301,7 +324,7 @@ impl Worker {
                     st.backoff.next_delay()
                 }
                 WriteOutcome::Rejected { status, body } => {
-                    self.counters.write_failures.fetch_add(1, Relaxed);
+                    self.stats.failed(short(&format!("HTTP {status}: {body}")));
                     if !st.failing || st.backoff.attempts.is_multiple_of(10) {
                         error!(destination = %self.dest, status, response = %body, "InfluxDB refused this destination (does the database or bucket exist?); keeping its points and retrying. Other destinations carry on.");
                     }
@@ -329,7 +352,7 @@ impl Worker {
         let n = ids.len() as u64;
         match self.queue.dead_letter(self.id, ids, reason, status, detail.to_owned()).await {
             Ok(moved) => {
-                self.counters.dead_lettered.fetch_add(moved, Relaxed);
+                self.stats.dead_lettered(reason, moved);
                 error!(destination = %self.dest, points = moved, reason, status, response = %detail, "InfluxDB refused points for good; moved them to the dead letters (see `heartguard-gateway dead-letters list`).");
             }
             Err(e) => {
@@ -347,10 +370,22 @@ fn split(todo: &mut std::collections::VecDeque<std::ops::Range<usize>>, r: std::
     todo.push_front(r.start..mid);
 }
 
-/// Sleeps; true if cancelled meanwhile.
-async fn sleep_or_cancel(d: Duration, token: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = token.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
+impl Worker {
+    /// Sleeps, beating; true if cancelled meanwhile.
+    async fn sleep_or_cancel(&self, d: Duration, token: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = token.cancelled() => true,
+            _ = self.heartbeat.while_waiting(tokio::time::sleep(d)) => false,
+        }
+    }
+}
+
+/// A failure, cut short for `status` (the log has it in full).
+fn short(why: &str) -> String {
+    const MAX: usize = 160;
+    let one_line = why.replace(['\n', '\r'], " ");
+    match one_line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &one_line[..cut]),
+        None => one_line,
     }
 }

@@ -884,6 +884,13 @@ impl Gateway {
     pub fn start_with_binary(binary: &Path, dir: &Path, config_toml: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let config_path = dir.join("gateway.toml");
+        // Gateways of parallel tests cannot all take the default port 9187: a config without
+        // an [http] table listens on port 0 (find it with `http_url`).
+        let config_toml = if config_toml.contains("[http]") {
+            config_toml.to_owned()
+        } else {
+            format!("{config_toml}\n# Added by the test harness.\n[http]\nlisten = \"127.0.0.1:0\"\n")
+        };
         std::fs::write(&config_path, config_toml).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
         let mut gw = Gateway { binary: binary.to_owned(), dir: dir.to_owned(), config_path, child: None, starts: 0 };
         gw.spawn();
@@ -975,6 +982,28 @@ impl Gateway {
             }
         }
         all
+    }
+
+    /// `http://ADDR` of the running gateway's HTTP endpoint, from its current log (the test
+    /// configs listen on port 0). Waits for the endpoint to be announced.
+    pub async fn http_url(&self) -> String {
+        const MARK: &str = "HTTP endpoint listening";
+        let log = self.log_path(self.starts);
+        let mut found = None;
+        eventually(WAIT, "the gateway announces its HTTP endpoint", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            found = text
+                .lines()
+                .rev()
+                .find(|l| l.contains(MARK))
+                .and_then(|l| l.split("addr=").nth(1))
+                .and_then(|a| a.split_whitespace().next())
+                .map(str::to_owned);
+            let ok = found.is_some();
+            async move { ok }
+        })
+        .await;
+        format!("http://{}", found.expect("announced"))
     }
 
     /// True while the process has not exited.
