@@ -63,6 +63,9 @@ async fn metrics_health_and_status_follow_an_end_to_end_run() {
     assert_eq!(v(r#"heartguard_decode_unknown_fields_total{source="mqtt",protocol="json"}"#), 1.0);
     assert_eq!(v(r#"heartguard_resolve_unbound_total{reason="unknown_serial"}"#), 1.0);
     assert_eq!(v("heartguard_queue_appended_total"), 3.0);
+    // The unknown device's reading waits for a binding.
+    assert_eq!(v("heartguard_resolve_parked_total"), 1.0);
+    assert_eq!(v(r#"heartguard_queue_parked{reason="unbound"}"#), 1.0);
     assert_eq!(v("heartguard_queue_points"), 0.0);
     assert_eq!(v("heartguard_queue_oldest_age_seconds"), 0.0);
     assert_eq!(v(r#"heartguard_queue_destination_points{destination="heartguard/heartguard_vitals"}"#), 0.0);
@@ -80,7 +83,8 @@ async fn metrics_health_and_status_follow_an_end_to_end_run() {
     for line in [
         "— gateway test-gw: running, ready, up ",
         "Source       mqtt/json: connected; 5 messages, 4 readings, 1 rejected",
-        "Queue        0 points waiting (0 B); database ",
+        "Queue        0 points waiting (0 B); 1 parked; database ",
+        "  - 1 reading(s) parked, waiting for a binding or a current copy of the bindings.",
         "Destination  heartguard/heartguard_vitals: ok, 0 waiting, 3 delivered, 0 failed attempts, last write ",
         "Bindings     3 from file, version ",
         "Devices      3 seen in the last minute; 1 unbound reading(s) since start",

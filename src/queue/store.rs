@@ -1062,6 +1062,8 @@ pub struct QueueGauges {
     pub destinations: Vec<(Destination, u64, Option<i64>)>,
     /// Dead letters per reason.
     pub dead_letters: Vec<(String, u64)>,
+    /// Parked readings per reason.
+    pub parked: Vec<(String, u64)>,
 }
 
 /// Computes [`QueueGauges`]. `bytes` is the store's running figure; without it (an operator
@@ -1105,6 +1107,12 @@ pub fn gauges(conn: &Connection, path: &Path, bytes: Option<u64>) -> Result<Queu
         db_file_bytes: file(path.to_path_buf()) + file(PathBuf::from(wal)),
         destinations,
         dead_letters: dead_letter_counts(conn)?,
+        parked: {
+            let mut stmt =
+                conn.prepare_cached("SELECT reason, count(*) FROM parked GROUP BY reason ORDER BY reason")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect::<Result<_, _>>()?
+        },
     })
 }
 

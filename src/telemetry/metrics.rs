@@ -254,6 +254,31 @@ impl Collector for Scrape {
                 .map(|(u, n)| ([("reason", u.as_str())], ConstCounter::new(n.load(Relaxed)))),
         )?;
 
+        counter(
+            e,
+            "heartguard_resolve_parked",
+            "Readings parked (waiting for a binding copy current as of their time, or for a binding).",
+            c.parked.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "heartguard_resolve_unparked",
+            "Parked readings later resolved and queued.",
+            c.unparked.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "heartguard_resolve_stale",
+            "Readings resolved on a binding copy whose freshness mark had stopped (PostgreSQL away).",
+            c.resolved_stale.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "heartguard_resolve_expired_unbound",
+            "Parked readings that found no binding in time (moved to the dead letters).",
+            c.expired_unbound.load(Relaxed),
+        )?;
+
         // Queue.
         counter(e, "heartguard_queue_appended", "Points committed to the queue.", c.readings_queued.load(Relaxed))?;
         counter(
@@ -283,6 +308,17 @@ impl Collector for Scrape {
                     None => dead.push((r.clone(), *n)),
                 }
             }
+            let reasons = [crate::queue::PARKED_FRESH, crate::queue::PARKED_UNBOUND];
+            family(
+                e,
+                "heartguard_queue_parked",
+                "Parked readings kept, per reason.",
+                MetricType::Gauge,
+                reasons.iter().map(|r| {
+                    let n = q.parked.iter().find(|(k, _)| k == r).map_or(0, |(_, n)| *n);
+                    ([("reason", *r)], ConstGauge::new(n))
+                }),
+            )?;
             family(
                 e,
                 "heartguard_queue_dead_letters",
@@ -376,6 +412,24 @@ impl Collector for Scrape {
             "Binding loads or syncs that failed (the copy in force stays).",
             c.sync_errors.load(Relaxed),
         )?;
+        counter(
+            e,
+            "heartguard_bindings_push_refused",
+            "Pushed binding snapshots refused (untrusted key, bad signature, older version, …).",
+            c.push_refused.load(Relaxed),
+        )?;
+        gauge(
+            e,
+            "heartguard_bindings_clock_skew_seconds",
+            "Database clock minus gateway clock, last measured (0 without PostgreSQL).",
+            c.clock_skew_ms.load(Relaxed) as f64 / 1000.0,
+        )?;
+        counter(
+            e,
+            "heartguard_report_gaps_opened",
+            "Data gaps opened (a stream silent for longer than its threshold).",
+            c.gaps_opened.load(Relaxed),
+        )?;
         Ok(())
     }
 }
@@ -414,6 +468,7 @@ mod tests {
             db_file_bytes: 4096,
             destinations: vec![(Destination { org: String::new(), bucket: "heartguard_vitals".into() }, 3, None)],
             dead_letters: vec![("rejected".into(), 2)],
+            parked: vec![("unbound".into(), 4)],
         };
         let text = render(
             &c,
@@ -443,6 +498,8 @@ mod tests {
         assert_eq!(v("heartguard_queue_oldest_age_seconds"), 3.0);
         assert_eq!(v(r#"heartguard_queue_dead_letters{reason="rejected"}"#), 2.0);
         assert_eq!(v(r#"heartguard_queue_dead_letters{reason="too_large"}"#), 0.0);
+        assert_eq!(v(r#"heartguard_queue_parked{reason="unbound"}"#), 4.0);
+        assert_eq!(v(r#"heartguard_queue_parked{reason="fresh"}"#), 0.0);
         assert_eq!(v(r#"heartguard_sink_points_delivered_total{destination="heartguard_vitals"}"#), 5.0);
         assert_eq!(
             v(r#"heartguard_sink_write_duration_seconds_bucket{destination="heartguard_vitals",le="0.025"}"#),

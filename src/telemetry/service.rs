@@ -208,6 +208,7 @@ impl Telemetry {
                 oldest_enqueued_ns: q.oldest_enqueued_ns,
                 db_file_bytes: q.db_file_bytes,
                 dead_letters: q.dead_letters.clone(),
+                parked: q.parked.iter().map(|(_, n)| n).sum(),
             }),
             destinations,
             bindings: Some(g.bindings),

@@ -83,6 +83,8 @@ pub struct QueueStatus {
     pub oldest_enqueued_ns: Option<i64>,
     pub db_file_bytes: u64,
     pub dead_letters: Vec<(String, u64)>,
+    /// Readings parked, waiting for a binding (or a current copy of the bindings).
+    pub parked: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +140,12 @@ impl Status {
                 w.push(format!(
                     "The oldest waiting point was queued {} ago: delivery is behind or InfluxDB is unreachable.",
                     age(self.now_ns - t)
+                ));
+            }
+            if q.parked > 0 {
+                w.push(format!(
+                    "{} reading(s) parked, waiting for a binding or a current copy of the bindings.",
+                    q.parked
                 ));
             }
             let dead: u64 = q.dead_letters.iter().map(|(_, n)| n).sum();
@@ -251,9 +259,10 @@ pub fn render(s: &Status) -> String {
             let dead: u64 = q.dead_letters.iter().map(|(_, n)| n).sum();
             let _ = writeln!(
                 o,
-                "Queue        {} points waiting ({}){oldest}; database {}; {dead} dead letter(s)",
+                "Queue        {} points waiting ({}){oldest}; {} parked; database {}; {dead} dead letter(s)",
                 q.points,
                 size(q.bytes),
+                q.parked,
                 size(q.db_file_bytes)
             );
         }
@@ -416,6 +425,7 @@ pub fn from_database(cfg: &crate::config::Config) -> Result<Status, String> {
             oldest_enqueued_ns: g.oldest_enqueued_ns,
             db_file_bytes: g.db_file_bytes,
             dead_letters: g.dead_letters,
+            parked: g.parked.iter().map(|(_, n)| n).sum(),
         }),
         destinations: g
             .destinations
@@ -469,6 +479,7 @@ mod tests {
                 oldest_enqueued_ns: Some(now - 2 * S),
                 db_file_bytes: 1_300_000,
                 dead_letters: vec![],
+                parked: 0,
             }),
             destinations: vec![DestinationStatus {
                 name: "heartguard_vitals".into(),
@@ -504,7 +515,7 @@ mod tests {
             "\
 heartguard-gateway 0.1.0 — gateway ward3: running, ready, up 2 h 5 min
 Source       mqtt/json: connected; 1204 messages, 1200 readings, 4 rejected
-Queue        12 points waiting (3.4 KiB), oldest queued 2 s ago; database 1.2 MiB; 0 dead letter(s)
+Queue        12 points waiting (3.4 KiB), oldest queued 2 s ago; 0 parked; database 1.2 MiB; 0 dead letter(s)
 Destination  heartguard_vitals: ok, 12 waiting, 1180 delivered, 0 failed attempts, last write 1 s ago
 Bindings     3 from file, version 1a2b, in force for 2 h 5 min; 0 sync error(s)
 Devices      1 seen in the last minute; 0 unbound reading(s) since start
