@@ -194,7 +194,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         })
     };
 
-    telemetry.set_ready();
+    telemetry.set_ready().await;
     info!(gateway = %cfg.gateway.id, version = env!("CARGO_PKG_VERSION"), "Gateway running.");
     shutdown.await;
     telemetry.set_stopping();

@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod service;
 pub mod status;
+pub mod systemd;
 
 pub use service::Telemetry;
 

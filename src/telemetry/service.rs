@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::Counters;
 use super::metrics::{BindingsInfo, Gauges};
@@ -29,6 +30,8 @@ pub struct Telemetry {
     bindings_loaded_ns: AtomicI64,
     ready: AtomicBool,
     stopping: AtomicBool,
+    /// Ends the systemd notifier (watchdog and status) at a graceful stop.
+    notifier_stop: CancellationToken,
 }
 
 impl Telemetry {
@@ -49,6 +52,7 @@ impl Telemetry {
             bindings_loaded_ns: AtomicI64::new(now),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            notifier_stop: CancellationToken::new(),
         });
         let weak = Arc::downgrade(&t);
         let mut table = table;
@@ -61,14 +65,44 @@ impl Telemetry {
         t
     }
 
-    /// Every stage is running: `/readyz` answers 200 from now on (while nothing is wrong).
-    pub fn set_ready(&self) {
+    /// Every stage is running: `/readyz` answers 200 from now on (while nothing is wrong),
+    /// systemd is told `READY=1`, and the watchdog starts being fed (while healthy).
+    pub async fn set_ready(self: &Arc<Self>) {
         self.ready.store(true, Relaxed);
+        super::systemd::ready(&self.status_line().await);
+        tokio::spawn(super::systemd::run(self.clone(), self.notifier_stop.clone()));
     }
 
-    /// A graceful stop began: `/readyz` answers 503.
+    /// A graceful stop began: `/readyz` answers 503, systemd is told `STOPPING=1` and the
+    /// watchdog is no longer fed.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Relaxed);
+        self.notifier_stop.cancel();
+        super::systemd::stopping();
+    }
+
+    /// One line for systemd's `STATUS=` (`systemctl status`).
+    pub async fn status_line(&self) -> String {
+        let waiting = match tokio::time::timeout(PING_TIMEOUT, self.queue.gauges()).await {
+            Ok(Ok(g)) => format!("{} points waiting", g.points),
+            _ => "queue not answering".to_owned(),
+        };
+        let b = self.bindings();
+        let failing = self.counters.destinations().iter().filter(|(_, d)| d.failing.load(Relaxed)).count();
+        let sources: Vec<String> = self
+            .counters
+            .sources()
+            .iter()
+            .map(|((s, _), c)| format!("{s} {}", if c.connected.load(Relaxed) { "connected" } else { "NOT connected" }))
+            .collect();
+        let mut line = format!("{waiting}; {} bindings ({})", b.count, b.source);
+        if !sources.is_empty() {
+            line.push_str(&format!("; {}", sources.join(", ")));
+        }
+        if failing > 0 {
+            line.push_str(&format!("; {failing} destination(s) FAILING"));
+        }
+        line
     }
 
     /// What keeps the gateway from being healthy: stages that stopped beating, a queue store

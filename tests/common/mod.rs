@@ -870,6 +870,8 @@ pub struct Gateway {
     config_path: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Extra environment of every (re)start (`NOTIFY_SOCKET`, …).
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -880,8 +882,17 @@ impl Gateway {
         Self::start_with_binary(Path::new(env!("CARGO_BIN_EXE_heartguard-gateway")), dir, config_toml)
     }
 
+    /// Like `start`, with extra environment variables for the gateway process.
+    pub fn start_with_env(dir: &Path, config_toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(Path::new(env!("CARGO_BIN_EXE_heartguard-gateway")), dir, config_toml, env)
+    }
+
     /// Like `start`, with another executable (tests of this harness use stand-ins).
     pub fn start_with_binary(binary: &Path, dir: &Path, config_toml: &str) -> Self {
+        Self::launch(binary, dir, config_toml, &[])
+    }
+
+    fn launch(binary: &Path, dir: &Path, config_toml: &str, env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let config_path = dir.join("gateway.toml");
         // Gateways of parallel tests cannot all take the default port 9187: a config without
@@ -892,7 +903,9 @@ impl Gateway {
             format!("{config_toml}\n# Added by the test harness.\n[http]\nlisten = \"127.0.0.1:0\"\n")
         };
         std::fs::write(&config_path, config_toml).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
-        let mut gw = Gateway { binary: binary.to_owned(), dir: dir.to_owned(), config_path, child: None, starts: 0 };
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut gw =
+            Gateway { binary: binary.to_owned(), dir: dir.to_owned(), config_path, child: None, starts: 0, env };
         gw.spawn();
         gw
     }
@@ -908,6 +921,7 @@ impl Gateway {
             .arg(&self.config_path)
             .current_dir(&self.dir)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             // Plain text logs: no ANSI colours in the log files.
             .env("RUST_LOG_STYLE", "never")
             .env("NO_COLOR", "1")
