@@ -93,7 +93,9 @@ impl Telemetry {
             .counters
             .sources()
             .iter()
-            .map(|((s, _), c)| format!("{s} {}", if c.connected.load(Relaxed) { "connected" } else { "NOT connected" }))
+            .filter_map(|((s, _), c)| {
+                Some(format!("{s} {}", if c.connection()? { "connected" } else { "NOT connected" }))
+            })
             .collect();
         let mut line = format!("{waiting}; {} bindings ({})", b.count, b.source);
         if !sources.is_empty() {
