@@ -173,6 +173,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
     drop(env_tx);
 
+    let reloader = crate::reload::Reloader {
+        cfg: cfg.clone(),
+        queue: queue.clone(),
+        table: table_tx.clone(),
+        counters: counters.clone(),
+    };
+    tokio::spawn(reloader.run(ingest_stop.clone()));
+
     let summary = {
         let (counters, telemetry) = (counters.clone(), telemetry.clone());
         let data_dir = cfg.gateway.data_dir.clone();

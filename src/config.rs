@@ -24,6 +24,10 @@ pub struct Config {
     /// HL7 v2 (IHE PCD-01) over MLLP.
     pub hl7: Hl7,
     pub http: Http,
+    pub log: Log,
+    /// The file this configuration was read from (SIGHUP reads it again); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Reporting activity, counts and gaps back to PostgreSQL (`sql/heartguard-gateway-report.sql`).
@@ -324,6 +328,22 @@ impl Default for Http {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `EnvFilter` directives (`info`, `debug`, `info,heartguard_gateway::sink=debug`).
+    /// `RUST_LOG` wins when set. SIGHUP applies a new value.
+    pub level: String,
+    /// `text` or `json` (one object per line); `run --log-format` overrides it.
+    pub format: crate::telemetry::logging::LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { level: "info".into(), format: crate::telemetry::logging::LogFormat::Text }
+    }
+}
+
 /// A problem in the file, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -349,8 +369,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigProblem>> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| vec![ConfigProblem { key: path.display().to_string(), message: e.to_string() }])?;
-        let cfg = Self::parse(&text)?;
+        let mut cfg = Self::parse(&text)?;
         cfg.validate()?;
+        cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
 
@@ -444,6 +465,12 @@ impl Config {
             bad("influx.retry_max_ms", "retry_initial_ms must be > 0 and <= retry_max_ms".into());
         }
 
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bad(
+                "log.level",
+                format!("{:?}: {e} (for example \"info\" or \"info,heartguard_gateway::sink=debug\")", self.log.level),
+            );
+        }
         if self.http.enabled && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             bad(
                 "http.listen",

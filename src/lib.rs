@@ -46,6 +46,7 @@ pub mod lineproto;
 pub mod model;
 pub mod protocols;
 pub mod queue;
+pub mod reload;
 pub mod report;
 pub mod resolve;
 pub mod simulate;

@@ -28,6 +28,9 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log format, over `log.format`: `text` or `json` (one object per line).
+        #[arg(long, value_enum)]
+        log_format: Option<heartguard_gateway::telemetry::logging::LogFormat>,
     },
     /// Validate a configuration file and its bindings file; print every problem; start nothing.
     CheckConfig {
@@ -211,7 +214,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config } => run(config.as_deref()),
+        Command::Run { config, log_format } => run(config.as_deref(), log_format),
         Command::Simulate(args) => simulate(args),
         Command::Demo(args) => demo(args),
         Command::CheckConfig { config } => check_config(&config),
@@ -272,12 +275,12 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> Result<(), String
     }
 }
 
-fn run(path: Option<&Path>) -> ExitCode {
-    heartguard_gateway::telemetry::init_logging();
+fn run(path: Option<&Path>, log_format: Option<heartguard_gateway::telemetry::logging::LogFormat>) -> ExitCode {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    heartguard_gateway::telemetry::logging::init(&cfg.log.level, log_format.unwrap_or(cfg.log.format));
     if path.is_none() {
         tracing::info!(
             "No --config given: running on the embedded defaults (see `heartguard-gateway default-config`)."

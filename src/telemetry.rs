@@ -15,6 +15,7 @@
 pub mod devices;
 pub mod health;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod service;
 pub mod status;
@@ -31,16 +32,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::bindings::Destination;
 use crate::resolve::Unbound;
 
-/// Sets up `tracing`: `RUST_LOG` or `info`, plain text on stderr (journald adds time stamps).
+/// Sets up `tracing` for the operator's commands and the demo: `RUST_LOG` or `info`, plain
+/// text on stderr. The daemon uses [`logging::init`] with its `[log]` settings.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    logging::init("info", logging::LogFormat::Text);
 }
 
 /// Source label of the MQTT transport.
