@@ -154,37 +154,39 @@ fn readings(from: i64, n: i64) -> Vec<(String, Vec<u8>)> {
     (from..from + n).map(|i| msg("ABC-001", json!({"ts": t0 + i, "heart_rate": 60 + i % 40, "spo2": 97}))).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_queue_with_drop_oldest_keeps_the_newest_and_says_what_it_dropped() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A gateway with a 64 KiB queue and `policy`, whose InfluxDB is down (not yet started again).
+async fn small_queue(dir: &Path, policy: &str) -> (Mosquitto, Influx1, Gateway) {
     let mqtt = Mosquitto::start();
     let mut influx = Influx1::start();
     influx.create_db(DB).await;
     influx.stop();
-    let toml = gateway_toml_with_queue(
-        dir.path(),
-        &mqtt.url(),
-        &influx.url(),
-        "v1",
-        &common::example_bindings(),
-        "",
-        "max_bytes = 65536\nfull_policy = \"drop_oldest\"",
-    );
-    let gw = start_gateway(dir.path(), &toml).await;
+    let queue = format!("max_bytes = 65536\nfull_policy = \"{policy}\"");
+    let toml = gateway_toml_with_queue(dir, &mqtt.url(), &influx.url(), "v1", &common::example_bindings(), "", &queue);
+    let gw = start_gateway(dir, &toml).await;
+    (mqtt, influx, gw)
+}
+
+/// A figure from `queue stats` (`points waiting`, `bytes waiting`, …).
+fn queue_stat(gw: &Gateway, what: &str) -> u64 {
+    let (_, out, _) = gateway_cli(&["queue", "stats", "--config", &config_arg(gw)]);
+    out.lines()
+        .find_map(|l| l.strip_prefix(what)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{what} in {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_with_drop_oldest_keeps_the_newest_and_says_what_it_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mqtt, mut influx, gw) = small_queue(dir.path(), "drop_oldest").await;
     publish_qos1(mqtt.port, &readings(0, 1000)).await;
     wait_for_log(&gw, "dropped the oldest waiting points").await;
     // Everything the broker delivered was committed or dropped: nothing more is in flight.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, out, _) = gateway_cli(&["queue", "stats", "--config", &config_arg(&gw)]);
-    let waiting: u64 =
-        out.lines().find_map(|l| l.strip_prefix("bytes waiting:")).and_then(|v| v.trim().parse().ok()).expect("bytes");
-    assert!(waiting <= 65536, "queue within its limit: {out}");
-    let points: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("points waiting:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("points");
-    assert!(points > 50 && points < 1000, "{out}");
+    let waiting = queue_stat(&gw, "bytes waiting");
+    assert!(waiting <= 65536, "queue within its limit: {waiting}");
+    let points = queue_stat(&gw, "points waiting");
+    assert!(points > 50 && points < 1000, "{points}");
 
     influx.restart();
     wait_count(&influx, "vital_signs", points).await;
@@ -199,27 +201,12 @@ async fn full_queue_with_drop_oldest_keeps_the_newest_and_says_what_it_dropped()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_with_backpressure_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mqtt = Mosquitto::start();
-    let mut influx = Influx1::start();
-    influx.create_db(DB).await;
-    influx.stop();
-    let toml = gateway_toml_with_queue(
-        dir.path(),
-        &mqtt.url(),
-        &influx.url(),
-        "v1",
-        &common::example_bindings(),
-        "",
-        "max_bytes = 65536\nfull_policy = \"backpressure\"",
-    );
-    let gw = start_gateway(dir.path(), &toml).await;
+    let (mqtt, mut influx, gw) = small_queue(dir.path(), "backpressure").await;
     publish_qos1(mqtt.port, &readings(0, 1500)).await;
     wait_for_log(&gw, "Queue full: refusing new readings").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (_, out, _) = gateway_cli(&["queue", "stats", "--config", &config_arg(&gw)]);
-    let waiting: u64 =
-        out.lines().find_map(|l| l.strip_prefix("bytes waiting:")).and_then(|v| v.trim().parse().ok()).expect("bytes");
-    assert!(waiting <= 65536, "{out}");
+    let waiting = queue_stat(&gw, "bytes waiting");
+    assert!(waiting <= 65536, "{waiting}");
     influx.restart();
     wait_count(&influx, "vital_signs", 1500).await;
 }
