@@ -750,6 +750,16 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 
 /// Reads a secret file, trimming one trailing newline. Refuses an empty secret.
 pub fn read_secret(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        // A secret others can read is a leak waiting to happen: refuse before using it.
+        return Err(format!(
+            "{}: readable by group or others (mode {:o}); make it readable by the service user only (chmod 600)",
+            path.display(),
+            mode & 0o777
+        ));
+    }
     let s = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let s = s.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&s).to_owned();
     if s.is_empty() {
@@ -761,6 +771,18 @@ pub fn read_secret(path: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("token");
+        std::fs::write(&f, "s3cr3t\n").expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(read_secret(&f).expect_err("0644").contains("chmod 600"));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(read_secret(&f), Ok("s3cr3t".into()));
+    }
 
     #[test]
     fn defaults_are_valid() {

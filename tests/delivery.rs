@@ -122,6 +122,7 @@ async fn wrong_credentials_keep_every_point_until_fixed() {
     let vm = Victoria::start_with_basic_auth("gateway", "right-password");
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "wrong-password\n").expect("pw");
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     let extra = format!("username = \"gateway\"\npassword_file = \"{}\"", pw.display());
     let toml = gateway_toml(dir.path(), &mqtt.url(), &vm.url(), "v1", &common::example_bindings(), &extra);
     let mut gw = start_gateway(dir.path(), &toml).await;
@@ -135,6 +136,7 @@ async fn wrong_credentials_keep_every_point_until_fixed() {
     assert!(gw.log().contains("status=401"), "{}", gw.log());
 
     std::fs::write(&pw, "right-password\n").expect("pw");
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     gw.terminate();
     gw.restart();
     eventually(WAIT, "30 samples after the password was fixed", || async {

@@ -128,6 +128,7 @@ async fn v2_write_path_stores_series_tags_values_and_timestamps_in_victoriametri
     let vm = Victoria::start();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cr3t-token\n").expect("token");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     let extra = format!("token_file = \"{}\"", token.display());
     let _gw =
         start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &vm.url(), "v2", &example_bindings(), &extra))

@@ -194,6 +194,7 @@ async fn v3_partial_answer_dead_letters_exactly_the_named_lines() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");
     std::fs::write(&token, "t\n").expect("token");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     let (url, seen) = serve(|n, _| {
         if n == 0 {
             Answer::Body(
@@ -254,6 +255,7 @@ async fn v2_request_carries_org_bucket_precision_token_and_gzip() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cr3t\n").expect("token");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     let (url, seen) = scripted(vec!["HTTP/1.1 204 No Content"]).await;
     let client = InfluxClient::new(&Influx { url, api: InfluxApi::V2, token_file: Some(token), ..Influx::default() })
         .expect("client");
@@ -273,6 +275,7 @@ async fn v1_request_uses_basic_auth_and_db_rp() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "pa55\n").expect("pw");
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     let (url, seen) = scripted(vec!["HTTP/1.1 204 No Content"]).await;
     let cfg = Influx {
         url,

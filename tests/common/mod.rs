@@ -1462,6 +1462,7 @@ where
 pub fn gateway_toml_pg(dir: &Path, mqtt_url: &str, influx_url: &str, pg: &Postgres, bindings_extra: &str) -> String {
     let url_file = dir.join("pg-url");
     std::fs::write(&url_file, pg.url()).expect("write the connection string file");
+    std::fs::set_permissions(&url_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     format!(
         r#"
 [gateway]
