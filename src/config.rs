@@ -84,6 +84,12 @@ pub struct Mqtt {
     pub keep_alive_secs: u64,
     /// Largest payload decoded; larger ones are counted and dropped.
     pub max_payload_bytes: usize,
+    /// `mqtts://` only: CA certificates (PEM) that sign the broker's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://` only: a client certificate chain (PEM) and its private key, for brokers
+    /// that authenticate clients by certificate. Both or neither.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for Mqtt {
@@ -97,6 +103,9 @@ impl Default for Mqtt {
             password_file: None,
             keep_alive_secs: 30,
             max_payload_bytes: 256 * 1024,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -129,6 +138,11 @@ pub struct Influx {
     pub request_timeout_ms: u64,
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// `https://` only: CA certificates (PEM) to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// `https://` only: a client certificate chain (PEM) and its private key. Both or neither.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for Influx {
@@ -146,6 +160,9 @@ impl Default for Influx {
             request_timeout_ms: 30_000,
             retry_initial_ms: 500,
             retry_max_ms: 60_000,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -362,6 +379,8 @@ impl std::fmt::Display for ConfigProblem {
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+    /// `mqtts://`: TLS.
+    pub tls: bool,
 }
 
 impl Config {
@@ -433,11 +452,23 @@ impl Config {
 
         let i = &self.influx;
         match reqwest::Url::parse(&i.url) {
-            Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
-            Ok(u) if u.scheme() == "https" => {
-                bad("influx.url", "https:// is not supported yet; use http:// on a trusted link".into())
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+                if u.scheme() == "http" {
+                    for (key, f) in [
+                        ("influx.ca_file", &i.ca_file),
+                        ("influx.client_cert_file", &i.client_cert_file),
+                        ("influx.client_key_file", &i.client_key_file),
+                    ] {
+                        if f.is_some() {
+                            bad(key, "only with an https:// influx.url".into());
+                        }
+                    }
+                }
             }
-            _ => bad("influx.url", format!("{:?} is not an http:// URL", i.url)),
+            _ => bad("influx.url", format!("{:?} is not an http:// or https:// URL", i.url)),
+        }
+        if i.client_cert_file.is_some() != i.client_key_file.is_some() {
+            bad("influx.client_key_file", "client_cert_file and client_key_file go together".into());
         }
         match i.api {
             InfluxApi::V2 if i.token_file.is_none() => bad("influx.token_file", "required for api = \"v2\"".into()),
@@ -604,6 +635,47 @@ impl Config {
             }
         }
 
+        if m.enabled
+            && let Ok(addr) = broker_addr(&m.url)
+        {
+            if addr.tls && m.ca_file.is_none() {
+                bad("mqtt.ca_file", "required for mqtts:// (the CA that signs the broker's certificate)".into());
+            }
+            for (key, f) in [
+                ("mqtt.ca_file", &m.ca_file),
+                ("mqtt.client_cert_file", &m.client_cert_file),
+                ("mqtt.client_key_file", &m.client_key_file),
+            ] {
+                if !addr.tls && f.is_some() {
+                    bad(key, "only with an mqtts:// mqtt.url".into());
+                }
+            }
+            if m.client_cert_file.is_some() != m.client_key_file.is_some() {
+                bad("mqtt.client_key_file", "client_cert_file and client_key_file go together".into());
+            }
+        }
+        // Certificates are public; private keys are secrets (their mode is checked).
+        for (key, file) in [
+            ("mqtt.ca_file", &m.ca_file),
+            ("mqtt.client_cert_file", &m.client_cert_file),
+            ("influx.ca_file", &i.ca_file),
+            ("influx.client_cert_file", &i.client_cert_file),
+        ] {
+            if let Some(f) = file
+                && let Err(e) = std::fs::metadata(f)
+            {
+                bad(key, format!("{}: {e}", f.display()));
+            }
+        }
+        for (key, file) in
+            [("mqtt.client_key_file", &m.client_key_file), ("influx.client_key_file", &i.client_key_file)]
+        {
+            if let Some(f) = file
+                && let Err(e) = secret_file_mode(f)
+            {
+                bad(key, e);
+            }
+        }
         for (key, file) in [
             ("mqtt.password_file", &m.password_file),
             ("influx.token_file", &i.token_file),
@@ -672,25 +744,23 @@ pub fn all_loopback(c: &tokio_postgres::Config) -> bool {
 
 /// Parses `mqtt://host[:port]`.
 pub fn broker_addr(url: &str) -> Result<BrokerAddr, String> {
-    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
-        if url.starts_with("mqtts://") {
-            "mqtts:// (TLS) is not supported yet".to_owned()
-        } else {
-            format!("{url:?} must start with mqtt://")
-        }
-    })?;
+    let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(format!("{url:?} must start with mqtt:// or mqtts://")),
+    };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
             (h, p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))?)
         }
-        _ => (rest, 1883),
+        _ => (rest, if tls { 8883 } else { 1883 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains('/') {
         return Err(format!("{url:?} has no host"));
     }
-    Ok(BrokerAddr { host: host.to_owned(), port })
+    Ok(BrokerAddr { host: host.to_owned(), port, tls })
 }
 
 /// A configured topic filter: what to subscribe to and where the serial sits.
@@ -748,18 +818,25 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     t.next().is_none()
 }
 
-/// Reads a secret file, trimming one trailing newline. Refuses an empty secret.
-pub fn read_secret(path: &Path) -> Result<String, String> {
+/// Refuses a secret file (password, token, connection string, private key) with any
+/// permission bit for its group or other users: a secret others can read is a leak waiting to
+/// happen. Give it mode 0600, owned by the service user.
+pub fn secret_file_mode(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode();
     if mode & 0o077 != 0 {
-        // A secret others can read is a leak waiting to happen: refuse before using it.
         return Err(format!(
             "{}: readable by group or others (mode {:o}); make it readable by the service user only (chmod 600)",
             path.display(),
             mode & 0o777
         ));
     }
+    Ok(())
+}
+
+/// Reads a secret file, trimming one trailing newline. Refuses an empty secret.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    secret_file_mode(path)?;
     let s = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let s = s.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&s).to_owned();
     if s.is_empty() {
@@ -862,8 +939,15 @@ batch_max_lines = 0
 
     #[test]
     fn broker_urls() {
-        assert_eq!(broker_addr("mqtt://127.0.0.1:1884"), Ok(BrokerAddr { host: "127.0.0.1".into(), port: 1884 }));
+        assert_eq!(
+            broker_addr("mqtt://127.0.0.1:1884"),
+            Ok(BrokerAddr { host: "127.0.0.1".into(), port: 1884, tls: false })
+        );
         assert_eq!(broker_addr("mqtt://broker").map(|b| b.port), Ok(1883));
         assert!(broker_addr("http://x").is_err() && broker_addr("mqtt://:1").is_err());
+        assert_eq!(
+            broker_addr("mqtts://broker.ward3"),
+            Ok(BrokerAddr { host: "broker.ward3".into(), port: 8883, tls: true })
+        );
     }
 }

@@ -72,6 +72,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Creates the demo's database if InfluxDB answers; best effort.
 async fn create_database(influx_url: &str) {
+    crate::tls::install_provider();
     let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(3)).build() else {
         return;
     };

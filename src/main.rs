@@ -203,6 +203,8 @@ struct Signing {
 }
 
 fn main() -> ExitCode {
+    // Before anything can build a TLS configuration or an HTTP client.
+    heartguard_gateway::tls::install_provider();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -7,6 +7,13 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Makes ring the process's default rustls provider (idempotent). `main` calls it first; the
+/// library calls it again before building an HTTP client, so that tests and embedders work
+/// too (reqwest without a provider of its own panics otherwise).
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Builds a client configuration that trusts exactly the certificates in `ca_file` and, if
 /// given, presents `client` (certificate chain file, private key file). Verification of the
 /// chain and the server name is always on.
@@ -31,6 +38,7 @@ pub fn client_config(ca_file: &Path, client: Option<(&Path, &Path)>) -> Result<r
                 .map_err(|e| format!("{}: {e}", cert.display()))?
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("{}: {e}", cert.display()))?;
+            crate::config::secret_file_mode(key)?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())
         }

@@ -15,7 +15,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 async fn get(url: &str) -> (u16, String) {
-    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let client = common::http_client();
     let resp = client.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
     (resp.status().as_u16(), resp.text().await.expect("body"))
 }

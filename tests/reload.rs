@@ -69,10 +69,7 @@ async fn sighup_applies_bindings_and_log_level_and_names_what_needs_a_restart() 
     wait_for_log(&gw, "Bindings file refused at reload; the bindings in force stay.").await;
     publish_qos1(mqtt.port, &[msg("ABC-001", json!({"ts": t + 1000, "heart_rate": 73}))]).await;
     wait_count(&influx, "vital_signs", 2).await;
-    let metrics = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
+    let metrics = common::http_client()
         .get(format!("{}/metrics", gw.http_url().await))
         .send()
         .await

@@ -52,6 +52,14 @@ impl MqttSource {
             .set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_secs))
             .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024)
             .set_request_channel_capacity(REQUEST_CHANNEL);
+        if addr.tls {
+            let m = &cfg.mqtt;
+            let ca = m.ca_file.as_deref().ok_or("mqtt.ca_file: required for mqtts://")?;
+            let client = m.client_cert_file.as_deref().zip(m.client_key_file.as_deref());
+            let tls = crate::tls::client_config(ca, client).map_err(|e| format!("mqtt TLS: {e}"))?;
+            options
+                .set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls))));
+        }
         if let Some(user) = &cfg.mqtt.username {
             let password = match &cfg.mqtt.password_file {
                 Some(f) => read_secret(f)?,

@@ -67,13 +67,20 @@ impl InfluxClient {
             },
             _ => Auth::None,
         };
-        let http = reqwest::Client::builder()
+        crate::tls::install_provider();
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(10_000)))
             .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("heartguard-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .user_agent(concat!("heartguard-gateway/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_file {
+            // The gateway's one rustls configuration (ring, exactly this CA, the client
+            // certificate if any); without a CA file, https:// trusts the system's store.
+            let client = cfg.client_cert_file.as_deref().zip(cfg.client_key_file.as_deref());
+            let tls = crate::tls::client_config(ca, client).map_err(|e| format!("influx.ca_file: {e}"))?;
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self { http, endpoint, api: cfg.api, auth, gzip: cfg.gzip })
     }
 

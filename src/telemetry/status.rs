@@ -370,6 +370,7 @@ pub fn command(cfg: &crate::config::Config, url: Option<&str>, json: bool) -> Re
 pub fn fetch(base: &str) -> Result<Status, String> {
     let url = format!("{}/status", base.trim_end_matches('/'));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    crate::tls::install_provider();
     rt.block_on(async {
         let client = reqwest::Client::builder()
             .no_proxy()

@@ -295,13 +295,22 @@ fn http_get_status(port: u16, path: &str) -> Option<u16> {
 /// HTTP client for the query helpers. No connection pooling: servers get stopped and
 /// restarted under the tests' feet, and a pooled connection to a killed server would
 /// make the next helper call fail spuriously. No proxy: everything is on loopback.
-fn http_client() -> reqwest::Client {
+pub fn http_client() -> reqwest::Client {
+    heartguard_gateway::tls::install_provider();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(60))
         .build()
         .expect("build reqwest client")
+}
+
+/// Writes a secret file the way the gateway accepts it: mode 0600.
+pub fn write_secret(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 /// Quotes a string as a TOML basic string.
@@ -355,6 +364,24 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts the broker and waits until it accepts TCP connections.
     pub fn start() -> Self {
+        Self::start_with(|_| String::new())
+    }
+
+    /// Like `start`, with a second listener: TLS on `tls_port`, the server certificate of
+    /// `certs`, and clients required to show a certificate signed by its CA.
+    pub fn start_tls(certs: &TestCerts, tls_port: u16) -> Self {
+        Self::start_with(|_| {
+            format!(
+                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                certs.ca.display(),
+                certs.server_cert.display(),
+                certs.server_key.display()
+            )
+        })
+    }
+
+    /// Starts the broker with `extra` configuration lines after the defaults.
+    fn start_with(extra: impl FnOnce(&Path) -> String) -> Self {
         let dir = TempDir::new().expect("create temp dir for mosquitto");
         let port = free_port();
         let log = dir.path().join("mosquitto.log");
@@ -380,8 +407,9 @@ impl Mosquitto {
              log_type notice\n\
              log_type information\n\
              connection_messages true\n\
-             log_timestamp_format %Y-%m-%dT%H:%M:%S\n",
-            log = log.display()
+             log_timestamp_format %Y-%m-%dT%H:%M:%S\n{extra}",
+            log = log.display(),
+            extra = extra(dir.path()),
         );
         std::fs::write(&config, text).expect("write mosquitto.conf");
         let process = ServerProcess::new(
@@ -427,6 +455,146 @@ impl Mosquitto {
         std::fs::read(self.dir.path().join("mosquitto.log"))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TLS: certificates made by the test, nginx as a TLS terminator
+// ---------------------------------------------------------------------------
+
+/// A throw-away CA with a server certificate for 127.0.0.1/localhost and a client
+/// certificate, made with the `openssl` command (Debian package `openssl`). Keys are PKCS#8
+/// PEM with mode 0600, as the gateway requires for secrets.
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A second CA that signed nothing here: trusting it alone must fail.
+    pub other_ca: PathBuf,
+    dir: TempDir,
+}
+
+impl TestCerts {
+    pub fn generate() -> Self {
+        let dir = TempDir::new().expect("temp dir for certificates");
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(d).output().expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        for ca in ["ca", "other-ca"] {
+            let (key, crt, subj) = (format!("{ca}.key"), format!("{ca}.crt"), format!("/CN=heartguard test {ca}"));
+            let mut args = vec!["req", "-x509"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subj]);
+            args.extend([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+            openssl(&args);
+        }
+        for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            let (key, csr, crt, ext) =
+                (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+            let san = if name == "server" { "subjectAltName=IP:127.0.0.1,DNS:localhost\n" } else { "" };
+            std::fs::write(d.join(&ext), format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n{san}"))
+                .expect("write ext");
+            let subj = format!("/CN=heartguard test {name}");
+            let mut args = vec!["req"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            openssl(&args);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+            write_secret(&d.join(&key), &std::fs::read_to_string(d.join(&key)).expect("read key"));
+        }
+        TestCerts {
+            ca: d.join("ca.crt"),
+            server_cert: d.join("server.crt"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.crt"),
+            client_key: d.join("client.key"),
+            other_ca: d.join("other-ca.crt"),
+            dir,
+        }
+    }
+}
+
+/// nginx terminating TLS on a free loopback port in front of an HTTP server on
+/// `upstream_port`, requiring a client certificate signed by the test CA.
+pub struct TlsProxy {
+    pub port: u16,
+    process: ServerProcess,
+    dir: TempDir,
+}
+
+impl TlsProxy {
+    pub fn start(certs: &TestCerts, upstream_port: u16) -> Self {
+        let dir = TempDir::new().expect("temp dir for nginx");
+        let d = dir.path().display().to_string();
+        let port = free_port();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               client_max_body_size 30m;\n\
+               server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+                 ssl_client_certificate {ca};\n    ssl_verify_client on;\n\
+                 location / {{ proxy_pass http://127.0.0.1:{upstream_port}; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+            cert = certs.server_cert.display(),
+            key = certs.server_key.display(),
+            ca = certs.ca.display(),
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let mut process = ServerProcess::new(
+            "nginx",
+            find_binary("nginx"),
+            vec![
+                "-p".into(),
+                d.clone(),
+                "-e".into(),
+                format!("{d}/error.log"),
+                "-c".into(),
+                conf_path.display().to_string(),
+            ],
+            dir.path(),
+            Some(dir.path().join("error.log")),
+        );
+        process.spawn();
+        process.wait_until("TCP connect succeeds", || tcp_accepts(port));
+        TlsProxy { port, process, dir }
+    }
+
+    /// `https://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// nginx's access log: one line per request it proxied.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 }
 
