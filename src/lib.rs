@@ -28,7 +28,9 @@
 //! - [`sink`]: batching, HTTP, retries, dead letters; one worker per destination.
 //! - [`report`]: per-stream activity and data gaps, reported to PostgreSQL.
 //! - [`app`]: wiring and the shutdown order. [`config`]: the TOML file and its validation.
-//!   [`tls`]: the one rustls client configuration. [`telemetry`]: logs and counters.
+//!   [`tls`]: the one rustls client configuration. [`telemetry`]: logs, counters, heartbeats,
+//!   the HTTP endpoint (metrics, health, readiness, status) and systemd notifications.
+//!   [`reload`]: SIGHUP (bindings file, log level; names what needs a restart).
 //! - [`simulate`]: simulated devices for every protocol (the `simulate` command, tests, the
 //!   demo); [`demo`]: the one-command demo.
 #![forbid(unsafe_code)]
