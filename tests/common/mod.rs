@@ -380,6 +380,12 @@ impl Mosquitto {
         })
     }
 
+    /// Like `start`, with `extra` configuration lines after the defaults (a later line
+    /// overrides an earlier one, e.g. `max_inflight_messages 1000`).
+    pub fn start_with_config(extra: &str) -> Self {
+        Self::start_with(|_| extra.to_owned())
+    }
+
     /// Starts the broker with `extra` configuration lines after the defaults.
     fn start_with(extra: impl FnOnce(&Path) -> String) -> Self {
         let dir = TempDir::new().expect("create temp dir for mosquitto");
