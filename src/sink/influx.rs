@@ -217,7 +217,9 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(delta.to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(24 * 3600)))
 }
 
-fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+/// The gzip encoding of a request body, at flate2's fastest level. Public so
+/// `benches/hot_path.rs` measures it.
+pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4 + 64), flate2::Compression::fast());
     enc.write_all(data)?;
     enc.finish()

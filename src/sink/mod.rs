@@ -242,11 +242,7 @@ impl Worker {
                 return Flow::Cancelled;
             }
             let part = &rows[r.clone()];
-            let mut body = Vec::with_capacity(part.iter().map(|l| l.line.len() + 1).sum());
-            for l in part {
-                body.extend_from_slice(l.line.as_bytes());
-                body.push(b'\n');
-            }
+            let body = batch_body(part);
             let started = Instant::now();
             let outcome = self.heartbeat.while_waiting(self.client.write(&self.dest, body)).await;
             self.stats.write_duration.observe(started.elapsed().as_secs_f64());
@@ -361,6 +357,17 @@ impl Worker {
         }
         let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
     }
+}
+
+/// The request body for a leased batch: its lines in lease order, each ended by `\n`.
+/// Public so `benches/hot_path.rs` measures the code delivery runs.
+pub fn batch_body(part: &[crate::queue::Leased]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(part.iter().map(|l| l.line.len() + 1).sum());
+    for l in part {
+        body.extend_from_slice(l.line.as_bytes());
+        body.push(b'\n');
+    }
+    body
 }
 
 /// Puts the two halves of `r` at the front of `todo`, first half first.
