@@ -126,6 +126,21 @@ mod decode_json {
             .counter(BytesCount::of_str(&payload))
             .bench(|| decode::json::decode(black_box(payload.as_bytes()), black_box(Some(serial)), now, max_bytes));
     }
+
+    /// Baseline for `decode`: the same bytes parsed into a generic `serde_json::Value`, with no
+    /// validation and no `Reading` built. `decode` / `baseline_value` is what the gateway's own
+    /// checks and field table cost on top of parsing.
+    #[divan::bench(args = [1, 25], min_time = 0.5)]
+    fn baseline_value(bencher: Bencher<'_, '_>, readings: usize) {
+        let objects: Vec<String> = (0..readings as u64)
+            .map(|t| String::from_utf8(simulate::json_tick("ABC-001", &SimVitals::at(t), wall(t))).expect("utf-8"))
+            .collect();
+        let payload = if readings == 1 { objects[0].clone() } else { format!("[{}]", objects.join(",")) };
+        bencher
+            .counter(ItemsCount::new(readings))
+            .counter(BytesCount::of_str(&payload))
+            .bench(|| serde_json::from_slice::<serde_json::Value>(black_box(payload.as_bytes())).expect("JSON"));
+    }
 }
 
 /// 2. Serial stream decoders: five minutes of one simulated device, fed one second (one
@@ -272,6 +287,33 @@ mod queue {
             .bench_local_values(|points| rt.block_on(queue.append(points)).expect("append"));
         rt.block_on(queue.close()).expect("close queue");
         store.join().expect("store thread");
+    }
+
+    /// Baseline for `append`: the same lines inserted with bare rusqlite into a one-table
+    /// database with the queue's journal settings (WAL, `synchronous = FULL`), one transaction
+    /// per batch. `append` / `baseline_sqlite` is what the queue adds: its index, per-stream
+    /// activity, limits and the hand-off to its writer thread.
+    #[divan::bench(args = [1, 64, 512], min_time = 0.5, max_time = 10)]
+    fn baseline_sqlite(bencher: Bencher<'_, '_>, batch: usize) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = rusqlite::Connection::open(dir.path().join("baseline.db")).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+             CREATE TABLE points (id INTEGER PRIMARY KEY, line TEXT NOT NULL);",
+        )
+        .expect("schema");
+        let lines: Vec<String> = points(32, batch).into_iter().map(|p| p.line).collect();
+        let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+        bencher.counter(ItemsCount::new(batch)).counter(BytesCount::new(bytes)).bench_local(|| {
+            let tx = conn.transaction().expect("begin");
+            {
+                let mut insert = tx.prepare_cached("INSERT INTO points (line) VALUES (?1)").expect("prepare");
+                for l in &lines {
+                    insert.execute([l]).expect("insert");
+                }
+            }
+            tx.commit().expect("commit");
+        });
     }
 }
 
