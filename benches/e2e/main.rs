@@ -495,8 +495,8 @@ struct Step {
     done_s: Option<f64>,
     pass: bool,
     cpu_per_1000_ms: Option<f64>,
-    /// Readings that never arrived (gateway: counted in InfluxDB).
-    lost: Option<u64>,
+    /// Readings not in InfluxDB when the step ended (caught up, or gave up waiting).
+    missing: Option<u64>,
     /// Messages the gateway received beyond those published (broker redeliveries).
     extra: Option<u64>,
 }
@@ -530,7 +530,7 @@ async fn step(o: &Opts, port: u16, rate: u64, windows: &mut Windows, consumer: &
         (Some(a), Some(b), Some(_)) => Some((b - a) * 1000.0 / total as f64 * 1000.0),
         _ => None,
     };
-    let lost = match consumer {
+    let missing = match consumer {
         Consumer::Gateway { influx, .. } => {
             Some(total.saturating_sub(count_between(influx, t0_ms, t0_ms + HOUR_MS).await))
         }
@@ -541,14 +541,14 @@ async fn step(o: &Opts, port: u16, rate: u64, windows: &mut Windows, consumer: &
         (Some(a), Some(b)) => Some((b - a).saturating_sub(total)),
         _ => None,
     };
-    let s = Step { rate, total, done_s: done.map(|d| d.as_secs_f64()), pass, cpu_per_1000_ms, lost, extra };
+    let s = Step { rate, total, done_s: done.map(|d| d.as_secs_f64()), pass, cpu_per_1000_ms, missing, extra };
     say(format!(
         "  {rate:>7} readings/s x {:.0} s: {} (all in after {}{}{})",
         o.step_secs,
         if pass { "sustained" } else { "NOT sustained" },
         s.done_s.map_or("never".into(), |d| format!("{d:.2} s")),
         s.cpu_per_1000_ms.map_or(String::new(), |c| format!(", {c:.2} ms CPU/1000")),
-        s.lost.map_or(String::new(), |l| format!(", {l} lost")),
+        s.missing.map_or(String::new(), |l| format!(", {l} missing")),
     ));
     if let Some(x) = s.extra.filter(|x| *x > 0) {
         say(format!("    ({x} messages received twice: broker redeliveries)"));
@@ -1118,11 +1118,14 @@ fn report(
         let _ = writeln!(
             r,
             "\nSteps ({:.0} s each; \"all in\": seconds from the first publish until the consumer had every reading; \
+             \"missing\": readings not in InfluxDB when the step ended, after catching up or after giving up; \
              \"extra\": messages the gateway received beyond those published, i.e. broker redeliveries):\n",
             o.step_secs
         );
-        let _ =
-            writeln!(r, "| consumer | readings/s | readings | all in | sustained | gateway CPU/1000 | lost | extra |");
+        let _ = writeln!(
+            r,
+            "| consumer | readings/s | readings | all in | sustained | gateway CPU/1000 | missing | extra |"
+        );
         let _ = writeln!(r, "|---|---|---|---|---|---|---|---|");
         for (name, l) in [("counting subscriber", broker), ("gateway", gateway)] {
             for s in l.map(|l| l.steps.as_slice()).unwrap_or_default() {
@@ -1135,7 +1138,7 @@ fn report(
                     s.done_s.map_or("never".into(), |d| format!("{d:.2} s")),
                     if s.pass { "yes" } else { "no" },
                     s.cpu_per_1000_ms.map_or(String::new(), |c| format!("{c:.2} ms")),
-                    opt(s.lost),
+                    opt(s.missing),
                     opt(s.extra),
                 );
             }

@@ -36,6 +36,11 @@ const INTAKE_BATCH_MAX: usize = 512;
 /// are nothing beside the flush interval, and an acknowledgement waits no longer than that.
 const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// A batch this large is committed without lingering. Under load batches are larger anyway,
+/// and waiting would only stall: the broker sends no more than its inflight window until
+/// intake acknowledges, so once that window is in hand nothing else can arrive.
+const LINGER_BELOW: usize = 64;
+
 /// What a source hands to intake: the readings of one message and how to acknowledge it.
 pub struct Envelope {
     pub readings: Vec<Reading>,
@@ -103,6 +108,7 @@ pub async fn run_intake(
         while batch.len() < INTAKE_BATCH_MAX {
             match rx.try_recv() {
                 Ok(e) => batch.push(e),
+                Err(mpsc::error::TryRecvError::Empty) if batch.len() >= LINGER_BELOW => break,
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
                     Ok(Some(e)) => batch.push(e),
                     // The linger is over, or every source is gone (the next `recv` ends intake).
