@@ -32,7 +32,7 @@ const INTAKE_BATCH_MAX: usize = 512;
 /// How long intake waits for more envelopes before committing a batch that is not full.
 /// Every commit costs a WAL write and an fsync whatever its size: at 1,000 readings/s from
 /// 32 devices readings arrive one by one, and committing each alone cost the gateway about
-/// ten times the CPU per reading it needs at full load (BENCHMARKS.md). A few milliseconds
+/// four times the CPU per reading it needs at full load (BENCHMARKS.md). A few milliseconds
 /// are nothing beside the flush interval, and an acknowledgement waits no longer than that.
 const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
