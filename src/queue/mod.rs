@@ -79,6 +79,7 @@ pub(crate) enum Command {
     },
     Lease {
         dest_id: i64,
+        after_id: i64,
         max_lines: usize,
         max_bytes: usize,
         reply: Reply<Vec<Leased>>,
@@ -205,7 +206,19 @@ impl QueueHandle {
 
     /// The oldest points of a destination, at most `max_lines` and about `max_bytes`.
     pub async fn lease(&self, dest_id: i64, max_lines: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
-        self.call(|reply| Command::Lease { dest_id, max_lines, max_bytes, reply }).await
+        self.lease_after(dest_id, 0, max_lines, max_bytes).await
+    }
+
+    /// Like [`Self::lease`], but only points queued after point `after_id`: the next batch,
+    /// read while the one before it is still on its way.
+    pub async fn lease_after(
+        &self,
+        dest_id: i64,
+        after_id: i64,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Leased>, QueueError> {
+        self.call(|reply| Command::Lease { dest_id, after_id, max_lines, max_bytes, reply }).await
     }
 
     /// Removes a delivered batch (ids `first..=last` of that destination).

@@ -453,8 +453,8 @@ impl Store {
             };
             match cmd {
                 Command::Append(points, reply) => self.group_commit(points, reply, &rx),
-                Command::Lease { dest_id, max_lines, max_bytes, reply } => {
-                    let _ = reply.send(self.lease(dest_id, max_lines, max_bytes));
+                Command::Lease { dest_id, after_id, max_lines, max_bytes, reply } => {
+                    let _ = reply.send(self.lease(dest_id, after_id, max_lines, max_bytes));
                 }
                 Command::Delete { dest_id, first, last, reply } => {
                     let _ = reply.send(self.delete(dest_id, first, last));
@@ -827,10 +827,17 @@ impl Store {
         }
     }
 
-    fn lease(&mut self, dest_id: i64, max_lines: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT id, line FROM points WHERE dest_id = ?1 ORDER BY id LIMIT ?2")?;
-        let mut rows = stmt.query(params![dest_id, max_lines as i64])?;
+    fn lease(
+        &mut self,
+        dest_id: i64,
+        after_id: i64,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Leased>, QueueError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, line FROM points WHERE dest_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
+        let mut rows = stmt.query(params![dest_id, after_id, max_lines as i64])?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while let Some(row) = rows.next()? {
@@ -1142,6 +1149,13 @@ mod tests {
         assert_eq!(batch.len(), 4);
         // Not deleted yet: leasing again yields the same batch (a failed send retries it).
         assert_eq!(q.lease(a, 4, usize::MAX).await.expect("again"), batch);
+        // The next batch, read while this one is on its way: later points of `a` only.
+        let next = q.lease_after(a, batch[3].id, 4, usize::MAX).await.expect("next");
+        assert_eq!(
+            next.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+            ["m v=4i 4", "m v=5i 5", "m v=6i 6", "m v=7i 7"]
+        );
+        assert!(q.lease_after(a, next[3].id + 3, 4, usize::MAX).await.expect("past the end").is_empty());
         assert_eq!(q.delete(a, batch[0].id, batch[3].id).await.expect("delete"), 4);
         q.close().await.expect("close");
         join.join().expect("thread");

@@ -192,38 +192,72 @@ impl Worker {
                 }
             }
             self.heartbeat.beat();
-            // Drain: batch after batch while full batches are waiting.
+            // Drain: batch after batch while full batches are waiting. While one batch is on
+            // its way, the next is read and the one before it deleted: the store thread works
+            // while InfluxDB does, and only the request itself is serial.
+            let mut next: Option<Vec<crate::queue::Leased>> = None;
+            let mut written: Vec<(i64, i64, u64)> = Vec::new();
             loop {
                 if shutdown.is_cancelled() {
+                    self.delete_written(&mut written).await;
                     return;
                 }
-                let rows = match self.queue.lease(self.id, st.max_lines, self.cfg.batch_max_bytes).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        error!(destination = %self.dest, error = %e, "Could not read the queue; retrying.");
-                        if self.sleep_or_cancel(st.backoff.next_delay(), &shutdown).await {
-                            return;
+                let rows = match next.take() {
+                    Some(rows) => rows,
+                    None => match self.queue.lease(self.id, st.max_lines, self.cfg.batch_max_bytes).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            error!(destination = %self.dest, error = %e, "Could not read the queue; retrying.");
+                            self.delete_written(&mut written).await;
+                            if self.sleep_or_cancel(st.backoff.next_delay(), &shutdown).await {
+                                return;
+                            }
+                            continue;
                         }
-                        continue;
-                    }
+                    },
                 };
                 if rows.is_empty() {
+                    self.delete_written(&mut written).await;
                     self.wake.pending.store(0, Relaxed);
                     break;
                 }
-                let full = rows.len() >= st.max_lines;
-                match self.deliver(&rows, &mut st, &shutdown).await {
-                    Flow::Cancelled => return,
+                let (full, max_lines) = (rows.len() >= st.max_lines, st.max_lines);
+                let mut done_before = std::mem::take(&mut written);
+                let read_next = async {
+                    // Only a full batch suggests more is waiting.
+                    let last = rows.last().map(|l| l.id)?;
+                    if !full {
+                        return None;
+                    }
+                    self.queue.lease_after(self.id, last, max_lines, self.cfg.batch_max_bytes).await.ok()
+                };
+                let (flow, following, ()) = tokio::join!(
+                    self.deliver(&rows, &mut st, &mut written, &shutdown),
+                    read_next,
+                    self.delete_written(&mut done_before),
+                );
+                match flow {
+                    Flow::Cancelled => {
+                        self.delete_written(&mut written).await;
+                        return;
+                    }
                     // Lease again after the wait: rows may have been dropped (queue full) or
                     // replayed meanwhile, and new ones may fill the batch.
                     Flow::Retry(wait) => {
+                        self.delete_written(&mut written).await;
                         if self.sleep_or_cancel(wait, &shutdown).await {
                             return;
                         }
                         continue;
                     }
-                    Flow::Done if !full => break,
-                    Flow::Done => {}
+                    Flow::Done if !full => {
+                        self.delete_written(&mut written).await;
+                        break;
+                    }
+                    // Points read ahead may since have been dropped to make room (queue full)
+                    // or purged by an operator: they were delivered rather than lost, and
+                    // their delete finds nothing.
+                    Flow::Done => next = following,
                 }
             }
             deadline = Instant::now() + flush;
@@ -232,7 +266,13 @@ impl Worker {
 
     /// Delivers one leased batch: every line ends up written or dead-lettered with its
     /// reason, or a transient failure asks for a wait (what is not done stays queued).
-    async fn deliver(&self, rows: &[crate::queue::Leased], st: &mut Retry, shutdown: &CancellationToken) -> Flow {
+    async fn deliver(
+        &self,
+        rows: &[crate::queue::Leased],
+        st: &mut Retry,
+        written: &mut Vec<(i64, i64, u64)>,
+        shutdown: &CancellationToken,
+    ) -> Flow {
         // Ranges still to write, in order. A rejected range is split in halves until the
         // lines InfluxDB refuses are found one by one; rewriting the good ones is harmless
         // (same series, same time: InfluxDB keeps one point).
@@ -248,7 +288,10 @@ impl Worker {
             self.stats.write_duration.observe(started.elapsed().as_secs_f64());
             let wait = match outcome {
                 WriteOutcome::Written => {
-                    self.delete(part).await;
+                    // Deleted by the caller, beside the next request.
+                    if let (Some(first), Some(last)) = (part.first(), part.last()) {
+                        written.push((first.id, last.id, part.len() as u64));
+                    }
                     self.stats.written(part.len() as u64, crate::now_ns());
                     if st.failing {
                         info!(destination = %self.dest, "InfluxDB accepts writes again.");
@@ -335,12 +378,22 @@ impl Worker {
 
     async fn delete(&self, part: &[crate::queue::Leased]) {
         let (Some(first), Some(last)) = (part.first(), part.last()) else { return };
-        if let Err(e) = self.queue.delete(self.id, first.id, last.id).await {
+        self.delete_range(first.id, last.id, part.len() as u64).await;
+    }
+
+    /// Deletes written ranges (`first_id`, `last_id`, points) and forgets them.
+    async fn delete_written(&self, written: &mut Vec<(i64, i64, u64)>) {
+        for (first, last, n) in written.drain(..) {
+            self.delete_range(first, last, n).await;
+        }
+    }
+
+    async fn delete_range(&self, first: i64, last: i64, n: u64) {
+        if let Err(e) = self.queue.delete(self.id, first, last).await {
             // Stored in InfluxDB but still queued: it will be written again, which InfluxDB
             // treats as the same points.
             error!(destination = %self.dest, error = %e, "Could not delete a delivered batch.");
         }
-        let n = part.len() as u64;
         let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
     }
 
