@@ -213,6 +213,37 @@ async fn full_queue_with_backpressure_loses_nothing() {
     wait_count(&influx, "vital_signs", 1500).await;
 }
 
+/// While the queue refuses readings, intake stops taking envelopes and the MQTT reader stops
+/// reading, with thousands of messages sent by the broker unread. The session must stay up:
+/// a keep-alive that took this for a dead broker would reconnect, and the broker would send
+/// everything in flight again (the redelivery storm of BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_intake_keeps_the_mqtt_session_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No inflight limit: the broker sends everything at once, more than intake's channel holds.
+    let mqtt = Mosquitto::start_with_config("max_inflight_messages 0\n");
+    let mut influx = Influx1::start();
+    influx.create_db(DB).await;
+    influx.stop();
+    let queue = "max_bytes = 65536\nfull_policy = \"backpressure\"";
+    let toml =
+        gateway_toml_with_queue(dir.path(), &mqtt.url(), &influx.url(), "v1", &common::example_bindings(), "", queue)
+            .replace("[mqtt]\n", "[mqtt]\nkeep_alive_secs = 2\n");
+    let gw = start_gateway(dir.path(), &toml).await;
+    publish_qos1(mqtt.port, &readings(0, 8000)).await;
+    wait_for_log(&gw, "Queue full: refusing new readings").await;
+    // Four keep-alive periods with the reader held back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let log = gw.log();
+    assert!(!log.contains("MQTT connection lost"), "{log}");
+    assert_eq!(log.matches("Connected to the MQTT broker.").count(), 1, "{log}");
+    let broker = mqtt.log();
+    assert!(!broker.contains("heartguard-gateway-test-gw has exceeded timeout"), "{broker}");
+    influx.restart();
+    wait_count(&influx, "vital_signs", 8000).await;
+    assert_eq!(gw.log().matches("Connected to the MQTT broker.").count(), 1, "no reconnect while draining");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_disk_floor_stops_intake_before_the_disk_is_full_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");

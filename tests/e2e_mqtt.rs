@@ -343,3 +343,47 @@ async fn bad_payloads_mixed_into_a_good_stream_do_not_cost_a_good_point() {
     }
     assert!(!log.contains("seventy"), "payload contents never reach the log");
 }
+
+/// A broker that wants a user name and password: a wrong password is refused with a clear
+/// error and no data; the right one (from `mqtt.password_file`) logs in and readings flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_logs_in_with_its_user_name_and_password_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = dir.path().join("mosquitto.passwd");
+    for (i, (user, pw)) in [("gateway", "s3cret-gw"), ("monitor", "s3cret-mon")].into_iter().enumerate() {
+        let mut cmd = std::process::Command::new(common::find_binary("mosquitto_passwd"));
+        cmd.arg("-b");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let st = cmd.arg(&passwd).args([user, pw]).status().expect("run mosquitto_passwd");
+        assert!(st.success(), "mosquitto_passwd {user}");
+    }
+    let mqtt = Mosquitto::start_with_config(&format!("allow_anonymous false\npassword_file {}\n", passwd.display()));
+    let influx = Influx1::start();
+    influx.create_db(DB).await;
+    let secret = dir.path().join("mqtt-password");
+    common::write_secret(&secret, "not-the-password-7q\n");
+    let toml = gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), "")
+        .replace("[mqtt]\n", &format!("[mqtt]\nusername = \"gateway\"\npassword_file = \"{}\"\n", secret.display()));
+    let mut gw = common::Gateway::start(dir.path(), &toml);
+    common::wait_for_log(&gw, "The MQTT broker refused the gateway's login").await;
+    let log = gw.log();
+    // Mosquitto 2.0 answers a wrong password with "not authorized" (CONNACK 5), others with 4.
+    let reason = log.contains("reason=\"not authorized\"") || log.contains("reason=\"bad user name or password\"");
+    assert!(reason && !log.contains("Subscribed."), "{log}");
+    assert!(!log.contains("not-the-password-7q"), "the password never reaches the log: {log}");
+
+    common::write_secret(&secret, "s3cret-gw\n");
+    gw.terminate();
+    gw.restart();
+    common::wait_for_log(&gw, "Subscribed.").await;
+    let t0 = ms("2026-11-08T00:00:00Z");
+    let st = std::process::Command::new(common::find_binary("mosquitto_pub"))
+        .args(["-h", "127.0.0.1", "-p", &mqtt.port.to_string(), "-u", "monitor", "-P", "s3cret-mon", "-q", "1"])
+        .args(["-t", "devices/ABC-001/vitals", "-m", &json!({"ts": t0, "heart_rate": 61}).to_string()])
+        .status()
+        .expect("run mosquitto_pub");
+    assert!(st.success(), "mosquitto_pub");
+    wait_count(&influx, 1).await;
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, warn};
+use tracing::{error, warn};
 
 use crate::bindings::SharedTable;
 use crate::bindings::postgres::Freshness;
@@ -51,10 +51,8 @@ pub struct Envelope {
 
 /// How to tell a source that its message is safely committed.
 pub enum Ack {
-    Mqtt {
-        client: rumqttc::AsyncClient,
-        publish: rumqttc::Publish,
-    },
+    /// A QoS 1 MQTT message, acknowledged on the connection it came in on.
+    Mqtt(mqtt::MqttAck),
     /// An HL7 message over MLLP: its connection writes the ACK once this fires.
     Mllp(tokio::sync::oneshot::Sender<()>),
 }
@@ -62,14 +60,7 @@ pub enum Ack {
 impl Ack {
     pub fn send(self) {
         match self {
-            // The request channel is sized above the broker's inflight window (see
-            // `mqtt::REQUEST_CHANNEL`), so `try_ack` cannot find it full; an error means the
-            // event loop is gone, and the broker will redeliver the message.
-            Ack::Mqtt { client, publish } => {
-                if let Err(e) = client.try_ack(&publish) {
-                    debug!(error = %e, "MQTT acknowledgement not sent; the broker will redeliver.");
-                }
-            }
+            Ack::Mqtt(ack) => ack.send(),
             // The connection may be gone; its sender then resends the message.
             Ack::Mllp(done) => {
                 let _ = done.send(());

@@ -86,4 +86,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("decode_datex", datex),
     ("decode_hl7", hl7),
     ("decode_json", json),
+    ("mqtt_wire", crate::ingest::mqtt::wire::fuzz),
 ];

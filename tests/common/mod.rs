@@ -103,7 +103,7 @@ fn ephemeral_range_start() -> Option<u16> {
 
 /// Finds a server binary: first on `PATH`, then at the usual Debian locations
 /// (`/usr/sbin` is not on a non-root user's `PATH`, and Mosquitto lives there).
-fn find_binary(name: &str) -> PathBuf {
+pub fn find_binary(name: &str) -> PathBuf {
     let path_var = std::env::var_os("PATH").unwrap_or_default();
     let on_path = std::env::split_paths(&path_var).map(|dir| dir.join(name));
     let usual =

@@ -3,36 +3,85 @@
 //!
 //! - `clean_session = false` with a fixed client id: while the gateway is down or has not
 //!   acknowledged, the broker keeps the messages and redelivers them ([MQTT-3.1.2-4]).
-//! - Subscriptions are (re)sent on every ConnAck, so a broker that lost the session still
+//! - Subscriptions are (re)sent on every CONNACK, so a broker that lost the session still
 //!   delivers.
-//! - The event loop is never blocked by acknowledgements: they are queued with `try_ack` on a
-//!   request channel larger than any inflight window a broker can grant.
+//! - The client is the gateway's own ([`wire`]) rather than a general-purpose library's, for
+//!   three properties a general client does not give a subscriber that acknowledges late:
+//!   - acknowledgements are written in bulk: a commit of 500 readings costs one `write`, not
+//!     500 (the library this replaces wrote and flushed each PUBACK alone);
+//!   - the keep-alive does not fail while intake holds the reader back (a full intake channel
+//!     is back-pressure, not a dead broker): the writer pings on its own, and the connection
+//!     is only judged dead when the broker is silent while the reader waits for it;
+//!   - an acknowledgement goes out on the connection its message came in on, or not at all.
+//!     After a reconnect the broker redelivers unacknowledged messages under their packet ids
+//!     and may give a freed id to a new message; an old ack sent on the new connection could
+//!     acknowledge a message not yet committed. A dropped ack only costs a redelivery.
+
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Ack, Envelope, RateLimited};
 use crate::backoff::Backoff;
 use crate::config::{Config, TopicPattern, broker_addr, read_secret};
 use crate::decode::json;
 use crate::model::loggable;
+use crate::telemetry::health::Heartbeat;
 use crate::telemetry::{Counters, PROTOCOL_JSON, SOURCE_MQTT, SourceCounters, health};
-
-/// Above MQTT's 65,535 packet ids: outstanding acknowledgements can never fill it.
-pub const REQUEST_CHANNEL: usize = 65_536 + 64;
 
 /// Largest packet the client reads. A larger one would break the connection on every
 /// redelivery, so this is generous; cap the broker's `message_size_limit` below it.
 pub const MAX_INCOMING_PACKET: usize = 64 * 1024 * 1024;
 
+/// Connecting (TCP, TLS, CONNACK) and writing must finish within this.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Read-buffer growth step: at full load one read takes a few hundred messages.
+const READ_CHUNK: usize = 64 * 1024;
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What the writer task of one connection sends.
+enum Out {
+    Ack(u16),
+    Bytes(Vec<u8>),
+    Disconnect,
+}
+
+/// The acknowledgement of one QoS 1 message, bound to the connection it arrived on.
+pub struct MqttAck {
+    out: mpsc::UnboundedSender<Out>,
+    packet_id: u16,
+}
+
+impl MqttAck {
+    /// Queues the PUBACK; the writer sends what has gathered in one write. If the connection
+    /// is gone, nothing is sent and the broker redelivers the message.
+    pub fn send(self) {
+        if self.out.send(Out::Ack(self.packet_id)).is_err() {
+            debug!("MQTT acknowledgement not sent (connection gone); the broker will redeliver.");
+        }
+    }
+}
+
 pub struct MqttSource {
-    options: MqttOptions,
+    host: String,
+    port: u16,
+    tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    client_id: String,
+    username: Option<String>,
+    password: Option<String>,
+    keep_alive: Duration,
     /// Topic of signed binding snapshots, and where they go, when pushes are enabled.
     push: Option<(String, mpsc::Sender<crate::bindings::push::PushMsg>)>,
     patterns: Vec<TopicPattern>,
@@ -41,35 +90,49 @@ pub struct MqttSource {
     stats: Arc<SourceCounters>,
 }
 
+/// How a session ended.
+enum Ended {
+    /// Shutdown: the reader stopped; the writer is still up for the last acknowledgements.
+    Shutdown,
+    /// The connection failed: why.
+    Lost(String),
+}
+
 impl MqttSource {
-    /// Builds the client options from a validated configuration.
+    /// Builds the client settings from a validated configuration.
     pub fn new(cfg: &Config, counters: Arc<Counters>) -> Result<Self, String> {
         let addr = broker_addr(&cfg.mqtt.url)?;
-        let mut options = MqttOptions::new(cfg.mqtt_client_id(), addr.host, addr.port);
-        options
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_secs))
-            .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024)
-            .set_request_channel_capacity(REQUEST_CHANNEL);
-        if addr.tls {
+        let tls = if addr.tls {
             let m = &cfg.mqtt;
             let ca = m.ca_file.as_deref().ok_or("mqtt.ca_file: required for mqtts://")?;
             let client = m.client_cert_file.as_deref().zip(m.client_key_file.as_deref());
-            let tls = crate::tls::client_config(ca, client).map_err(|e| format!("mqtt TLS: {e}"))?;
-            options
-                .set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls))));
-        }
-        if let Some(user) = &cfg.mqtt.username {
-            let password = match &cfg.mqtt.password_file {
-                Some(f) => read_secret(f)?,
-                None => String::new(),
-            };
-            options.set_credentials(user, password);
-        }
+            let config = crate::tls::client_config(ca, client).map_err(|e| format!("mqtt TLS: {e}"))?;
+            let name = rustls_pki_types::ServerName::try_from(addr.host.clone())
+                .map_err(|e| format!("mqtt.url: {:?} is not a valid TLS server name: {e}", addr.host))?;
+            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        let password = match &cfg.mqtt.password_file {
+            Some(f) => Some(read_secret(f)?),
+            None => None,
+        };
         let patterns = cfg.mqtt.topics.iter().map(|t| TopicPattern::parse(t)).collect::<Result<_, _>>()?;
         let stats = counters.source(SOURCE_MQTT, PROTOCOL_JSON);
-        Ok(Self { options, push: None, patterns, max_payload: cfg.mqtt.max_payload_bytes, counters, stats })
+        Ok(Self {
+            host: addr.host,
+            port: addr.port,
+            tls,
+            client_id: cfg.mqtt_client_id(),
+            username: cfg.mqtt.username.clone(),
+            password,
+            keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_secs),
+            push: None,
+            patterns,
+            max_payload: cfg.mqtt.max_payload_bytes,
+            counters,
+            stats,
+        })
     }
 
     /// Also takes signed binding snapshots from `topic` and hands them to `tx`.
@@ -78,122 +141,257 @@ impl MqttSource {
         self
     }
 
-    /// Runs until `shutdown`; then stops taking messages, lets intake commit and acknowledge
-    /// what it holds (`intake_done`), flushes those acknowledgements and disconnects.
-    pub async fn run(self, tx: mpsc::Sender<Envelope>, shutdown: CancellationToken, intake_done: CancellationToken) {
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CHANNEL);
-        let mut filters: Vec<SubscribeFilter> =
-            self.patterns.iter().map(|p| SubscribeFilter::new(p.filter.clone(), QoS::AtLeastOnce)).collect();
+    fn filters(&self) -> Vec<String> {
+        let mut f: Vec<String> = self.patterns.iter().map(|p| p.filter.clone()).collect();
         if let Some((topic, _)) = &self.push {
-            filters.push(SubscribeFilter::new(topic.clone(), QoS::AtLeastOnce));
+            f.push(topic.clone());
         }
+        f
+    }
+
+    /// Runs until `shutdown`; then stops taking messages, lets intake commit and acknowledge
+    /// what it holds (`intake_done`), sends those acknowledgements and disconnects.
+    pub async fn run(self, tx: mpsc::Sender<Envelope>, shutdown: CancellationToken, intake_done: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-        let mut connected = false;
         let mut reject_log = RateLimited::new(Duration::from_secs(10));
-        let broker = format!("{}:{}", self.options.broker_address().0, self.options.broker_address().1);
+        let broker = format!("{}:{}", self.host, self.port);
         let heartbeat = self.counters.health.register(health::STAGE_MQTT);
+        let filters = self.filters();
 
         loop {
-            // The poll future is kept across heartbeats (never dropped half-way) until it
-            // yields an event.
-            let event = tokio::select! {
+            let connected = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                ev = heartbeat.while_waiting(eventloop.poll()) => ev,
+                c = heartbeat.while_waiting(self.connect()) => c,
             };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    connected = true;
-                    self.stats.set_connected(true);
-                    backoff.reset();
-                    info!(%broker, session_present = ack.session_present, "Connected to the MQTT broker.");
-                    if let Err(e) = client.try_subscribe_many(filters.clone()) {
-                        warn!(error = %e, "Could not queue the MQTT subscription.");
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    for (code, f) in ack.return_codes.iter().zip(&filters) {
-                        match code {
-                            SubscribeReasonCode::Success(qos) => {
-                                info!(topic = %f.path, qos = ?qos, "Subscribed.");
-                            }
-                            SubscribeReasonCode::Failure => {
-                                tracing::error!(topic = %f.path, "The broker refused the subscription; check its ACL.");
-                            }
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(publish)))
-                    if self.push.as_ref().is_some_and(|(t, _)| *t == publish.topic) =>
-                {
-                    let Some((_, push_tx)) = &self.push else { continue };
-                    let payload = publish.payload.to_vec();
-                    let ack = (publish.qos != QoS::AtMostOnce).then(|| Ack::Mqtt { client: client.clone(), publish });
-                    if push_tx.try_send(crate::bindings::push::PushMsg { payload, ack }).is_err() {
-                        warn!(
-                            "A binding snapshot arrived while the previous one is still being applied; the broker will redeliver it."
-                        );
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let env = self.decode(&client, publish, &mut reject_log);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        r = heartbeat.while_waiting(tx.send(env)) => if r.is_err() { break },
-                    }
-                }
-                Ok(_) => {}
+            let (reader, writer, buf, session_present) = match connected {
+                Ok(c) => c,
                 Err(e) => {
-                    self.stats.set_connected(false);
-                    if connected {
-                        warn!(%broker, error = %e, "MQTT connection lost; reconnecting with back-off.");
-                        connected = false;
+                    if backoff.attempts == 3 {
+                        warn!(%broker, error = %e, "Cannot reach the MQTT broker; still trying.");
                     } else {
                         debug!(%broker, error = %e, "MQTT connection attempt failed.");
-                        if backoff.attempts == 3 {
-                            warn!(%broker, error = %e, "Cannot reach the MQTT broker; still trying.");
-                        }
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = heartbeat.while_waiting(tokio::time::sleep(backoff.next_delay())) => {}
                     }
-                }
-            }
-        }
-
-        // Stop feeding intake, let it commit and queue the acknowledgements, then keep the
-        // event loop turning until they are written and the DISCONNECT is sent. Messages that
-        // arrive meanwhile stay unacknowledged: the broker redelivers them next session.
-        drop(tx);
-        if connected {
-            let drain = async {
-                let mut done = false;
-                loop {
-                    tokio::select! {
-                        _ = intake_done.cancelled(), if !done => {
-                            done = true;
-                            let _ = client.try_disconnect();
-                        }
-                        ev = eventloop.poll() => match ev {
-                            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                            _ => {}
-                        },
-                    }
+                    continue;
                 }
             };
-            if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
-                warn!("MQTT session did not close in time; unacknowledged messages will be redelivered.");
+            self.stats.set_connected(true);
+            backoff.reset();
+            info!(%broker, session_present, "Connected to the MQTT broker.");
+
+            let (out, out_rx) = mpsc::unbounded_channel();
+            let dead = CancellationToken::new();
+            let writer = tokio::spawn(write_loop(writer, out_rx, self.keep_alive, dead.clone()));
+            let _ = out.send(Out::Bytes(wire::subscribe(1, &filters)));
+            let ended =
+                self.session(reader, buf, &out, &filters, &tx, &shutdown, &dead, &heartbeat, &mut reject_log).await;
+            match ended {
+                Ended::Lost(why) => {
+                    dead.cancel();
+                    let why = match writer.await {
+                        Ok(Err(w)) => w,
+                        _ => why,
+                    };
+                    self.stats.set_connected(false);
+                    warn!(%broker, error = %why, "MQTT connection lost; reconnecting with back-off.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = heartbeat.while_waiting(tokio::time::sleep(backoff.next_delay())) => {}
+                    }
+                }
+                Ended::Shutdown => {
+                    // Stop feeding intake, let it commit and queue the acknowledgements (they
+                    // go to `out`, ahead of the DISCONNECT), then close the session. Messages
+                    // that arrived meanwhile stay unacknowledged: the broker redelivers them.
+                    drop(tx);
+                    let close = async {
+                        intake_done.cancelled().await;
+                        let _ = out.send(Out::Disconnect);
+                        drop(out);
+                        let _ = writer.await;
+                    };
+                    if tokio::time::timeout(Duration::from_secs(5), close).await.is_err() {
+                        warn!("MQTT session did not close in time; unacknowledged messages will be redelivered.");
+                    }
+                    dead.cancel();
+                    self.stats.set_connected(false);
+                    self.counters.health.deregister(health::STAGE_MQTT);
+                    info!("MQTT source stopped.");
+                    return;
+                }
             }
         }
+        drop(tx);
         self.stats.set_connected(false);
         self.counters.health.deregister(health::STAGE_MQTT);
         info!("MQTT source stopped.");
     }
 
-    fn decode(&self, client: &AsyncClient, publish: rumqttc::Publish, reject_log: &mut RateLimited) -> Envelope {
+    /// TCP (and TLS), CONNECT, CONNACK: the two halves of the connection, the bytes read past
+    /// the CONNACK, and whether the broker kept the session.
+    async fn connect(&self) -> Result<(Reader, Writer, BytesMut, bool), String> {
+        let connect = async {
+            let tcp =
+                tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
+            // Acknowledgements are gathered by the writer already; Nagle would only delay them.
+            let _ = tcp.set_nodelay(true);
+            let (mut reader, mut writer): (Reader, Writer) = match &self.tls {
+                None => {
+                    let (r, w) = tcp.into_split();
+                    (Box::new(r), Box::new(w))
+                }
+                Some((connector, name)) => {
+                    let s = connector.connect(name.clone(), tcp).await.map_err(|e| e.to_string())?;
+                    let (r, w) = tokio::io::split(s);
+                    (Box::new(r), Box::new(w))
+                }
+            };
+            let login = wire::Login {
+                client_id: &self.client_id,
+                clean_session: false,
+                keep_alive_secs: self.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16,
+                username: self.username.as_deref(),
+                password: self.username.as_ref().and(self.password.as_deref()),
+            };
+            writer.write_all(&wire::connect(&login)).await.map_err(|e| e.to_string())?;
+            writer.flush().await.map_err(|e| e.to_string())?;
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            loop {
+                match wire::parse(&mut buf, MAX_INCOMING_PACKET) {
+                    Ok(Some(wire::Incoming::ConnAck { session_present, code: 0 })) => {
+                        return Ok((reader, writer, buf, session_present));
+                    }
+                    Ok(Some(wire::Incoming::ConnAck { code, .. })) => {
+                        let reason = wire::connack_reason(code);
+                        if matches!(code, 4 | 5) {
+                            error!(
+                                client_id = %self.client_id,
+                                reason,
+                                "The MQTT broker refused the gateway's login; check mqtt.username, mqtt.password_file and the broker's ACL."
+                            );
+                        }
+                        return Err(format!("the broker refused the connection: {reason} (CONNACK {code})"));
+                    }
+                    Ok(Some(other)) => return Err(format!("the broker answered CONNECT with {other:?}")),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                if reader.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("the broker closed the connection before its CONNACK".into());
+                }
+            }
+        };
+        tokio::time::timeout(NETWORK_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| Err(format!("no CONNACK within {} s", NETWORK_TIMEOUT.as_secs())))
+    }
+
+    /// Reads packets until shutdown or a failure. The connection is judged dead only when the
+    /// broker says nothing for two keep-alive periods while the reader waits for it (the
+    /// writer pings every period), never while intake holds the reader back.
+    #[allow(clippy::too_many_arguments)]
+    async fn session(
+        &self,
+        mut reader: Reader,
+        mut buf: BytesMut,
+        out: &mpsc::UnboundedSender<Out>,
+        filters: &[String],
+        tx: &mpsc::Sender<Envelope>,
+        shutdown: &CancellationToken,
+        dead: &CancellationToken,
+        heartbeat: &Heartbeat,
+        reject_log: &mut RateLimited,
+    ) -> Ended {
+        let silence = self.keep_alive * 2;
+        loop {
+            heartbeat.beat();
+            loop {
+                let packet = match wire::parse(&mut buf, MAX_INCOMING_PACKET) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(e) => return Ended::Lost(format!("the broker sent a malformed packet: {e}")),
+                };
+                match packet {
+                    wire::Incoming::Publish(p) => {
+                        if let Some(env) = self.publish(p, out, reject_log) {
+                            // Most sends find room; only a full channel (intake busy committing)
+                            // waits, beating meanwhile.
+                            let env = match tx.try_send(env) {
+                                Ok(()) => continue,
+                                Err(mpsc::error::TrySendError::Closed(_)) => return Ended::Shutdown,
+                                Err(mpsc::error::TrySendError::Full(env)) => env,
+                            };
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return Ended::Shutdown,
+                                r = heartbeat.while_waiting(tx.send(env)) => if r.is_err() { return Ended::Shutdown },
+                            }
+                        }
+                    }
+                    wire::Incoming::SubAck { codes, .. } => {
+                        for (code, f) in codes.iter().zip(filters) {
+                            if *code == 0x80 {
+                                error!(topic = %f, "The broker refused the subscription; check its ACL.");
+                            } else {
+                                info!(topic = %f, qos = *code, "Subscribed.");
+                            }
+                        }
+                    }
+                    wire::Incoming::ConnAck { .. } => {
+                        return Ended::Lost("the broker sent a second CONNACK".into());
+                    }
+                    wire::Incoming::PingResp | wire::Incoming::Ignored(_) => {}
+                }
+            }
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                _ = dead.cancelled() => return Ended::Lost("the connection broke while writing".into()),
+                r = heartbeat.while_waiting(tokio::time::timeout(silence, reader.read_buf(&mut buf))) => match r {
+                    Err(_) => {
+                        return Ended::Lost(format!(
+                            "no packet from the broker for {} s (twice mqtt.keep_alive_secs)",
+                            silence.as_secs()
+                        ));
+                    }
+                    Ok(Ok(0)) => return Ended::Lost("the broker closed the connection".into()),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Ended::Lost(e.to_string()),
+                },
+            }
+        }
+    }
+
+    /// A PUBLISH: a binding snapshot goes to the push task, anything else is decoded into an
+    /// envelope for intake.
+    fn publish(
+        &self,
+        p: wire::Publish,
+        out: &mpsc::UnboundedSender<Out>,
+        reject_log: &mut RateLimited,
+    ) -> Option<Envelope> {
+        let ack = (p.qos > 0).then(|| Ack::Mqtt(MqttAck { out: out.clone(), packet_id: p.packet_id }));
+        if let Some((topic, push_tx)) = &self.push
+            && *topic == p.topic
+        {
+            if push_tx.try_send(crate::bindings::push::PushMsg { payload: p.payload.to_vec(), ack }).is_err() {
+                warn!(
+                    "A binding snapshot arrived while the previous one is still being applied; the broker will redeliver it."
+                );
+            }
+            return None;
+        }
+        Some(self.decode(&p.topic, &p.payload, ack, reject_log))
+    }
+
+    fn decode(&self, topic: &str, payload: &[u8], ack: Option<Ack>, reject_log: &mut RateLimited) -> Envelope {
         self.stats.messages.fetch_add(1, Relaxed);
-        let topic_serial = self.patterns.iter().find_map(|p| p.serial_of(&publish.topic));
-        let d = json::decode(&publish.payload, topic_serial, crate::now_ns(), self.max_payload);
+        let topic_serial = self.patterns.iter().find_map(|p| p.serial_of(topic));
+        let d = json::decode(payload, topic_serial, crate::now_ns(), self.max_payload);
         self.stats.readings.fetch_add(d.readings.len() as u64, Relaxed);
         self.stats.unknown_fields.fetch_add(u64::from(d.unknown_fields), Relaxed);
         self.stats.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
@@ -201,14 +399,69 @@ impl MqttSource {
             self.stats.reject(r.reason.as_str());
             if reject_log.allow(r.reason.as_str()) {
                 warn!(
-                    topic = %loggable(&publish.topic),
+                    topic = %loggable(topic),
                     reason = r.reason.as_str(),
                     detail = %r.detail,
                     "Rejected a reading (counted; logged at most every 10 s per reason)."
                 );
             }
         }
-        let ack = (publish.qos != QoS::AtMostOnce).then(|| Ack::Mqtt { client: client.clone(), publish });
         Envelope { readings: d.readings, ack }
     }
+}
+
+/// Writes what the connection's senders queue, everything that has gathered in one write,
+/// and a PINGREQ whenever nothing was sent for a keep-alive period. Ends on DISCONNECT, on
+/// `dead`, or on a failed write (cancelling `dead` for the reader).
+async fn write_loop(
+    mut w: Writer,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    keep_alive: Duration,
+    dead: CancellationToken,
+) -> Result<(), String> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut last_sent = Instant::now();
+    let result = loop {
+        buf.clear();
+        let mut disconnect = false;
+        let mut take = |m: Out, buf: &mut Vec<u8>| match m {
+            Out::Ack(id) => wire::puback(buf, id),
+            Out::Bytes(b) => buf.extend_from_slice(&b),
+            Out::Disconnect => disconnect = true,
+        };
+        tokio::select! {
+            _ = dead.cancelled() => break Ok(()),
+            m = rx.recv() => match m {
+                Some(m) => {
+                    take(m, &mut buf);
+                    while let Ok(m) = rx.try_recv() {
+                        take(m, &mut buf);
+                    }
+                }
+                // Every sender gone without a DISCONNECT: the session is over.
+                None => break Ok(()),
+            },
+            _ = tokio::time::sleep_until(last_sent + keep_alive) => buf.extend_from_slice(&wire::PINGREQ),
+        }
+        if disconnect {
+            buf.extend_from_slice(&wire::DISCONNECT);
+        }
+        let write = async {
+            w.write_all(&buf).await?;
+            w.flush().await
+        };
+        match tokio::time::timeout(NETWORK_TIMEOUT.max(keep_alive), write).await {
+            Ok(Ok(())) => last_sent = Instant::now(),
+            Ok(Err(e)) => break Err(format!("writing to the broker: {e}")),
+            Err(_) => break Err("the broker took no data for too long".into()),
+        }
+        if disconnect {
+            let _ = w.shutdown().await;
+            break Ok(());
+        }
+    };
+    if result.is_err() {
+        dead.cancel();
+    }
+    result
 }
