@@ -1,6 +1,6 @@
 //! The store thread: owns the SQLite connection; every statement runs here.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -278,6 +278,7 @@ pub(crate) fn spawn(
     let conn = open_or_recover(&path, sync)?;
     let bytes: i64 = conn.query_row("SELECT coalesce(sum(length(line) + 1), 0) FROM points", [], |r| r.get(0))?;
     let data_version = data_version(&conn)?;
+    let waiting = count_waiting(&conn)?;
     let (tx, rx) = mpsc::channel();
     let store = Store {
         conn,
@@ -286,6 +287,7 @@ pub(crate) fn spawn(
         deferred: VecDeque::new(),
         limits,
         bytes: bytes as u64,
+        waiting,
         data_version,
         last_maintenance: std::time::Instant::now(),
         full_logged: false,
@@ -425,6 +427,9 @@ struct Store {
     limits: Limits,
     /// Bytes of waiting points, kept current on every insert and delete.
     bytes: u64,
+    /// Waiting points per destination id, kept current likewise: metrics read it on every
+    /// scrape, and counting a backlog of a million points there would stall the queue.
+    waiting: HashMap<i64, u64>,
     /// `PRAGMA data_version` at the last look: it changes when *another* connection (an
     /// operator command) commits, and then `bytes` is recomputed.
     data_version: i64,
@@ -502,7 +507,10 @@ impl Store {
                     let _ = reply.send(stats(&self.conn, &self.path));
                 }
                 Command::Gauges(reply) => {
-                    let _ = reply.send(gauges(&self.conn, &self.path, Some(self.bytes)));
+                    // An operator command may have changed the queue since the last look.
+                    self.recount_if_changed();
+                    let running = Running { bytes: self.bytes, waiting: &self.waiting };
+                    let _ = reply.send(gauges(&self.conn, &self.path, Some(running)));
                 }
                 Command::Ping(reply) => {
                     let _ = reply.send(Ok(()));
@@ -593,17 +601,20 @@ impl Store {
         }
         let skipped_bytes = report.dropped_bytes;
         let over = (self.bytes + new_bytes).saturating_sub(self.limits.max_bytes);
+        let mut dropped_of: HashMap<i64, u64> = HashMap::new();
         let tx = self.conn.transaction()?;
         if over > 0 {
             // Oldest first, whatever the destination: the newest readings matter most.
             let mut freed = 0u64;
             let mut last_id = None;
             {
-                let mut stmt = tx.prepare_cached("SELECT id, length(line) + 1, enqueued_ns FROM points ORDER BY id")?;
+                let mut stmt =
+                    tx.prepare_cached("SELECT id, length(line) + 1, enqueued_ns, dest_id FROM points ORDER BY id")?;
                 let mut rows = stmt.query([])?;
                 while freed < over {
                     let Some(row) = rows.next()? else { break };
                     let (id, len, at): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+                    *dropped_of.entry(row.get(3)?).or_insert(0) += 1;
                     freed += len as u64;
                     report.dropped += 1;
                     report.dropped_span = Some(report.dropped_span.map_or((at, at), |(a, _)| (a, at)));
@@ -632,8 +643,36 @@ impl Store {
         record_readings(&tx, batches.iter().flat_map(|(b, _)| b.points.iter()))?;
         tx.commit()?;
         self.bytes = (self.bytes + new_bytes).saturating_sub(report.dropped_bytes - skipped_bytes);
+        for (dest, n) in dropped_of {
+            self.count(dest, -(n as i64));
+        }
+        self.count_points(batches.iter().flat_map(|(b, _)| b.points.iter()).skip(skip_new));
         self.full_logged = false;
         Ok(report)
+    }
+
+    /// Adds `delta` to the waiting count of `dest_id`.
+    fn count(&mut self, dest_id: i64, delta: i64) {
+        let n = self.waiting.entry(dest_id).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+    }
+
+    fn count_points<'a>(&mut self, points: impl Iterator<Item = &'a NewPoint>) {
+        let mut last: Option<(i64, i64)> = None;
+        for p in points {
+            match &mut last {
+                Some((dest, n)) if *dest == p.dest_id => *n += 1,
+                _ => {
+                    if let Some((dest, n)) = last.take() {
+                        self.count(dest, n);
+                    }
+                    last = Some((p.dest_id, 1));
+                }
+            }
+        }
+        if let Some((dest, n)) = last {
+            self.count(dest, n);
+        }
     }
 
     fn full(&mut self, why: String) -> QueueError {
@@ -664,6 +703,7 @@ impl Store {
             .execute(params![dest_id, first, last])?;
         tx.commit()?;
         self.bytes = self.bytes.saturating_sub(bytes as u64);
+        self.count(dest_id, -(n as i64));
         Ok(n as u64)
     }
 
@@ -696,6 +736,7 @@ impl Store {
         }
         tx.commit()?;
         self.bytes = self.bytes.saturating_sub(bytes);
+        self.count(dest_id, -(moved as i64));
         Ok(moved)
     }
 
@@ -790,6 +831,7 @@ impl Store {
         record_readings(&tx, points.iter())?;
         tx.commit()?;
         self.bytes += points.iter().map(|p| p.line.len() as u64 + 1).sum::<u64>();
+        self.count_points(points.iter());
         Ok(())
     }
 
@@ -815,6 +857,12 @@ impl Store {
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "WAL checkpoint failed; retrying later.");
         }
+        self.recount_if_changed();
+    }
+
+    /// Recomputes the running figures when another connection (an operator command) has
+    /// committed since the last look.
+    fn recount_if_changed(&mut self) {
         if let Ok(v) = data_version(&self.conn)
             && v != self.data_version
         {
@@ -823,6 +871,9 @@ impl Store {
                 self.conn.query_row("SELECT coalesce(sum(length(line) + 1), 0) FROM points", [], |r| r.get::<_, i64>(0))
             {
                 self.bytes = b as u64;
+            }
+            if let Ok(w) = count_waiting(&self.conn) {
+                self.waiting = w;
             }
         }
     }
@@ -1073,18 +1124,31 @@ pub struct QueueGauges {
     pub parked: Vec<(String, u64)>,
 }
 
-/// Computes [`QueueGauges`]. `bytes` is the store's running figure; without it (an operator
-/// command beside the daemon) the lines are summed, which reads the whole queue.
-pub fn gauges(conn: &Connection, path: &Path, bytes: Option<u64>) -> Result<QueueGauges, QueueError> {
-    let mut waiting: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
-    {
-        let mut stmt = conn.prepare_cached("SELECT dest_id, count(*) FROM points GROUP BY dest_id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (id, n) = row?;
-            waiting.insert(id, n as u64);
+/// The store's running figures: bytes waiting and points waiting per destination id.
+pub struct Running<'a> {
+    pub bytes: u64,
+    pub waiting: &'a HashMap<i64, u64>,
+}
+
+/// Waiting points per destination id, counted (reads the destination index).
+fn count_waiting(conn: &Connection) -> Result<HashMap<i64, u64>, QueueError> {
+    let mut stmt = conn.prepare_cached("SELECT dest_id, count(*) FROM points GROUP BY dest_id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Computes [`QueueGauges`] from the store's running figures; without them (an operator
+/// command beside the daemon) the points are counted and their lines summed, which reads the
+/// whole queue.
+pub fn gauges(conn: &Connection, path: &Path, running: Option<Running<'_>>) -> Result<QueueGauges, QueueError> {
+    let counted;
+    let waiting = match &running {
+        Some(r) => r.waiting,
+        None => {
+            counted = count_waiting(conn)?;
+            &counted
         }
-    }
+    };
     let mut oldest_of = conn.prepare_cached("SELECT enqueued_ns FROM points WHERE dest_id = ?1 ORDER BY id LIMIT 1")?;
     let mut destinations = Vec::new();
     {
@@ -1098,8 +1162,8 @@ pub fn gauges(conn: &Connection, path: &Path, bytes: Option<u64>) -> Result<Queu
             destinations.push((d, n, oldest));
         }
     }
-    let bytes = match bytes {
-        Some(b) => b,
+    let bytes = match running {
+        Some(r) => r.bytes,
         None => {
             conn.query_row("SELECT coalesce(sum(length(line) + 1), 0) FROM points", [], |r| r.get::<_, i64>(0))? as u64
         }
@@ -1220,6 +1284,22 @@ mod tests {
         let kept = q.lease(a, 100, usize::MAX).await.expect("lease");
         assert_eq!(kept.first().map(|l| l.line.as_str()), Some("m v=011i 1"));
         assert_eq!(kept.last().map(|l| l.line.as_str()), Some("m v=019i 1"));
+        assert_eq!(q.gauges().await.expect("gauges").points, 9, "dropped points leave the running count");
+    }
+
+    #[tokio::test]
+    async fn gauges_follow_an_operator_command_beside_the_daemon() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        q.append((0..10).map(|n| point(a, n)).collect()).await.expect("append");
+        assert_eq!(q.gauges().await.expect("gauges").points, 10);
+        // `queue purge` and `dead-letters replay` write through a connection of their own.
+        let conn = open_read_write(dir.path()).expect("rw");
+        conn.execute("DELETE FROM points WHERE id IN (SELECT id FROM points ORDER BY id LIMIT 4)", []).expect("purge");
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.points, g.destinations[0].1), (6, 6));
+        assert_eq!(g.bytes, q.stats().await.expect("stats").bytes);
     }
 
     #[tokio::test]
@@ -1315,6 +1395,10 @@ mod model {
                             q = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("reopen").0;
                         }
                     }
+                    // The running counts behind the metrics follow every change.
+                    let g = q.gauges().await.expect("gauges");
+                    let counts: Vec<u64> = g.destinations.iter().map(|(_, n, _)| *n).collect();
+                    assert_eq!(counts, model.iter().map(|m| m.len() as u64).collect::<Vec<_>>());
                 }
                 let total: usize = model.iter().map(VecDeque::len).sum();
                 assert_eq!(q.stats().await.expect("stats").points as usize, total);
