@@ -151,11 +151,15 @@ pub async fn run_intake(
         }
         counters.readings_queued.fetch_add(n, Relaxed);
         counters.parked.fetch_add(parked, Relaxed);
+        let mut mqtt_acks = mqtt::AckBatch::default();
         for env in batch.drain(..) {
-            if let Some(ack) = env.ack {
-                ack.send();
+            match env.ack {
+                Some(Ack::Mqtt(ack)) => mqtt_acks.push(ack),
+                Some(ack) => ack.send(),
+                None => {}
             }
         }
+        mqtt_acks.send();
         if !touched.is_empty() {
             let _ = touched_tx.send(touched.into_iter().collect());
         }

@@ -52,8 +52,9 @@ type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// What the writer task of one connection sends.
-enum Out {
+pub(crate) enum Out {
     Ack(u16),
+    Acks(Vec<u16>),
     Bytes(Vec<u8>),
     Disconnect,
 }
@@ -71,6 +72,40 @@ impl MqttAck {
         if self.out.send(Out::Ack(self.packet_id)).is_err() {
             debug!("MQTT acknowledgement not sent (connection gone); the broker will redeliver.");
         }
+    }
+}
+
+/// The acknowledgements of one commit, handed to each connection's writer as one message:
+/// one wake-up and one write per commit, however the runtime schedules the writer.
+#[derive(Default)]
+pub struct AckBatch {
+    current: Option<(mpsc::UnboundedSender<Out>, Vec<u16>)>,
+}
+
+impl AckBatch {
+    pub fn push(&mut self, ack: MqttAck) {
+        match &mut self.current {
+            Some((out, ids)) if out.same_channel(&ack.out) => ids.push(ack.packet_id),
+            _ => {
+                self.send();
+                self.current = Some((ack.out, vec![ack.packet_id]));
+            }
+        }
+    }
+
+    /// Sends what was pushed (also done on drop).
+    pub fn send(&mut self) {
+        if let Some((out, ids)) = self.current.take()
+            && out.send(Out::Acks(ids)).is_err()
+        {
+            debug!("MQTT acknowledgements not sent (connection gone); the broker will redeliver.");
+        }
+    }
+}
+
+impl Drop for AckBatch {
+    fn drop(&mut self) {
+        self.send();
     }
 }
 
@@ -426,6 +461,7 @@ async fn write_loop(
         let mut disconnect = false;
         let mut take = |m: Out, buf: &mut Vec<u8>| match m {
             Out::Ack(id) => wire::puback(buf, id),
+            Out::Acks(ids) => ids.into_iter().for_each(|id| wire::puback(buf, id)),
             Out::Bytes(b) => buf.extend_from_slice(&b),
             Out::Disconnect => disconnect = true,
         };
