@@ -16,8 +16,8 @@
 //! Options (after `--`): `--devices N` (32), `--step-secs S` (10), `--backlog N` (1000000),
 //! `--latency-secs S` (30), `--latency-rate R` (1000), `--start-rate R` (2000),
 //! `--phases broker,gateway,latency,backlog` (all), `--keep-alive-secs S` (30, the gateway's
-//! MQTT keep-alive), `--out FILE` (a Markdown report; always
-//! printed too).
+//! MQTT keep-alive), `--broker-inflight N` (1000, the broker's `max_inflight_messages`),
+//! `--out FILE` (a Markdown report; always printed too).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -56,8 +56,13 @@ struct Opts {
     phases: Vec<String>,
     /// `mqtt.keep_alive_secs` of the gateways (the shipped default: 30).
     keep_alive_secs: u64,
+    /// The broker's `max_inflight_messages` (the README's recommendation by default).
+    broker_inflight: u64,
     out: Option<PathBuf>,
 }
+
+/// The broker as the README recommends it for the gateway ("Broker settings").
+const BROKER_INFLIGHT: u64 = 1000;
 
 fn opts() -> Opts {
     let mut o = Opts {
@@ -69,6 +74,7 @@ fn opts() -> Opts {
         start_rate: 2000,
         phases: PHASES.iter().map(|p| (*p).to_owned()).collect(),
         keep_alive_secs: 30,
+        broker_inflight: BROKER_INFLIGHT,
         out: None,
     };
     let mut args = std::env::args().skip(1);
@@ -83,6 +89,7 @@ fn opts() -> Opts {
             "--start-rate" => o.start_rate = value(&a).parse().expect("--start-rate R"),
             "--out" => o.out = Some(value(&a).into()),
             "--keep-alive-secs" => o.keep_alive_secs = value(&a).parse().expect("--keep-alive-secs S"),
+            "--broker-inflight" => o.broker_inflight = value(&a).parse().expect("--broker-inflight N"),
             "--phases" => o.phases = value(&a).split(',').map(str::to_owned).collect(),
             // `cargo bench` passes `--bench` to every bench target.
             "--bench" => {}
@@ -937,8 +944,7 @@ async fn main() {
     let has = |p: &str| o.phases.iter().any(|x| x == p);
     let work = tempfile::TempDir::new().expect("temp dir");
     let bindings = write_bindings(work.path(), o.devices);
-    // The broker as the README recommends it for the gateway: 1000 QoS 1 messages in flight.
-    let broker = Mosquitto::start_with_config("max_inflight_messages 1000\n");
+    let broker = Mosquitto::start_with_config(&format!("max_inflight_messages {}\n", o.broker_inflight));
     let mut windows = Windows { base_ms: wall_ms() - 72 * HOUR_MS, next: 0 };
     let machine = machine();
     say(format!("machine: {machine}"));
@@ -1020,13 +1026,14 @@ fn report(
     let _ = writeln!(r, "Machine: {machine}.\n");
     let _ = writeln!(
         r,
-        "Command: `scripts/bench-e2e.sh --phases {} --devices {} --step-secs {} --backlog {} --latency-rate {} --latency-secs {}`.\n",
+        "Command: `scripts/bench-e2e.sh --phases {} --devices {} --step-secs {} --backlog {} --latency-rate {} --latency-secs {} --broker-inflight {}`.\n",
         o.phases.join(","),
         o.devices,
         o.step_secs,
         o.backlog,
         o.latency_rate,
-        o.latency_secs
+        o.latency_secs,
+        o.broker_inflight
     );
     let _ = writeln!(r, "| figure | gateway | ceiling | ratio | target |");
     let _ = writeln!(r, "|---|---|---|---|---|");
