@@ -293,6 +293,7 @@ pub(crate) fn spawn(
         bytes: bytes as u64,
         waiting,
         open_gaps,
+        next_id: 1,
         data_version,
         last_maintenance: std::time::Instant::now(),
         full_logged: false,
@@ -371,6 +372,15 @@ fn record_readings<'a>(
         }
     }
     Ok(closed)
+}
+
+/// The id for the next point: above every point in the table and every id the store ever
+/// gave (`given`). SQLite alone would give max(id) + 1, i.e. start again at 1 once the table is
+/// empty (drop_oldest can empty it); a batch still on its way to InfluxDB is deleted by its
+/// id range once written, and that range must then not hold a newer point.
+fn first_free_id(tx: &rusqlite::Transaction<'_>, given: i64) -> Result<i64, QueueError> {
+    let above: i64 = tx.prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM points")?.query_row([], |r| r.get(0))?;
+    Ok(above.max(given))
 }
 
 /// Streams with an open gap.
@@ -458,6 +468,8 @@ struct Store {
     waiting: HashMap<i64, u64>,
     /// Streams with an open gap: only their readings need the gap-closing update.
     open_gaps: HashSet<i64>,
+    /// Lowest id this store may give a new point (see `first_free_id`).
+    next_id: i64,
     /// `PRAGMA data_version` at the last look: it changes when *another* connection (an
     /// operator command) commits, and then `bytes` is recomputed.
     data_version: i64,
@@ -654,12 +666,14 @@ impl Store {
             }
             report.dropped_bytes += freed;
         }
+        let mut next_id = first_free_id(&tx, self.next_id)?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO points (dest_id, line, enqueued_ns, stream_key, ts_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO points (id, dest_id, line, enqueued_ns, stream_key, ts_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for p in batches.iter().flat_map(|(b, _)| b.points.iter()).skip(skip_new) {
-                stmt.execute(params![p.dest_id, p.line, p.enqueued_ns, p.stream_key, p.ts_ns])?;
+                stmt.execute(params![next_id, p.dest_id, p.line, p.enqueued_ns, p.stream_key, p.ts_ns])?;
+                next_id += 1;
             }
             let mut park = tx.prepare_cached(
                 "INSERT INTO parked (serial, ts_ns, reason, body, parked_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -670,6 +684,7 @@ impl Store {
         }
         let closed = record_readings(&tx, batches.iter().flat_map(|(b, _)| b.points.iter()), &self.open_gaps)?;
         tx.commit()?;
+        self.next_id = next_id;
         self.forget_gaps(closed);
         self.bytes = (self.bytes + new_bytes).saturating_sub(report.dropped_bytes - skipped_bytes);
         for (dest, n) in dropped_of {
@@ -856,12 +871,14 @@ impl Store {
         repark: &[(i64, &'static str)],
     ) -> Result<(), QueueError> {
         let tx = self.conn.transaction()?;
+        let mut next_id = first_free_id(&tx, self.next_id)?;
         {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO points (dest_id, line, enqueued_ns, stream_key, ts_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO points (id, dest_id, line, enqueued_ns, stream_key, ts_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for p in points {
-                ins.execute(params![p.dest_id, p.line, p.enqueued_ns, p.stream_key, p.ts_ns])?;
+                ins.execute(params![next_id, p.dest_id, p.line, p.enqueued_ns, p.stream_key, p.ts_ns])?;
+                next_id += 1;
             }
             let mut del = tx.prepare_cached("DELETE FROM parked WHERE id = ?1")?;
             for id in remove {
@@ -874,6 +891,7 @@ impl Store {
         }
         let closed = record_readings(&tx, points.iter(), &self.open_gaps)?;
         tx.commit()?;
+        self.next_id = next_id;
         self.forget_gaps(closed);
         self.bytes += points.iter().map(|p| p.line.len() as u64 + 1).sum::<u64>();
         self.count_points(points.iter());
@@ -1356,6 +1374,25 @@ mod tests {
         q.append(vec![reading(s1, 320)]).await.expect("append");
         let gaps = q.unreported_gaps().await.expect("gaps");
         assert!(gaps.iter().filter(|g| g.stream_id == "s1").all(|g| g.ended_ns.is_some()), "{gaps:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_on_its_way_never_shares_ids_with_newer_points() {
+        // drop_oldest can empty the table; SQLite would then number new points from 1 again,
+        // into the id range of a batch still being written, whose delete would take them.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits { max_bytes: 100, policy: FullPolicy::DropOldest, min_free_bytes: 0 };
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        let line = |n: usize| NewPoint { dest_id: a, line: format!("m v={n:03}i 1"), ..Default::default() };
+        q.append((0..5).map(line).collect()).await.expect("append");
+        let on_its_way = q.lease(a, 100, usize::MAX).await.expect("lease");
+        // Nine 11-byte lines fill the 100 bytes: every older point is dropped.
+        let r = q.append((5..14).map(line).collect()).await.expect("append");
+        assert_eq!(r.dropped, 5, "{r:?}");
+        let (first, last) = (on_its_way[0].id, on_its_way[4].id);
+        assert_eq!(q.delete(a, first, last).await.expect("delete"), 0, "the newer points are not in the range");
+        assert_eq!(q.lease(a, 100, usize::MAX).await.expect("lease").len(), 9);
     }
 
     #[tokio::test]
