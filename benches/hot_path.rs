@@ -325,7 +325,11 @@ mod batch {
 
     fn leased() -> Vec<Leased> {
         let n = config::Influx::default().batch_max_lines;
-        points(32, n).into_iter().enumerate().map(|(i, p)| Leased { id: i as i64 + 1, line: p.line }).collect()
+        points(32, n)
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Leased { id: i as i64 + 1, line: p.line, stream_key: p.stream_key, ts_ns: p.ts_ns })
+            .collect()
     }
 
     #[divan::bench(min_time = 0.5)]

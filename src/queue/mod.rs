@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 use crate::bindings::{Binding, Destination};
 
 pub use store::{
-    Activity, AppendReport, Batch, DeadLetter, DeadLetterFilter, FullPolicy, Gap, Leased, Limits, NewParked, NewPoint,
-    PARKED_FRESH, PARKED_UNBOUND, Parked, QueueGauges, QueueStats, Synchronous,
+    Activity, AppendReport, Batch, DeadLetter, DeadLetterFilter, Delivered, FullPolicy, Gap, Leased, Limits, NewParked,
+    NewPoint, PARKED_FRESH, PARKED_UNBOUND, Parked, QueueGauges, QueueStats, Synchronous,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,7 @@ pub(crate) enum Command {
         dest_id: i64,
         first: i64,
         last: i64,
+        seen: Option<store::Delivered>,
         reply: Reply<u64>,
     },
     DeadLetter {
@@ -223,7 +224,19 @@ impl QueueHandle {
 
     /// Removes a delivered batch (ids `first..=last` of that destination).
     pub async fn delete(&self, dest_id: i64, first: i64, last: i64) -> Result<u64, QueueError> {
-        self.call(|reply| Command::Delete { dest_id, first, last, reply }).await
+        self.call(|reply| Command::Delete { dest_id, first, last, seen: None, reply }).await
+    }
+
+    /// Like [`Self::delete`] for a range the caller read whole (`seen`, from its lease): the
+    /// store need not read it again for the activity and byte figures.
+    pub async fn delete_delivered(
+        &self,
+        dest_id: i64,
+        first: i64,
+        last: i64,
+        seen: store::Delivered,
+    ) -> Result<u64, QueueError> {
+        self.call(|reply| Command::Delete { dest_id, first, last, seen: Some(seen), reply }).await
     }
 
     /// Moves points InfluxDB refused for good to the dead letters, with the reason.

@@ -258,6 +258,40 @@ pub struct Gap {
 pub struct Leased {
     pub id: i64,
     pub line: String,
+    /// The stream (`streams.id`, 0: none) and time of the point, for per-stream activity.
+    pub stream_key: i64,
+    pub ts_ns: i64,
+}
+
+/// What a delivered range held, as the sink read it: lets the store delete the range without
+/// reading it again (see `Store::delete`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivered {
+    pub points: u64,
+    pub bytes: u64,
+    /// (stream key, points, latest time) per stream.
+    pub streams: Vec<(i64, u64, i64)>,
+}
+
+impl Delivered {
+    pub fn of(rows: &[Leased]) -> Self {
+        let mut d = Delivered { points: rows.len() as u64, ..Default::default() };
+        for r in rows {
+            d.bytes += r.line.len() as u64 + 1;
+            if r.stream_key <= 0 {
+                continue;
+            }
+            // Rows of one batch come from few streams; a linear search beats hashing here.
+            match d.streams.iter_mut().find(|(k, _, _)| *k == r.stream_key) {
+                Some((_, n, ts)) => {
+                    *n += 1;
+                    *ts = (*ts).max(r.ts_ns);
+                }
+                None => d.streams.push((r.stream_key, 1, r.ts_ns)),
+            }
+        }
+        d
+    }
 }
 
 /// What is waiting, for status and logs.
@@ -501,8 +535,8 @@ impl Store {
                 Command::Lease { dest_id, after_id, max_lines, max_bytes, reply } => {
                     let _ = reply.send(self.lease(dest_id, after_id, max_lines, max_bytes));
                 }
-                Command::Delete { dest_id, first, last, reply } => {
-                    let _ = reply.send(self.delete(dest_id, first, last));
+                Command::Delete { dest_id, first, last, seen, reply } => {
+                    let _ = reply.send(self.delete(dest_id, first, last, seen));
                 }
                 Command::DeadLetter { dest_id, ids, reason, status, detail, reply } => {
                     let _ = reply.send(self.dead_letter(dest_id, &ids, reason, status, &detail));
@@ -739,7 +773,33 @@ impl Store {
         QueueError::Full(why)
     }
 
-    fn delete(&mut self, dest_id: i64, first: i64, last: i64) -> Result<u64, QueueError> {
+    fn delete(&mut self, dest_id: i64, first: i64, last: i64, seen: Option<Delivered>) -> Result<u64, QueueError> {
+        // What the sink read is still the range's content unless points left it since (dropped
+        // to make room, dead-lettered): then the delete count differs, and the range is read
+        // again below.
+        if let Some(d) = seen {
+            let tx = self.conn.transaction()?;
+            let n = tx
+                .prepare_cached("DELETE FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3")?
+                .execute(params![dest_id, first, last])?;
+            if n as u64 == d.points {
+                {
+                    let mut up = tx.prepare_cached(
+                        "INSERT INTO activity (stream_key, delivered, last_delivered_ns) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (stream_key) DO UPDATE SET delivered = delivered + excluded.delivered,
+                           last_delivered_ns = max(coalesce(last_delivered_ns, excluded.last_delivered_ns), excluded.last_delivered_ns)",
+                    )?;
+                    for (key, points, ts) in &d.streams {
+                        up.execute(params![key, *points as i64, ts])?;
+                    }
+                }
+                tx.commit()?;
+                self.bytes = self.bytes.saturating_sub(d.bytes);
+                self.count(dest_id, -(n as i64));
+                return Ok(n as u64);
+            }
+            tx.rollback()?;
+        }
         let tx = self.conn.transaction()?;
         let bytes: i64 = tx
             .prepare_cached(
@@ -948,9 +1008,10 @@ impl Store {
         max_lines: usize,
         max_bytes: usize,
     ) -> Result<Vec<Leased>, QueueError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, line FROM points WHERE dest_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, line, coalesce(stream_key, 0), coalesce(ts_ns, 0) FROM points
+                 WHERE dest_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
         let mut rows = stmt.query(params![dest_id, after_id, max_lines as i64])?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -962,7 +1023,7 @@ impl Store {
                 break;
             }
             bytes += line.len() + 1;
-            out.push(Leased { id: row.get(0)?, line });
+            out.push(Leased { id: row.get(0)?, line, stream_key: row.get(2)?, ts_ns: row.get(3)? });
         }
         Ok(out)
     }
@@ -1393,6 +1454,44 @@ mod tests {
         let (first, last) = (on_its_way[0].id, on_its_way[4].id);
         assert_eq!(q.delete(a, first, last).await.expect("delete"), 0, "the newer points are not in the range");
         assert_eq!(q.lease(a, 100, usize::MAX).await.expect("lease").len(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_delete_of_what_the_sink_read_counts_like_one_that_reads_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        let (s1, s2) = (q.stream_key("s1".into()).await.expect("s1"), q.stream_key("s2".into()).await.expect("s2"));
+        let reading = |n: usize| NewPoint { stream_key: [s1, s2, 0][n % 3], ts_ns: 1000 + n as i64, ..point(a, n) };
+        q.append((0..30).map(reading).collect()).await.expect("append");
+        let figures = |q: QueueHandle| async move {
+            let mut act: Vec<_> = q
+                .activity()
+                .await
+                .expect("activity")
+                .into_iter()
+                .map(|a| (a.stream_id, a.delivered, a.last_delivered_ns))
+                .collect();
+            act.sort();
+            (act, q.gauges().await.expect("gauges").bytes, q.stats().await.expect("stats").bytes)
+        };
+        // Ten by reading again, ten from what the lease saw.
+        let first = q.lease(a, 10, usize::MAX).await.expect("lease");
+        q.delete(a, first[0].id, first[9].id).await.expect("delete");
+        let second = q.lease(a, 10, usize::MAX).await.expect("lease");
+        let n = q.delete_delivered(a, second[0].id, second[9].id, Delivered::of(&second)).await.expect("delete");
+        assert_eq!(n, 10);
+        let (act, running, counted) = figures(q.clone()).await;
+        assert_eq!(running, counted, "running bytes");
+        assert_eq!(act, [("s1".to_owned(), 7, Some(1018)), ("s2".to_owned(), 7, Some(1019))]);
+        // A range that lost points since its lease (dead-lettered) is read again.
+        let third = q.lease(a, 10, usize::MAX).await.expect("lease");
+        q.dead_letter(a, vec![third[0].id, third[1].id], "rejected", Some(400), "x".into()).await.expect("dead");
+        let n = q.delete_delivered(a, third[0].id, third[9].id, Delivered::of(&third)).await.expect("delete");
+        assert_eq!(n, 8);
+        let (act, running, counted) = figures(q.clone()).await;
+        assert_eq!((running, counted), (0, 0));
+        assert_eq!(act, [("s1".to_owned(), 9, Some(1027)), ("s2".to_owned(), 10, Some(1028))]);
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use crate::backoff::Backoff;
 use crate::bindings::Destination;
 use crate::config::Influx;
 use crate::ingest::Touched;
-use crate::queue::QueueHandle;
+use crate::queue::{Delivered, QueueHandle};
 use crate::telemetry::health::{self, Heartbeat};
 use crate::telemetry::{Counters, DestinationCounters, destination_label};
 use influx::{InfluxClient, WriteOutcome};
@@ -137,6 +137,13 @@ struct Worker {
     wake: Arc<Wake>,
 }
 
+/// A range written to InfluxDB, to be deleted, with what it held as leased.
+struct Written {
+    first: i64,
+    last: i64,
+    seen: Delivered,
+}
+
 /// Dead-letter reasons (metric labels, `dead-letters list --reason`).
 pub const REASON_REJECTED: &str = "rejected";
 pub const REASON_TOO_LARGE: &str = "too_large";
@@ -196,7 +203,7 @@ impl Worker {
             // its way, the next is read and the one before it deleted: the store thread works
             // while InfluxDB does, and only the request itself is serial.
             let mut next: Option<Vec<crate::queue::Leased>> = None;
-            let mut written: Vec<(i64, i64, u64)> = Vec::new();
+            let mut written: Vec<Written> = Vec::new();
             loop {
                 if shutdown.is_cancelled() {
                     self.delete_written(&mut written).await;
@@ -270,7 +277,7 @@ impl Worker {
         &self,
         rows: &[crate::queue::Leased],
         st: &mut Retry,
-        written: &mut Vec<(i64, i64, u64)>,
+        written: &mut Vec<Written>,
         shutdown: &CancellationToken,
     ) -> Flow {
         // Ranges still to write, in order. A rejected range is split in halves until the
@@ -290,7 +297,7 @@ impl Worker {
                 WriteOutcome::Written => {
                     // Deleted by the caller, beside the next request.
                     if let (Some(first), Some(last)) = (part.first(), part.last()) {
-                        written.push((first.id, last.id, part.len() as u64));
+                        written.push(Written { first: first.id, last: last.id, seen: Delivered::of(part) });
                     }
                     self.stats.written(part.len() as u64, crate::now_ns());
                     if st.failing {
@@ -376,20 +383,24 @@ impl Worker {
         Flow::Done
     }
 
+    /// Deletes what is left of a partly dead-lettered batch.
     async fn delete(&self, part: &[crate::queue::Leased]) {
         let (Some(first), Some(last)) = (part.first(), part.last()) else { return };
-        self.delete_range(first.id, last.id, part.len() as u64).await;
+        let r = self.queue.delete(self.id, first.id, last.id).await;
+        self.deleted(r, part.len() as u64);
     }
 
-    /// Deletes written ranges (`first_id`, `last_id`, points) and forgets them.
-    async fn delete_written(&self, written: &mut Vec<(i64, i64, u64)>) {
-        for (first, last, n) in written.drain(..) {
-            self.delete_range(first, last, n).await;
+    /// Deletes written ranges and forgets them.
+    async fn delete_written(&self, written: &mut Vec<Written>) {
+        for w in written.drain(..) {
+            let n = w.seen.points;
+            let r = self.queue.delete_delivered(self.id, w.first, w.last, w.seen).await;
+            self.deleted(r, n);
         }
     }
 
-    async fn delete_range(&self, first: i64, last: i64, n: u64) {
-        if let Err(e) = self.queue.delete(self.id, first, last).await {
+    fn deleted(&self, r: Result<u64, crate::queue::QueueError>, n: u64) {
+        if let Err(e) = r {
             // Stored in InfluxDB but still queued: it will be written again, which InfluxDB
             // treats as the same points.
             error!(destination = %self.dest, error = %e, "Could not delete a delivered batch.");
