@@ -619,6 +619,9 @@ struct Latency {
     max_ms: f64,
     cpu_per_1000_ms: f64,
     polls: usize,
+    /// Readings later than the target (flush interval + 100 ms), and the span of their
+    /// publish times in seconds after the first publish: where to look for a tail.
+    late: (usize, f64, f64),
 }
 
 async fn latency(o: &Opts, port: u16, influx: &Influx1, probe: &Probe) -> Latency {
@@ -657,6 +660,28 @@ async fn latency(o: &Opts, port: u16, influx: &Influx1, probe: &Probe) -> Latenc
         let Some(&(seen, _)) = polls.get(p) else { break };
         lat.push(seen - ts);
     }
+    let t0 = published.stamps.iter().copied().min().unwrap_or(0);
+    let late_at: Vec<f64> = published
+        .stamps
+        .iter()
+        .zip(&lat)
+        .filter(|(_, l)| **l > FLUSH_MS as i64 + 100)
+        .map(|(ts, _)| (ts - t0) as f64 / 1000.0)
+        .collect();
+    let late = (
+        late_at.len(),
+        late_at.iter().copied().fold(f64::INFINITY, f64::min),
+        late_at.iter().copied().fold(0.0, f64::max),
+    );
+    if late.0 > 0 {
+        say(format!(
+            "  {} readings later than {} ms, published {:.1}-{:.1} s after the start",
+            late.0,
+            FLUSH_MS + 100,
+            late.1,
+            late.2
+        ));
+    }
     assert_eq!(lat.len() as u64, total, "every latency reading reached InfluxDB in time");
     lat.sort_unstable();
     let pct = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1] as f64;
@@ -667,6 +692,7 @@ async fn latency(o: &Opts, port: u16, influx: &Influx1, probe: &Probe) -> Latenc
         max_ms: *lat.last().expect("readings") as f64,
         cpu_per_1000_ms: cpu * 1000.0 / total as f64 * 1000.0,
         polls: polls.len(),
+        late,
     }
 }
 
