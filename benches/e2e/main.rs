@@ -296,7 +296,7 @@ struct Counter {
 impl Counter {
     async fn start(port: u16) -> Counter {
         let DeviceConn { mut rd, mut wr, mut reader } = connect(port, "bench-counter").await.expect("counter connects");
-        wr.write_all(&mqtt::subscribe(1, "devices/+/vitals", 1)).await.expect("SUBSCRIBE");
+        wr.write_all(&mqtt::subscribe(1, "devices/+/vitals")).await.expect("SUBSCRIBE");
         let mut subscribed = false;
         while !subscribed {
             reader.read_some(&mut rd, |t, _, _| subscribed |= t == mqtt::SUBACK).await.expect("SUBACK");

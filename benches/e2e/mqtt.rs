@@ -1,10 +1,13 @@
 //! The smallest MQTT 3.1.1 client the benchmark needs: CONNECT, QoS 1 PUBLISH and its PUBACK,
-//! SUBSCRIBE. Written out by hand rather than taken from rumqttc so that the load generator
-//! and the counting subscriber cost as little CPU as possible on a machine they share with
-//! the broker, the database and the gateway: what they cost is CPU the measured parties lose.
+//! SUBSCRIBE, on the gateway's own packet encoders (`ingest::mqtt::wire`). Not rumqttc, so
+//! that the load generator and the counting subscriber cost as little CPU as possible on a
+//! machine they share with the broker, the database and the gateway: what they cost is CPU
+//! the measured parties lose.
 
 use std::io;
 
+pub use heartguard_gateway::ingest::mqtt::wire::puback;
+use heartguard_gateway::ingest::mqtt::wire::{self, remaining_length, string};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub const CONNACK: u8 = 2;
@@ -12,36 +15,8 @@ pub const PUBLISH: u8 = 3;
 pub const PUBACK: u8 = 4;
 pub const SUBACK: u8 = 9;
 
-fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-}
-
-fn string(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
 pub fn connect(client_id: &str, clean_session: bool, keep_alive_secs: u16) -> Vec<u8> {
-    let mut body = Vec::new();
-    string(&mut body, b"MQTT");
-    body.push(4); // protocol level 3.1.1
-    body.push(if clean_session { 0x02 } else { 0x00 });
-    body.extend_from_slice(&keep_alive_secs.to_be_bytes());
-    string(&mut body, client_id.as_bytes());
-    let mut out = vec![0x10];
-    remaining_length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+    wire::connect(&wire::Login { client_id, clean_session, keep_alive_secs, username: None, password: None })
 }
 
 /// Appends one QoS 1 PUBLISH.
@@ -53,19 +28,9 @@ pub fn publish_qos1(out: &mut Vec<u8>, topic: &[u8], packet_id: u16, payload: &[
     out.extend_from_slice(payload);
 }
 
-pub fn puback(out: &mut Vec<u8>, packet_id: u16) {
-    out.extend_from_slice(&[0x40, 0x02]);
-    out.extend_from_slice(&packet_id.to_be_bytes());
-}
-
-pub fn subscribe(packet_id: u16, filter: &str, qos: u8) -> Vec<u8> {
-    let mut body = packet_id.to_be_bytes().to_vec();
-    string(&mut body, filter.as_bytes());
-    body.push(qos);
-    let mut out = vec![0x82];
-    remaining_length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+/// SUBSCRIBE to one filter at QoS 1.
+pub fn subscribe(packet_id: u16, filter: &str) -> Vec<u8> {
+    wire::subscribe(packet_id, &[filter.to_owned()])
 }
 
 /// Packet ids 1..=65535, wrapping (0 is not a valid id).

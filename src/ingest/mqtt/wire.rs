@@ -156,7 +156,8 @@ fn take_u16(b: &mut Bytes) -> Option<u16> {
     (b.len() >= 2).then(|| b.get_u16())
 }
 
-fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
+/// Appends MQTT's variable-length "remaining length" (2.2.3).
+pub fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
     loop {
         let mut byte = (len % 128) as u8;
         len /= 128;
@@ -170,7 +171,8 @@ fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
     }
 }
 
-fn string(out: &mut Vec<u8>, s: &[u8]) {
+/// Appends an MQTT string: two bytes of length, then the bytes (1.5.3).
+pub fn string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s);
 }
