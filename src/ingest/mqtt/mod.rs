@@ -225,10 +225,18 @@ impl MqttSource {
                 self.session(reader, buf, &out, &filters, &tx, &shutdown, &dead, &heartbeat, &mut reject_log).await;
             match ended {
                 Ended::Lost(why) => {
-                    dead.cancel();
-                    let why = match writer.await {
-                        Ok(Err(w)) => w,
-                        _ => why,
+                    // A writer that failed has cancelled `dead` and is ending: its reason is the
+                    // better one. Any other writer may be stuck in a write to a broker that no
+                    // longer reads; it is not waited for.
+                    let why = if dead.is_cancelled() {
+                        match writer.await {
+                            Ok(Err(w)) => w,
+                            _ => why,
+                        }
+                    } else {
+                        dead.cancel();
+                        writer.abort();
+                        why
                     };
                     self.stats.set_connected(false);
                     warn!(%broker, error = %why, "MQTT connection lost; reconnecting with back-off.");
