@@ -387,3 +387,30 @@ async fn the_gateway_logs_in_with_its_user_name_and_password_file() {
     assert!(st.success(), "mosquitto_pub");
     wait_count(&influx, 1).await;
 }
+
+/// The broker goes away and comes back (without persistence, so the session is gone): the
+/// gateway says so, reconnects, subscribes again, and what is published afterwards arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reconnects_and_subscribes_again_after_the_broker_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut mqtt = Mosquitto::start();
+    let influx = Influx1::start();
+    influx.create_db(DB).await;
+    let gw =
+        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
+            .await;
+    let t0 = ms("2026-11-09T00:00:00Z");
+    let batch = |from: i64, n: i64| -> Vec<_> {
+        (from..from + n).map(|i| msg("ABC-001", json!({"ts": t0 + i, "heart_rate": 70}))).collect()
+    };
+    publish_qos1(mqtt.port, &batch(0, 100)).await;
+    wait_count(&influx, 100).await;
+
+    mqtt.stop();
+    common::wait_for_log(&gw, "MQTT connection lost; reconnecting with back-off.").await;
+    mqtt.restart();
+    eventually(common::WAIT, "subscribed again", || async { gw.log().matches("Subscribed.").count() >= 2 }).await;
+    publish_qos1(mqtt.port, &batch(100, 100)).await;
+    wait_count(&influx, 200).await;
+    assert_eq!(gw.log().matches("Connected to the MQTT broker.").count(), 2, "{}", gw.log());
+}
