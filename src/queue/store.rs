@@ -275,22 +275,18 @@ pub struct Delivered {
 
 impl Delivered {
     pub fn of(rows: &[Leased]) -> Self {
-        let mut d = Delivered { points: rows.len() as u64, ..Default::default() };
+        let mut per: HashMap<i64, (u64, i64)> = HashMap::new();
+        let mut bytes = 0;
         for r in rows {
-            d.bytes += r.line.len() as u64 + 1;
-            if r.stream_key <= 0 {
-                continue;
-            }
-            // Rows of one batch come from few streams; a linear search beats hashing here.
-            match d.streams.iter_mut().find(|(k, _, _)| *k == r.stream_key) {
-                Some((_, n, ts)) => {
-                    *n += 1;
-                    *ts = (*ts).max(r.ts_ns);
-                }
-                None => d.streams.push((r.stream_key, 1, r.ts_ns)),
+            bytes += r.line.len() as u64 + 1;
+            if r.stream_key > 0 {
+                let e = per.entry(r.stream_key).or_insert((0, r.ts_ns));
+                e.0 += 1;
+                e.1 = e.1.max(r.ts_ns);
             }
         }
-        d
+        let streams = per.into_iter().map(|(k, (n, ts))| (k, n, ts)).collect();
+        Delivered { points: rows.len() as u64, bytes, streams }
     }
 }
 
