@@ -318,7 +318,10 @@ impl MqttSource {
                         }
                         return Err(format!("the broker refused the connection: {reason} (CONNACK {code})"));
                     }
-                    Ok(Some(other)) => return Err(format!("the broker answered CONNECT with {other:?}")),
+                    // The kind only: a PUBLISH would carry a device's data into the log.
+                    Ok(Some(other)) => {
+                        return Err(format!("the broker answered CONNECT with packet type {}", other.kind()));
+                    }
                     Ok(None) => {}
                     Err(e) => return Err(e.to_string()),
                 }

@@ -23,6 +23,19 @@ pub enum Incoming {
     Ignored(u8),
 }
 
+impl Incoming {
+    /// The MQTT packet type, for messages that must not show a packet's contents.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Incoming::ConnAck { .. } => CONNACK,
+            Incoming::Publish(_) => PUBLISH,
+            Incoming::SubAck { .. } => SUBACK,
+            Incoming::PingResp => PINGRESP,
+            Incoming::Ignored(kind) => *kind,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     /// 0 or 1 (a broker never delivers above the subscription's QoS 1).
