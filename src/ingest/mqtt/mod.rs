@@ -192,6 +192,8 @@ impl MqttSource {
         let broker = format!("{}:{}", self.host, self.port);
         let heartbeat = self.counters.health.register(health::STAGE_MQTT);
         let filters = self.filters();
+        // The live session when shutdown came: its writer is still up for the last acks.
+        let mut closing = None;
 
         loop {
             let connected = tokio::select! {
@@ -246,28 +248,27 @@ impl MqttSource {
                     }
                 }
                 Ended::Shutdown => {
-                    // Stop feeding intake, let it commit and queue the acknowledgements (they
-                    // go to `out`, ahead of the DISCONNECT), then close the session. Messages
-                    // that arrived meanwhile stay unacknowledged: the broker redelivers them.
-                    drop(tx);
-                    let close = async {
-                        intake_done.cancelled().await;
-                        let _ = out.send(Out::Disconnect);
-                        drop(out);
-                        let _ = writer.await;
-                    };
-                    if tokio::time::timeout(Duration::from_secs(5), close).await.is_err() {
-                        warn!("MQTT session did not close in time; unacknowledged messages will be redelivered.");
-                    }
-                    dead.cancel();
-                    self.stats.set_connected(false);
-                    self.counters.health.deregister(health::STAGE_MQTT);
-                    info!("MQTT source stopped.");
-                    return;
+                    closing = Some((out, writer, dead));
+                    break;
                 }
             }
         }
+        // Stop feeding intake, let it commit and queue the acknowledgements (they go to `out`,
+        // ahead of the DISCONNECT), then close the session. Messages that arrived meanwhile
+        // stay unacknowledged: the broker redelivers them.
         drop(tx);
+        if let Some((out, writer, dead)) = closing {
+            let close = async {
+                intake_done.cancelled().await;
+                let _ = out.send(Out::Disconnect);
+                drop(out);
+                let _ = writer.await;
+            };
+            if tokio::time::timeout(Duration::from_secs(5), close).await.is_err() {
+                warn!("MQTT session did not close in time; unacknowledged messages will be redelivered.");
+            }
+            dead.cancel();
+        }
         self.stats.set_connected(false);
         self.counters.health.deregister(health::STAGE_MQTT);
         info!("MQTT source stopped.");
@@ -352,6 +353,12 @@ impl MqttSource {
         reject_log: &mut RateLimited,
     ) -> Ended {
         let silence = self.keep_alive * 2;
+        // One timer and one beat interval for the whole session: created per read, they were
+        // an allocation and a timer registration per message at low rates.
+        let silent = tokio::time::sleep(silence);
+        tokio::pin!(silent);
+        let mut beat = tokio::time::interval(health::BEAT_EVERY);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             heartbeat.beat();
             loop {
@@ -394,20 +401,25 @@ impl MqttSource {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ended::Shutdown,
-                _ = dead.cancelled() => return Ended::Lost("the connection broke while writing".into()),
-                r = heartbeat.while_waiting(tokio::time::timeout(silence, reader.read_buf(&mut buf))) => match r {
-                    Err(_) => {
+            // Silence counts from here: time spent held back by intake is not the broker's.
+            silent.as_mut().reset(Instant::now() + silence);
+            loop {
+                tokio::select! {
+                    r = reader.read_buf(&mut buf) => match r {
+                        Ok(0) => return Ended::Lost("the broker closed the connection".into()),
+                        Ok(_) => break,
+                        Err(e) => return Ended::Lost(e.to_string()),
+                    },
+                    _ = &mut silent => {
                         return Ended::Lost(format!(
                             "no packet from the broker for {} s (twice mqtt.keep_alive_secs)",
                             silence.as_secs()
                         ));
                     }
-                    Ok(Ok(0)) => return Ended::Lost("the broker closed the connection".into()),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Ended::Lost(e.to_string()),
-                },
+                    _ = beat.tick() => heartbeat.beat(),
+                    _ = shutdown.cancelled() => return Ended::Shutdown,
+                    _ = dead.cancelled() => return Ended::Lost("the connection broke while writing".into()),
+                }
             }
         }
     }
