@@ -261,9 +261,9 @@ impl Worker {
                         self.delete_written(&mut written).await;
                         break;
                     }
-                    // Points read ahead may since have been dropped to make room (queue full)
-                    // or purged by an operator: they were delivered rather than lost, and
-                    // their delete finds nothing.
+                    // Points read ahead may since have been dropped to make room (queue full):
+                    // they are delivered rather than lost, and their delete finds fewer points
+                    // than it was handed, so the store reads the range again.
                     Flow::Done => next = following,
                 }
             }
