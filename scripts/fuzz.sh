@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 secs=${FUZZ_SECS:-60}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode_nonin decode_masimo decode_datex decode_hl7 decode_json mqtt_wire)
+  targets=(decode_nonin decode_masimo decode_datex decode_hl7 decode_json mqtt_wire queue_segment)
 fi
 
 if ! cargo +nightly --version >/dev/null 2>&1; then

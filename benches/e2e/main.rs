@@ -738,13 +738,8 @@ struct Backlog {
 }
 
 fn queued_lines(data_dir: &Path) -> Vec<String> {
-    let conn = rusqlite::Connection::open_with_flags(
-        data_dir.join(heartguard_gateway::queue::store::DB_FILE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open the queue read-only");
-    let mut stmt = conn.prepare("SELECT line FROM points ORDER BY id").expect("prepare");
-    stmt.query_map([], |r| r.get::<_, String>(0)).expect("query").map(|l| l.expect("line")).collect()
+    let conn = heartguard_gateway::queue::store::open_read_only(data_dir).expect("open the queue read-only");
+    heartguard_gateway::queue::store::waiting_lines(&conn).expect("read the queue")
 }
 
 async fn backlog(o: &Opts, broker: &Mosquitto, work: &Path, bindings: &Path, windows: &mut Windows) -> Backlog {

@@ -87,4 +87,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("decode_hl7", hl7),
     ("decode_json", json),
     ("mqtt_wire", crate::ingest::mqtt::wire::fuzz),
+    ("queue_segment", crate::queue::segment::fuzz),
 ];

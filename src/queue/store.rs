@@ -6,6 +6,7 @@ use std::sync::mpsc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::segment::{self, Encoder, Record};
 use super::{Command, QueueError};
 use crate::bindings::{Binding, Destination};
 
@@ -19,7 +20,7 @@ const GROUP_COMMIT_MAX_POINTS: usize = 50_000;
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 4096;
 
 /// Current schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS destinations (
@@ -28,15 +29,22 @@ CREATE TABLE IF NOT EXISTS destinations (
     bucket TEXT NOT NULL,
     UNIQUE (org, bucket)
 );
-CREATE TABLE IF NOT EXISTS points (
-    id          INTEGER PRIMARY KEY,
+-- Waiting points, a segment (see `segment`) per commit and destination. The key is the
+-- segment's last point id: AUTOINCREMENT keeps it (and so every point id) from ever being
+-- given twice, even once the table was empty or another connection (dead-letter replay)
+-- queued points.
+CREATE TABLE IF NOT EXISTS segments (
+    last_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    first_id    INTEGER NOT NULL,
     dest_id     INTEGER NOT NULL REFERENCES destinations(id),
-    line        TEXT NOT NULL,
+    points      INTEGER NOT NULL,
+    -- Line bytes of its points, one newline each included.
+    bytes       INTEGER NOT NULL,
+    -- The earliest enqueue time of its points.
     enqueued_ns INTEGER NOT NULL,
-    -- The stream the point belongs to (streams.id) and its time, for per-stream activity.
-    stream_key  INTEGER,
-    ts_ns       INTEGER
+    body        BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS segments_by_dest ON segments (dest_id, last_id);
 CREATE TABLE IF NOT EXISTS streams (
     id        INTEGER PRIMARY KEY,
     stream_id TEXT NOT NULL UNIQUE
@@ -64,7 +72,6 @@ CREATE TABLE IF NOT EXISTS gaps (
     reported     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS gaps_open ON gaps (stream_key) WHERE ended_ns IS NULL;
-CREATE INDEX IF NOT EXISTS points_by_dest ON points (dest_id, id);
 CREATE TABLE IF NOT EXISTS parked (
     id        INTEGER PRIMARY KEY,
     serial    TEXT NOT NULL,
@@ -275,18 +282,23 @@ pub struct Delivered {
 
 impl Delivered {
     pub fn of(rows: &[Leased]) -> Self {
-        let mut per: HashMap<i64, (u64, i64)> = HashMap::new();
-        let mut bytes = 0;
-        for r in rows {
-            bytes += r.line.len() as u64 + 1;
-            if r.stream_key > 0 {
-                let e = per.entry(r.stream_key).or_insert((0, r.ts_ns));
-                e.0 += 1;
-                e.1 = e.1.max(r.ts_ns);
-            }
+        Delivered {
+            points: rows.len() as u64,
+            bytes: rows.iter().map(|r| r.line.len() as u64 + 1).sum(),
+            streams: Self::streams_of(rows.iter().map(|r| (r.stream_key, r.ts_ns))),
         }
-        let streams = per.into_iter().map(|(k, (n, ts))| (k, n, ts)).collect();
-        Delivered { points: rows.len() as u64, bytes, streams }
+    }
+
+    /// (stream key, points, latest time) per stream of (stream key, time) pairs; key 0 (no
+    /// stream) is left out.
+    fn streams_of(points: impl Iterator<Item = (i64, i64)>) -> Vec<(i64, u64, i64)> {
+        let mut per: HashMap<i64, (u64, i64)> = HashMap::new();
+        for (key, ts) in points.filter(|(k, _)| *k > 0) {
+            let e = per.entry(key).or_insert((0, ts));
+            e.0 += 1;
+            e.1 = e.1.max(ts);
+        }
+        per.into_iter().map(|(k, (n, ts))| (k, n, ts)).collect()
     }
 }
 
@@ -309,7 +321,7 @@ pub(crate) fn spawn(
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join(DB_FILE);
     let conn = open_or_recover(&path, sync)?;
-    let bytes: i64 = conn.query_row("SELECT coalesce(sum(length(line) + 1), 0) FROM points", [], |r| r.get(0))?;
+    let bytes = waiting_bytes(&conn)?;
     let data_version = data_version(&conn)?;
     let waiting = count_waiting(&conn)?;
     let open_gaps = open_gap_streams(&conn)?;
@@ -320,8 +332,9 @@ pub(crate) fn spawn(
         dir: data_dir.to_path_buf(),
         deferred: VecDeque::new(),
         limits,
-        bytes: bytes as u64,
+        bytes,
         waiting,
+        buf: Vec::new(),
         open_gaps,
         next_id: 1,
         data_version,
@@ -404,13 +417,87 @@ fn record_readings<'a>(
     Ok(closed)
 }
 
-/// The id for the next point: above every point in the table and every id the store ever
-/// gave (`given`). SQLite alone would give max(id) + 1, i.e. start again at 1 once the table is
-/// empty (drop_oldest can empty it); a batch still on its way to InfluxDB is deleted by its
-/// id range once written, and that range must then not hold a newer point.
+/// The id for the next point: above every id ever given, by any connection (`sqlite_sequence`
+/// keeps the highest segment key ever inserted, and a segment's key is its last id), and
+/// above `given` (what this store gave). Ids must never repeat: a batch still on its way to
+/// InfluxDB is deleted by its id range once written, and that range must then not hold a
+/// newer point, even after drop_oldest emptied the queue meanwhile.
 fn first_free_id(tx: &rusqlite::Transaction<'_>, given: i64) -> Result<i64, QueueError> {
-    let above: i64 = tx.prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM points")?.query_row([], |r| r.get(0))?;
+    let above: i64 = tx
+        .prepare_cached("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'segments'), 0) + 1")?
+        .query_row([], |r| r.get(0))?;
     Ok(above.max(given))
+}
+
+/// Line bytes waiting, summed over the segments.
+fn waiting_bytes(conn: &Connection) -> Result<u64, QueueError> {
+    Ok(conn.query_row("SELECT coalesce(sum(bytes), 0) FROM segments", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// A blob column, borrowed.
+fn blob<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r [u8]> {
+    row.get_ref(i)?
+        .as_blob()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(e)))
+}
+
+/// Deletes the oldest waiting points, whatever their destination, until `over` bytes are
+/// freed: whole segments, then the oldest points of the next one. Returns the bytes freed.
+fn drop_oldest(
+    tx: &rusqlite::Transaction<'_>,
+    over: u64,
+    report: &mut AppendReport,
+    dropped_of: &mut HashMap<i64, u64>,
+    buf: &mut Vec<u8>,
+) -> Result<u64, QueueError> {
+    let mut freed = 0u64;
+    let mut whole = Vec::new();
+    let mut partial = None;
+    let span = |report: &mut AppendReport, first: i64, last: i64| {
+        report.dropped_span = Some(report.dropped_span.map_or((first, last), |(a, _)| (a, last)));
+    };
+    {
+        let mut stmt =
+            tx.prepare_cached(&format!("SELECT dest_id, {SEGMENT_COLUMNS} FROM segments ORDER BY last_id"))?;
+        let mut rows = stmt.query([])?;
+        while freed < over {
+            let Some(row) = rows.next()? else { break };
+            let dest: i64 = row.get(0)?;
+            let seg = SegmentRow::read(row, 1)?;
+            let records = segment::decode(blob(row, 6)?, seg.first_id, seg.enqueued_ns);
+            match records {
+                Ok(records) if !records.is_empty() && seg.bytes > over - freed => {
+                    // Only its oldest points are needed.
+                    let mut n = 0;
+                    while freed < over && n < records.len() {
+                        freed += records[n].line.len() as u64 + 1;
+                        n += 1;
+                    }
+                    span(report, records[0].enqueued_ns, records[n - 1].enqueued_ns);
+                    report.dropped += n as u64;
+                    *dropped_of.entry(dest).or_insert(0) += n as u64;
+                    partial = Some((seg, records[n..].to_vec()));
+                }
+                // Whole; a damaged one too (it was next to go, and cannot be read anyway).
+                records => {
+                    let at = |r: Option<&Record>| r.map_or(seg.enqueued_ns, |r| r.enqueued_ns);
+                    let recs = records.as_deref().unwrap_or_default();
+                    span(report, at(recs.first()), at(recs.last()));
+                    freed += seg.bytes;
+                    report.dropped += seg.points;
+                    *dropped_of.entry(dest).or_insert(0) += seg.points;
+                    whole.push(seg.last_id);
+                }
+            }
+        }
+    }
+    for key in whole {
+        tx.prepare_cached("DELETE FROM segments WHERE last_id = ?1")?.execute([key])?;
+    }
+    if let Some((seg, keep)) = partial {
+        rewrite(tx, seg.last_id, seg.first_id, &keep, buf)?;
+    }
+    Ok(freed)
 }
 
 /// Streams with an open gap.
@@ -465,10 +552,224 @@ pub fn open(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
             "database schema {version} is newer than this gateway understands ({SCHEMA_VERSION})"
         )));
     }
-    conn.execute_batch(SCHEMA)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(SCHEMA)?;
+    if version == 1 {
+        migrate_points(&tx)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
     Ok(conn)
 }
+
+/// Schema 1 kept a row per point (`points`). Moves them into segments, in queue order and
+/// with their ids, and drops the table; in the caller's transaction, so a crash midway
+/// leaves schema 1 as it was.
+fn migrate_points(tx: &rusqlite::Transaction<'_>) -> Result<(), QueueError> {
+    let exists: i64 =
+        tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'points'", [], |r| r.get(0))?;
+    if exists == 0 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    // Per destination: the segment being filled and its line bytes.
+    let mut open: Vec<(i64, Vec<Record>, usize)> = Vec::new();
+    let (mut points, mut segments) = (0u64, 0u64);
+    let mut buf = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT id, dest_id, line, enqueued_ns, coalesce(stream_key, 0), coalesce(ts_ns, 0) FROM points ORDER BY id",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let dest: i64 = row.get(1)?;
+            let r = Record {
+                id: row.get(0)?,
+                line: row.get(2)?,
+                enqueued_ns: row.get(3)?,
+                stream_key: row.get(4)?,
+                ts_ns: row.get(5)?,
+            };
+            let i = match open.iter().position(|(d, ..)| *d == dest) {
+                Some(i) => i,
+                None => {
+                    open.push((dest, Vec::new(), 0));
+                    open.len() - 1
+                }
+            };
+            let (_, recs, bytes) = &mut open[i];
+            if !recs.is_empty() && (recs.len() >= segment::MAX_POINTS || *bytes + r.line.len() + 1 > segment::MAX_BYTES)
+            {
+                put_segment(tx, dest, recs, &mut buf)?;
+                segments += 1;
+                recs.clear();
+                *bytes = 0;
+            }
+            *bytes += r.line.len() + 1;
+            points += 1;
+            recs.push(r);
+        }
+    }
+    for (dest, recs, _) in open.iter().filter(|(_, r, _)| !r.is_empty()) {
+        put_segment(tx, *dest, recs, &mut buf)?;
+        segments += 1;
+    }
+    tx.execute_batch("DROP TABLE points")?;
+    tracing::info!(
+        points,
+        segments,
+        took_ms = started.elapsed().as_millis() as u64,
+        "Queue database upgraded to schema 2: waiting points moved into segments."
+    );
+    Ok(())
+}
+
+const INSERT_SEGMENT: &str = "INSERT INTO segments (last_id, first_id, dest_id, points, bytes, enqueued_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Inserts `records` (ids rising, at least one) as one segment of `dest_id`.
+fn put_segment(
+    tx: &rusqlite::Transaction<'_>,
+    dest_id: i64,
+    records: &[Record],
+    buf: &mut Vec<u8>,
+) -> Result<(), QueueError> {
+    let (first, last) = (records[0].id, records[records.len() - 1].id);
+    let enqueued_ns = segment::encode(records, first, buf);
+    let bytes: usize = records.iter().map(|r| r.line.len() + 1).sum();
+    tx.prepare_cached(INSERT_SEGMENT)?.execute(params![
+        last,
+        first,
+        dest_id,
+        records.len() as i64,
+        bytes as i64,
+        enqueued_ns,
+        &buf[..]
+    ])?;
+    Ok(())
+}
+
+/// Replaces a segment's points with `keep` (a subset, ids unchanged), deleting it if none
+/// is left. Its id bounds stay: they still enclose every id it holds.
+fn rewrite(
+    tx: &rusqlite::Transaction<'_>,
+    last_id: i64,
+    first_id: i64,
+    keep: &[Record],
+    buf: &mut Vec<u8>,
+) -> Result<(), QueueError> {
+    if keep.is_empty() {
+        tx.prepare_cached("DELETE FROM segments WHERE last_id = ?1")?.execute([last_id])?;
+        return Ok(());
+    }
+    let enqueued_ns = segment::encode(keep, first_id, buf);
+    let bytes: usize = keep.iter().map(|r| r.line.len() + 1).sum();
+    tx.prepare_cached("UPDATE segments SET points = ?2, bytes = ?3, enqueued_ns = ?4, body = ?5 WHERE last_id = ?1")?
+        .execute(params![last_id, keep.len() as i64, bytes as i64, enqueued_ns, &buf[..]])?;
+    Ok(())
+}
+
+/// Queues `points` as segments with ids from `next_id` on: per destination in their order,
+/// at most `segment::MAX_POINTS` points and `segment::MAX_BYTES` line bytes each.
+fn insert_points<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    next_id: &mut i64,
+    points: impl Iterator<Item = &'a NewPoint>,
+    buf: &mut Vec<u8>,
+) -> Result<(), QueueError> {
+    let mut groups: Vec<(i64, Vec<&NewPoint>)> = Vec::new();
+    for p in points {
+        match groups.iter_mut().find(|(d, _)| *d == p.dest_id) {
+            Some((_, v)) => v.push(p),
+            None => groups.push((p.dest_id, vec![p])),
+        }
+    }
+    let mut stmt = tx.prepare_cached(INSERT_SEGMENT)?;
+    for (dest, pts) in groups {
+        let mut rest = &pts[..];
+        while !rest.is_empty() {
+            let (mut n, mut bytes) = (0, 0);
+            while n < rest.len()
+                && n < segment::MAX_POINTS
+                && (n == 0 || bytes + rest[n].line.len() < segment::MAX_BYTES)
+            {
+                bytes += rest[n].line.len() + 1;
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let enqueued_ns = chunk.iter().map(|p| p.enqueued_ns).min().unwrap_or(0);
+            let first = *next_id;
+            {
+                let mut e = Encoder::new(buf, first, enqueued_ns);
+                for p in chunk {
+                    e.push(*next_id, p.stream_key.max(0), p.ts_ns, p.enqueued_ns, &p.line);
+                    *next_id += 1;
+                }
+            }
+            stmt.execute(params![*next_id - 1, first, dest, n as i64, bytes as i64, enqueued_ns, &buf[..]])?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves a segment that cannot be read to the dead letters (reason `damaged`, its raw bytes
+/// as the line) so the rest of its destination is still delivered.
+fn quarantine(
+    tx: &rusqlite::Transaction<'_>,
+    dest_id: i64,
+    seg: &SegmentRow,
+    body: &[u8],
+    why: &segment::Damaged,
+) -> Result<(), QueueError> {
+    tracing::error!(
+        first_id = seg.first_id,
+        last_id = seg.last_id,
+        points = seg.points,
+        problem = %why,
+        "A queue segment could not be read (disk damage?): moved to the dead letters as `damaged`; the rest of the queue is delivered."
+    );
+    tx.prepare_cached(
+        "INSERT INTO dead_letters (dest_id, line, reason, status, detail, enqueued_ns, failed_ns)
+         VALUES (?1, ?2, 'damaged', NULL, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        dest_id,
+        String::from_utf8_lossy(body),
+        format!(
+            "queue segment of points {}..={} ({} points) could not be read: {why}; the line is its raw content",
+            seg.first_id, seg.last_id, seg.points
+        ),
+        seg.enqueued_ns,
+        crate::now_ns()
+    ])?;
+    tx.prepare_cached("DELETE FROM segments WHERE last_id = ?1")?.execute([seg.last_id])?;
+    Ok(())
+}
+
+/// A segment's figures (its body apart).
+#[derive(Debug, Clone, Copy)]
+struct SegmentRow {
+    last_id: i64,
+    first_id: i64,
+    points: u64,
+    bytes: u64,
+    enqueued_ns: i64,
+}
+
+impl SegmentRow {
+    /// From columns `last_id, first_id, points, bytes, enqueued_ns` at `at..`.
+    fn read(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            last_id: row.get(at)?,
+            first_id: row.get(at + 1)?,
+            points: row.get::<_, i64>(at + 2)? as u64,
+            bytes: row.get::<_, i64>(at + 3)? as u64,
+            enqueued_ns: row.get(at + 4)?,
+        })
+    }
+}
+
+const SEGMENT_COLUMNS: &str = "last_id, first_id, points, bytes, enqueued_ns, body";
 
 /// Opens an existing database read-only, for operator commands that run beside the daemon.
 pub fn open_read_only(data_dir: &Path) -> Result<Connection, QueueError> {
@@ -478,7 +779,36 @@ pub fn open_read_only(data_dir: &Path) -> Result<Connection, QueueError> {
     }
     let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    require_current_schema(&conn)?;
     Ok(conn)
+}
+
+/// Operator commands read the current schema only; the daemon upgrades an older one when it
+/// starts (a package upgrade restarts it).
+fn require_current_schema(conn: &Connection) -> Result<(), QueueError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != SCHEMA_VERSION {
+        return Err(QueueError::Invalid(format!(
+            "the queue database has schema {version}, this gateway reads schema {SCHEMA_VERSION}: start the daemon once \
+             (systemctl restart heartguard-gateway) and it upgrades the database"
+        )));
+    }
+    Ok(())
+}
+
+/// Every waiting line of every destination, in queue order (benchmarks and tests compare
+/// what is queued with what was sent).
+pub fn waiting_lines(conn: &Connection) -> Result<Vec<String>, QueueError> {
+    let mut stmt = conn.prepare(&format!("SELECT {SEGMENT_COLUMNS} FROM segments ORDER BY last_id"))?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seg = SegmentRow::read(row, 0)?;
+        let records = segment::decode(blob(row, 5)?, seg.first_id, seg.enqueued_ns)
+            .map_err(|e| QueueError::Invalid(e.to_string()))?;
+        out.extend(records.into_iter().map(|r| r.line));
+    }
+    Ok(out)
 }
 
 /// How often the store checkpoints its WAL and re-reads figures other processes changed.
@@ -498,6 +828,8 @@ struct Store {
     waiting: HashMap<i64, u64>,
     /// Streams with an open gap: only their readings need the gap-closing update.
     open_gaps: HashSet<i64>,
+    /// Reused for encoding segments.
+    buf: Vec<u8>,
     /// Lowest id this store may give a new point (see `first_free_id`).
     next_id: i64,
     /// `PRAGMA data_version` at the last look: it changes when *another* connection (an
@@ -675,36 +1007,17 @@ impl Store {
         let tx = self.conn.transaction()?;
         if over > 0 {
             // Oldest first, whatever the destination: the newest readings matter most.
-            let mut freed = 0u64;
-            let mut last_id = None;
-            {
-                let mut stmt =
-                    tx.prepare_cached("SELECT id, length(line) + 1, enqueued_ns, dest_id FROM points ORDER BY id")?;
-                let mut rows = stmt.query([])?;
-                while freed < over {
-                    let Some(row) = rows.next()? else { break };
-                    let (id, len, at): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-                    *dropped_of.entry(row.get(3)?).or_insert(0) += 1;
-                    freed += len as u64;
-                    report.dropped += 1;
-                    report.dropped_span = Some(report.dropped_span.map_or((at, at), |(a, _)| (a, at)));
-                    last_id = Some(id);
-                }
-            }
-            if let Some(last) = last_id {
-                tx.execute("DELETE FROM points WHERE id <= ?1", [last])?;
-            }
+            let freed = drop_oldest(&tx, over, &mut report, &mut dropped_of, &mut self.buf)?;
             report.dropped_bytes += freed;
         }
         let mut next_id = first_free_id(&tx, self.next_id)?;
+        insert_points(
+            &tx,
+            &mut next_id,
+            batches.iter().flat_map(|(b, _)| b.points.iter()).skip(skip_new),
+            &mut self.buf,
+        )?;
         {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO points (id, dest_id, line, enqueued_ns, stream_key, ts_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for p in batches.iter().flat_map(|(b, _)| b.points.iter()).skip(skip_new) {
-                stmt.execute(params![next_id, p.dest_id, p.line, p.enqueued_ns, p.stream_key, p.ts_ns])?;
-                next_id += 1;
-            }
             let mut park = tx.prepare_cached(
                 "INSERT INTO parked (serial, ts_ns, reason, body, parked_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
@@ -769,54 +1082,89 @@ impl Store {
         QueueError::Full(why)
     }
 
+    /// Deletes points `first..=last` of a destination once delivered, and counts them as
+    /// delivered. Segments wholly inside the range go as they are; one the range ends inside
+    /// (a lease limit smaller than a segment) keeps its other points.
     fn delete(&mut self, dest_id: i64, first: i64, last: i64, seen: Option<Delivered>) -> Result<u64, QueueError> {
+        let tx = self.conn.transaction()?;
+        let mut whole: Vec<SegmentRow> = Vec::new();
+        // Points leaving partly deleted segments; all leaving points when `seen` is not theirs.
+        let mut gone: Vec<Record> = Vec::new();
+        let mut partial: Vec<(SegmentRow, Vec<Record>)> = Vec::new();
+        let mut damaged: Vec<(SegmentRow, Vec<u8>, segment::Damaged)> = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {SEGMENT_COLUMNS} FROM segments WHERE dest_id = ?1 AND last_id >= ?2 ORDER BY last_id"
+            ))?;
+            let mut rows = stmt.query(params![dest_id, first])?;
+            while let Some(row) = rows.next()? {
+                let seg = SegmentRow::read(row, 0)?;
+                if seg.first_id > last {
+                    break;
+                }
+                if seg.first_id >= first && seg.last_id <= last {
+                    whole.push(seg);
+                    continue;
+                }
+                let body = blob(row, 5)?;
+                match segment::decode(body, seg.first_id, seg.enqueued_ns) {
+                    Ok(records) => {
+                        let (out, keep): (Vec<Record>, Vec<Record>) =
+                            records.into_iter().partition(|r| (first..=last).contains(&r.id));
+                        gone.extend(out);
+                        partial.push((seg, keep));
+                    }
+                    Err(why) => damaged.push((seg, body.to_vec(), why)),
+                }
+            }
+        }
+        let points = whole.iter().map(|s| s.points).sum::<u64>() + gone.len() as u64;
+        let bytes =
+            whole.iter().map(|s| s.bytes).sum::<u64>() + gone.iter().map(|r| r.line.len() as u64 + 1).sum::<u64>();
         // What the sink read is still the range's content unless points left it since (dropped
-        // to make room, dead-lettered): then the delete count differs, and the range is read
-        // again below.
-        if let Some(d) = seen {
-            let tx = self.conn.transaction()?;
-            let n = tx
-                .prepare_cached("DELETE FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3")?
-                .execute(params![dest_id, first, last])?;
-            if n as u64 == d.points {
-                {
-                    let mut up = tx.prepare_cached(
-                        "INSERT INTO activity (stream_key, delivered, last_delivered_ns) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (stream_key) DO UPDATE SET delivered = delivered + excluded.delivered,
-                           last_delivered_ns = max(coalesce(last_delivered_ns, excluded.last_delivered_ns), excluded.last_delivered_ns)",
-                    )?;
-                    for (key, points, ts) in &d.streams {
-                        up.execute(params![key, *points as i64, ts])?;
+        // to make room, dead-lettered): then the counts differ, and the whole segments are
+        // read for their streams.
+        let streams = match seen {
+            Some(d) if d.points == points => d.streams,
+            _ => {
+                let mut read =
+                    tx.prepare_cached("SELECT first_id, enqueued_ns, body FROM segments WHERE last_id = ?1")?;
+                for seg in &whole {
+                    let mut rows = read.query([seg.last_id])?;
+                    if let Some(row) = rows.next()?
+                        && let Ok(records) = segment::decode(blob(row, 2)?, row.get(0)?, row.get(1)?)
+                    {
+                        gone.extend(records);
                     }
                 }
-                tx.commit()?;
-                self.bytes = self.bytes.saturating_sub(d.bytes);
-                self.count(dest_id, -(n as i64));
-                return Ok(n as u64);
+                Delivered::streams_of(gone.iter().map(|r| (r.stream_key, r.ts_ns)))
             }
-            tx.rollback()?;
+        };
+        for seg in &whole {
+            tx.prepare_cached("DELETE FROM segments WHERE last_id = ?1")?.execute([seg.last_id])?;
         }
-        let tx = self.conn.transaction()?;
-        let bytes: i64 = tx
-            .prepare_cached(
-                "SELECT coalesce(sum(length(line) + 1), 0) FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3",
-            )?
-            .query_row(params![dest_id, first, last], |r| r.get(0))?;
-        tx.prepare_cached(
-            "INSERT INTO activity (stream_key, delivered, last_delivered_ns)
-             SELECT stream_key, count(*), max(ts_ns) FROM points
-             WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3 AND stream_key > 0 GROUP BY stream_key
-             ON CONFLICT (stream_key) DO UPDATE SET delivered = delivered + excluded.delivered,
-               last_delivered_ns = max(coalesce(last_delivered_ns, excluded.last_delivered_ns), excluded.last_delivered_ns)",
-        )?
-        .execute(params![dest_id, first, last])?;
-        let n = tx
-            .prepare_cached("DELETE FROM points WHERE dest_id = ?1 AND id BETWEEN ?2 AND ?3")?
-            .execute(params![dest_id, first, last])?;
+        for (seg, keep) in &partial {
+            rewrite(&tx, seg.last_id, seg.first_id, keep, &mut self.buf)?;
+        }
+        for (seg, body, why) in &damaged {
+            quarantine(&tx, dest_id, seg, body, why)?;
+        }
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT INTO activity (stream_key, delivered, last_delivered_ns) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (stream_key) DO UPDATE SET delivered = delivered + excluded.delivered,
+                   last_delivered_ns = max(coalesce(last_delivered_ns, excluded.last_delivered_ns), excluded.last_delivered_ns)",
+            )?;
+            for (key, n, ts) in &streams {
+                up.execute(params![key, *n as i64, ts])?;
+            }
+        }
         tx.commit()?;
-        self.bytes = self.bytes.saturating_sub(bytes as u64);
-        self.count(dest_id, -(n as i64));
-        Ok(n as u64)
+        let (lost_points, lost_bytes) =
+            damaged.iter().fold((0, 0), |(p, b), (seg, ..)| (p + seg.points, b + seg.bytes));
+        self.bytes = self.bytes.saturating_sub(bytes + lost_bytes);
+        self.count(dest_id, -((points + lost_points) as i64));
+        Ok(points)
     }
 
     fn dead_letter(
@@ -828,22 +1176,46 @@ impl Store {
         detail: &str,
     ) -> Result<u64, QueueError> {
         let now = crate::now_ns();
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
         let tx = self.conn.transaction()?;
-        let mut moved = 0u64;
-        let mut bytes = 0u64;
+        let (mut moved, mut bytes) = (0u64, 0u64);
         {
-            let mut len = tx.prepare_cached("SELECT length(line) + 1 FROM points WHERE id = ?1 AND dest_id = ?2")?;
+            let mut find = tx.prepare_cached(&format!(
+                "SELECT {SEGMENT_COLUMNS} FROM segments WHERE dest_id = ?1 AND last_id >= ?2 ORDER BY last_id LIMIT 1"
+            ))?;
             let mut ins = tx.prepare_cached(
                 "INSERT INTO dead_letters (dest_id, line, reason, status, detail, enqueued_ns, failed_ns)
-                 SELECT dest_id, line, ?3, ?4, ?5, enqueued_ns, ?6 FROM points WHERE id = ?1 AND dest_id = ?2",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            let mut del = tx.prepare_cached("DELETE FROM points WHERE id = ?1 AND dest_id = ?2")?;
-            for id in ids {
-                if let Some(l) = len.query_row(params![id, dest_id], |r| r.get::<_, i64>(0)).optional()? {
-                    bytes += l as u64;
+            let mut rest = &ids[..];
+            while let Some(&id) = rest.first() {
+                let Some((seg, records)) = find
+                    .query_row(params![dest_id, id], |row| {
+                        Ok((SegmentRow::read(row, 0)?, segment::decode(blob(row, 5)?, row.get(1)?, row.get(4)?)))
+                    })
+                    .optional()?
+                else {
+                    break;
+                };
+                // Every id up to this segment's last is in it, or in no segment (gone already).
+                let n = rest.iter().position(|&i| i > seg.last_id).unwrap_or(rest.len());
+                let (wanted, tail) = rest.split_at(n);
+                rest = tail;
+                // Unreadable: the next lease moves it to the dead letters whole.
+                let Ok(records) = records else { continue };
+                let (out, keep): (Vec<Record>, Vec<Record>) =
+                    records.into_iter().partition(|r| wanted.binary_search(&r.id).is_ok());
+                if out.is_empty() {
+                    continue;
                 }
-                ins.execute(params![id, dest_id, reason, status, detail, now])?;
-                moved += del.execute(params![id, dest_id])? as u64;
+                for r in &out {
+                    ins.execute(params![dest_id, r.line, reason, status, detail, r.enqueued_ns, now])?;
+                    bytes += r.line.len() as u64 + 1;
+                }
+                moved += out.len() as u64;
+                rewrite(&tx, seg.last_id, seg.first_id, &keep, &mut self.buf)?;
             }
         }
         tx.commit()?;
@@ -928,14 +1300,8 @@ impl Store {
     ) -> Result<(), QueueError> {
         let tx = self.conn.transaction()?;
         let mut next_id = first_free_id(&tx, self.next_id)?;
+        insert_points(&tx, &mut next_id, points.iter(), &mut self.buf)?;
         {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO points (id, dest_id, line, enqueued_ns, stream_key, ts_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for p in points {
-                ins.execute(params![next_id, p.dest_id, p.line, p.enqueued_ns, p.stream_key, p.ts_ns])?;
-                next_id += 1;
-            }
             let mut del = tx.prepare_cached("DELETE FROM parked WHERE id = ?1")?;
             for id in remove {
                 del.execute([id])?;
@@ -986,10 +1352,8 @@ impl Store {
             && v != self.data_version
         {
             self.data_version = v;
-            if let Ok(b) =
-                self.conn.query_row("SELECT coalesce(sum(length(line) + 1), 0) FROM points", [], |r| r.get::<_, i64>(0))
-            {
-                self.bytes = b as u64;
+            if let Ok(b) = waiting_bytes(&self.conn) {
+                self.bytes = b;
             }
             if let Ok(w) = count_waiting(&self.conn) {
                 self.waiting = w;
@@ -997,6 +1361,8 @@ impl Store {
         }
     }
 
+    /// The oldest points of a destination after `after_id`, whole segments as far as the
+    /// limits allow. A segment that cannot be read goes to the dead letters on the way.
     fn lease(
         &mut self,
         dest_id: i64,
@@ -1004,24 +1370,57 @@ impl Store {
         max_lines: usize,
         max_bytes: usize,
     ) -> Result<Vec<Leased>, QueueError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, line, coalesce(stream_key, 0), coalesce(ts_ns, 0) FROM points
-                 WHERE dest_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-        )?;
-        let mut rows = stmt.query(params![dest_id, after_id, max_lines as i64])?;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(row) = rows.next()? {
-            let line: String = row.get(1)?;
-            // Always hand out at least one line, however long, so a big line cannot wedge
-            // its destination.
-            if !out.is_empty() && bytes + line.len() + 1 > max_bytes {
-                break;
+        loop {
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            let mut damaged = None;
+            {
+                let mut stmt = self.conn.prepare_cached(&format!(
+                    "SELECT {SEGMENT_COLUMNS} FROM segments WHERE dest_id = ?1 AND last_id > ?2 ORDER BY last_id"
+                ))?;
+                let mut rows = stmt.query(params![dest_id, after_id])?;
+                'segments: while out.len() < max_lines {
+                    let Some(row) = rows.next()? else { break };
+                    let seg = SegmentRow::read(row, 0)?;
+                    let body = blob(row, 5)?;
+                    let mut d = segment::Decoder::new(body, seg.first_id, seg.enqueued_ns);
+                    let before = out.len();
+                    loop {
+                        let r = match d.next_record() {
+                            Ok(Some(r)) => r,
+                            Ok(None) => break,
+                            Err(why) => {
+                                out.truncate(before);
+                                damaged = Some((seg, body.to_vec(), why));
+                                break 'segments;
+                            }
+                        };
+                        if r.id <= after_id {
+                            continue;
+                        }
+                        // Always hand out at least one line, however long, so a big line
+                        // cannot wedge its destination.
+                        if !out.is_empty() && bytes + r.line.len() + 1 > max_bytes {
+                            break 'segments;
+                        }
+                        bytes += r.line.len() + 1;
+                        out.push(Leased { id: r.id, line: r.line, stream_key: r.stream_key, ts_ns: r.ts_ns });
+                        if out.len() >= max_lines {
+                            break 'segments;
+                        }
+                    }
+                }
             }
-            bytes += line.len() + 1;
-            out.push(Leased { id: row.get(0)?, line, stream_key: row.get(2)?, ts_ns: row.get(3)? });
+            let Some((seg, body, why)) = damaged else { return Ok(out) };
+            let tx = self.conn.transaction()?;
+            quarantine(&tx, dest_id, &seg, &body, &why)?;
+            tx.commit()?;
+            self.bytes = self.bytes.saturating_sub(seg.bytes);
+            self.count(dest_id, -(seg.points as i64));
+            if !out.is_empty() {
+                return Ok(out);
+            }
         }
-        Ok(out)
     }
 
     fn destination_id(&mut self, d: &Destination) -> Result<i64, QueueError> {
@@ -1060,7 +1459,8 @@ impl Store {
 
 pub fn destinations(conn: &Connection) -> Result<Vec<(i64, Destination, u64)>, QueueError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT d.id, d.org, d.bucket, (SELECT count(*) FROM points p WHERE p.dest_id = d.id) FROM destinations d ORDER BY d.id",
+        "SELECT d.id, d.org, d.bucket, (SELECT coalesce(sum(points), 0) FROM segments s WHERE s.dest_id = d.id)
+         FROM destinations d ORDER BY d.id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((r.get(0)?, Destination { org: r.get(1)?, bucket: r.get(2)? }, r.get::<_, i64>(3)? as u64))
@@ -1174,12 +1574,19 @@ pub fn dead_letter_counts(conn: &Connection) -> Result<Vec<(String, u64)>, Queue
 pub fn replay_dead_letters(conn: &mut Connection, filter: &DeadLetterFilter) -> Result<u64, QueueError> {
     let (clause, args) = filter.clause();
     let tx = conn.transaction()?;
-    tx.execute(
-        &format!(
-            "INSERT INTO points (dest_id, line, enqueued_ns) SELECT dest_id, line, enqueued_ns FROM dead_letters{clause} AND dest_id IS NOT NULL ORDER BY id"
-        ),
-        rusqlite::params_from_iter(args.clone()),
-    )?;
+    let points: Vec<NewPoint> = {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT dest_id, line, enqueued_ns FROM dead_letters{clause} AND dest_id IS NOT NULL ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.clone()), |r| {
+            Ok(NewPoint { dest_id: r.get(0)?, line: r.get(1)?, enqueued_ns: r.get(2)?, ..Default::default() })
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    // Ids from the shared sequence: the daemon, committing beside this, takes its next ids
+    // from there too.
+    let mut next_id = first_free_id(&tx, 1)?;
+    insert_points(&tx, &mut next_id, points.iter(), &mut Vec::new())?;
     let n = tx.execute(
         &format!("DELETE FROM dead_letters{clause} AND dest_id IS NOT NULL"),
         rusqlite::params_from_iter(args),
@@ -1203,12 +1610,13 @@ pub fn open_read_write(data_dir: &Path) -> Result<Connection, QueueError> {
     }
     let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    require_current_schema(&conn)?;
     Ok(conn)
 }
 
 pub fn stats(conn: &Connection, path: &Path) -> Result<QueueStats, QueueError> {
     let (points, bytes, oldest): (i64, Option<i64>, Option<i64>) =
-        conn.query_row("SELECT count(*), sum(length(line) + 1), min(enqueued_ns) FROM points", [], |r| {
+        conn.query_row("SELECT coalesce(sum(points), 0), sum(bytes), min(enqueued_ns) FROM segments", [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     let file = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
@@ -1252,7 +1660,7 @@ pub struct Running<'a> {
 
 /// Waiting points per destination id, counted (reads the destination index).
 fn count_waiting(conn: &Connection) -> Result<HashMap<i64, u64>, QueueError> {
-    let mut stmt = conn.prepare_cached("SELECT dest_id, count(*) FROM points GROUP BY dest_id")?;
+    let mut stmt = conn.prepare_cached("SELECT dest_id, sum(points) FROM segments GROUP BY dest_id")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -1269,7 +1677,8 @@ pub fn gauges(conn: &Connection, path: &Path, running: Option<Running<'_>>) -> R
             &counted
         }
     };
-    let mut oldest_of = conn.prepare_cached("SELECT enqueued_ns FROM points WHERE dest_id = ?1 ORDER BY id LIMIT 1")?;
+    let mut oldest_of =
+        conn.prepare_cached("SELECT enqueued_ns FROM segments WHERE dest_id = ?1 ORDER BY last_id LIMIT 1")?;
     let mut destinations = Vec::new();
     {
         let mut stmt = conn.prepare_cached("SELECT id, org, bucket FROM destinations ORDER BY id")?;
@@ -1284,9 +1693,7 @@ pub fn gauges(conn: &Connection, path: &Path, running: Option<Running<'_>>) -> R
     }
     let bytes = match running {
         Some(r) => r.bytes,
-        None => {
-            conn.query_row("SELECT coalesce(sum(length(line) + 1), 0) FROM points", [], |r| r.get::<_, i64>(0))? as u64
-        }
+        None => waiting_bytes(conn)?,
     };
     let file = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mut wal = path.as_os_str().to_owned();
@@ -1405,6 +1812,110 @@ mod tests {
         assert_eq!(kept.first().map(|l| l.line.as_str()), Some("m v=011i 1"));
         assert_eq!(kept.last().map(|l| l.line.as_str()), Some("m v=019i 1"));
         assert_eq!(q.gauges().await.expect("gauges").points, 9, "dropped points leave the running count");
+        // Room for two more: the two oldest points of the segment holding 11..=19 go, the
+        // rest of it stays, ids and order kept.
+        let r = q.append((20..22).map(line).collect()).await.expect("append");
+        assert_eq!((r.dropped, r.dropped_bytes, r.dropped_span), (2, 22, Some((11, 12))));
+        let kept = q.lease(a, 100, usize::MAX).await.expect("lease");
+        let lines: Vec<&str> = kept.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(lines, (13..22).map(|n| format!("m v={n:03}i 1")).collect::<Vec<_>>());
+        assert!(kept.windows(2).all(|w| w[0].id < w[1].id), "{kept:?}");
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.points, g.bytes), (9, 99));
+        assert_eq!(g.oldest_enqueued_ns, Some(13), "the segment's enqueue time follows its oldest point");
+    }
+
+    /// The schema-1 queue: a row per point.
+    const SCHEMA_1: &str = "
+        CREATE TABLE destinations (id INTEGER PRIMARY KEY, org TEXT NOT NULL, bucket TEXT NOT NULL, UNIQUE (org, bucket));
+        CREATE TABLE points (
+            id INTEGER PRIMARY KEY, dest_id INTEGER NOT NULL REFERENCES destinations(id), line TEXT NOT NULL,
+            enqueued_ns INTEGER NOT NULL, stream_key INTEGER, ts_ns INTEGER);
+        CREATE INDEX points_by_dest ON points (dest_id, id);
+        CREATE TABLE streams (id INTEGER PRIMARY KEY, stream_id TEXT NOT NULL UNIQUE);
+        PRAGMA user_version = 1;";
+
+    #[tokio::test]
+    async fn a_schema_1_queue_is_upgraded_in_order_with_its_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("create");
+            conn.execute_batch(SCHEMA_1).expect("schema 1");
+            conn.execute_batch(
+                "INSERT INTO destinations VALUES (1, 'o', 'a'), (2, 'o', 'b'); INSERT INTO streams VALUES (1, 's1');",
+            )
+            .expect("destinations");
+            let mut ins = conn.prepare("INSERT INTO points VALUES (?1, ?2, ?3, ?4, ?5, ?6)").expect("prepare");
+            // Interleaved destinations, more points than one segment holds, ids with holes.
+            for id in (1..=1300i64).filter(|id| id % 7 != 0) {
+                let (dest, key) = if id % 3 == 0 { (2, None) } else { (1, Some(1)) };
+                ins.execute(params![id, dest, format!("m v={id}i {id}"), 1000 + id, key, id]).expect("insert");
+            }
+        }
+        // Operator commands leave an old schema to the daemon.
+        let e = open_read_only(dir.path()).expect_err("schema 1");
+        assert!(e.to_string().contains("schema 1"), "{e}");
+
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("upgrade");
+        let kept = |dest: i64| (1..=1300i64).filter(move |id| id % 7 != 0 && (id % 3 == 0) == (dest == 2));
+        let s = q.stats().await.expect("stats");
+        assert_eq!(s.points, kept(1).count() as u64 + kept(2).count() as u64);
+        assert_eq!(
+            s.bytes,
+            (1..=1300i64).filter(|id| id % 7 != 0).map(|id| format!("m v={id}i {id}").len() as u64 + 1).sum::<u64>()
+        );
+        assert_eq!(s.oldest_enqueued_ns, Some(1001));
+        for dest in [1, 2] {
+            let got = q.lease(dest, usize::MAX, usize::MAX).await.expect("lease");
+            assert_eq!(got.iter().map(|l| l.id).collect::<Vec<_>>(), kept(dest).collect::<Vec<_>>());
+            assert!(got.iter().all(|l| l.line == format!("m v={}i {}", l.id, l.id) && l.ts_ns == l.id));
+            assert!(got.iter().all(|l| l.stream_key == if dest == 1 { 1 } else { 0 }));
+        }
+        // New points get ids above the old ones.
+        q.append(vec![point(1, 9)]).await.expect("append");
+        let all = q.lease(1, usize::MAX, usize::MAX).await.expect("lease");
+        assert!(all.last().expect("new").id > 1300);
+        q.close().await.expect("close");
+        let conn = open_read_only(dir.path()).expect("schema 2 now");
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name IN ('points', 'points_by_dest')", [], |r| {
+                r.get(0)
+            })
+            .expect("tables");
+        assert_eq!(tables, 0, "the old table is gone");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_segment_goes_to_the_dead_letters_and_the_rest_is_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        for c in 0..3 {
+            q.append((c * 5..c * 5 + 5).map(|n| point(a, n)).collect()).await.expect("append");
+        }
+        // The second commit's segment: a line length running past the end.
+        let conn = open_read_write(dir.path()).expect("rw");
+        conn.execute(
+            "UPDATE segments SET body = x'0000000040ff' WHERE last_id = (SELECT last_id FROM segments ORDER BY last_id LIMIT 1 OFFSET 1)",
+            [],
+        )
+        .expect("damage");
+        let first = q.lease(a, 100, usize::MAX).await.expect("lease");
+        assert_eq!(
+            first.iter().map(|l| l.line.clone()).collect::<Vec<_>>(),
+            (0..5).map(|n| point(a, n).line).collect::<Vec<_>>()
+        );
+        let rest = q.lease_after(a, first[4].id, 100, usize::MAX).await.expect("lease after");
+        assert_eq!(
+            rest.iter().map(|l| l.line.clone()).collect::<Vec<_>>(),
+            (10..15).map(|n| point(a, n).line).collect::<Vec<_>>()
+        );
+        let dead = dead_letters(&conn, &DeadLetterFilter::default(), 10).expect("dead letters");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].reason, "damaged");
+        assert!(dead[0].detail.contains("5 points") && dead[0].detail.contains("line cut short"), "{}", dead[0].detail);
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.points, g.bytes), (10, q.stats().await.expect("stats").bytes));
     }
 
     #[tokio::test]
@@ -1497,12 +2008,17 @@ mod tests {
         let a = q.destination_id(dest("a")).await.expect("dest");
         q.append((0..10).map(|n| point(a, n)).collect()).await.expect("append");
         assert_eq!(q.gauges().await.expect("gauges").points, 10);
-        // `queue purge` and `dead-letters replay` write through a connection of their own.
-        let conn = open_read_write(dir.path()).expect("rw");
-        conn.execute("DELETE FROM points WHERE id IN (SELECT id FROM points ORDER BY id LIMIT 4)", []).expect("purge");
+        let rows = q.lease(a, 4, usize::MAX).await.expect("lease");
+        q.dead_letter(a, rows.iter().map(|r| r.id).collect(), "rejected", Some(400), "x".into()).await.expect("dead");
         let g = q.gauges().await.expect("gauges");
         assert_eq!((g.points, g.destinations[0].1), (6, 6));
+        // `dead-letters replay` writes through a connection of its own.
+        let mut conn = open_read_write(dir.path()).expect("rw");
+        assert_eq!(replay_dead_letters(&mut conn, &DeadLetterFilter::default()).expect("replay"), 4);
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.points, g.destinations[0].1), (10, 10));
         assert_eq!(g.bytes, q.stats().await.expect("stats").bytes);
+        assert_eq!(g.bytes, (0..10).map(|n| point(a, n).line.len() as u64 + 1).sum::<u64>());
     }
 
     #[tokio::test]
@@ -1525,8 +2041,9 @@ mod tests {
 
 #[cfg(test)]
 mod model {
-    //! Model-based test: random appends, leases, acks and restarts against the real store and
-    //! a `VecDeque` per destination. No loss, no phantom rows, order kept.
+    //! Model-based test: random appends, leases, acks, dead letters and restarts against the
+    //! real store and a `VecDeque` per destination. No loss, no phantom rows, order kept, also
+    //! where batches and dead letters cut segments apart.
     use std::collections::VecDeque;
 
     use proptest::prelude::*;
@@ -1536,7 +2053,12 @@ mod model {
 
     #[derive(Debug, Clone)]
     enum Op {
+        /// One commit; each point to destination 0 or 1.
         Append {
+            dests: Vec<usize>,
+        },
+        /// One commit of more points than a segment holds.
+        AppendMany {
             dest: usize,
             n: usize,
         },
@@ -1550,13 +2072,29 @@ mod model {
             dest: usize,
             n: usize,
         },
+        /// Lease up to `n`, dead-letter the picked ones, acknowledge the rest.
+        DeadLetter {
+            dest: usize,
+            n: usize,
+            pick: Vec<bool>,
+        },
+        /// Lease `n`, read `m` more behind them, acknowledge both (as the sink pipelines).
+        ReadAhead {
+            dest: usize,
+            n: usize,
+            m: usize,
+        },
         Restart,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0..2usize, 1..20usize).prop_map(|(dest, n)| Op::Append { dest, n }),
-            3 => (0..2usize, 1..15usize).prop_map(|(dest, n)| Op::Deliver { dest, n }),
+            4 => proptest::collection::vec(0..2usize, 1..30).prop_map(|dests| Op::Append { dests }),
+            1 => (0..2usize, 500..1200usize).prop_map(|(dest, n)| Op::AppendMany { dest, n }),
+            3 => (0..2usize, prop_oneof![1..15usize, 400..700usize]).prop_map(|(dest, n)| Op::Deliver { dest, n }),
+            1 => (0..2usize, 1..30usize, proptest::collection::vec(any::<bool>(), 30))
+                .prop_map(|(dest, n, pick)| Op::DeadLetter { dest, n, pick }),
+            1 => (0..2usize, 1..600usize, 1..600usize).prop_map(|(dest, n, m)| Op::ReadAhead { dest, n, m }),
             1 => (0..2usize, 1..15usize).prop_map(|(dest, n)| Op::Fail { dest, n }),
             1 => Just(Op::Restart),
         ]
@@ -1576,12 +2114,48 @@ mod model {
                 }
                 let mut model: Vec<VecDeque<String>> = vec![VecDeque::new(), VecDeque::new()];
                 let mut seq = 0u64;
+                let mut dead = 0u64;
                 for op in ops {
                     match op {
-                        Op::Append { dest, n } => {
+                        Op::Append { dests } => {
+                            let points: Vec<NewPoint> = dests.iter().map(|&dest| {
+                                seq += 1;
+                                let line = format!("m v={seq}i {seq}");
+                                model[dest].push_back(line.clone());
+                                NewPoint { dest_id: ids[dest], line, enqueued_ns: seq as i64, ..Default::default() }
+                            }).collect();
+                            q.append(points).await.expect("append");
+                        }
+                        Op::AppendMany { dest, n } => {
                             let lines: Vec<String> = (0..n).map(|_| { seq += 1; format!("m v={seq}i {seq}") }).collect();
                             model[dest].extend(lines.iter().cloned());
                             q.append(lines.into_iter().map(|line| NewPoint { dest_id: ids[dest], line, ..Default::default() }).collect()).await.expect("append");
+                        }
+                        Op::DeadLetter { dest, n, pick } => {
+                            let got = q.lease(ids[dest], n, usize::MAX).await.expect("lease");
+                            let chosen: Vec<i64> = got.iter().zip(&pick).filter(|(_, p)| **p).map(|(l, _)| l.id).collect();
+                            let moved = q.dead_letter(ids[dest], chosen.clone(), "rejected", Some(400), "x".into()).await.expect("dead");
+                            assert_eq!(moved as usize, chosen.len());
+                            dead += moved;
+                            if let (Some(first), Some(last)) = (got.first(), got.last()) {
+                                let k = q.delete_delivered(ids[dest], first.id, last.id, Delivered::of(&got)).await.expect("delete");
+                                assert_eq!(k as usize, got.len() - chosen.len());
+                            }
+                            model[dest].drain(..got.len());
+                        }
+                        Op::ReadAhead { dest, n, m } => {
+                            let got = q.lease(ids[dest], n, usize::MAX).await.expect("lease");
+                            let after = got.last().map_or(0, |l| l.id);
+                            let next = q.lease_after(ids[dest], after, m, usize::MAX).await.expect("lease after");
+                            let want: Vec<String> = model[dest].iter().skip(got.len()).take(m).cloned().collect();
+                            assert_eq!(next.iter().map(|l| l.line.clone()).collect::<Vec<_>>(), want);
+                            for batch in [&got, &next] {
+                                if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+                                    let k = q.delete_delivered(ids[dest], first.id, last.id, Delivered::of(batch)).await.expect("delete");
+                                    assert_eq!(k as usize, batch.len());
+                                }
+                            }
+                            model[dest].drain(..got.len() + next.len());
                         }
                         Op::Deliver { dest, n } | Op::Fail { dest, n } => {
                             let got = q.lease(ids[dest], n, usize::MAX).await.expect("lease");
@@ -1602,9 +2176,17 @@ mod model {
                     let g = q.gauges().await.expect("gauges");
                     let counts: Vec<u64> = g.destinations.iter().map(|(_, n, _)| *n).collect();
                     assert_eq!(counts, model.iter().map(|m| m.len() as u64).collect::<Vec<_>>());
+                    let bytes: u64 = model.iter().flatten().map(|l| l.len() as u64 + 1).sum();
+                    assert_eq!(g.bytes, bytes);
                 }
                 let total: usize = model.iter().map(VecDeque::len).sum();
-                assert_eq!(q.stats().await.expect("stats").points as usize, total);
+                let stats = q.stats().await.expect("stats");
+                assert_eq!((stats.points as usize, stats.dead_letters), (total, dead));
+                // Everything left reads back in order, across segment boundaries.
+                for (dest, want) in model.iter().enumerate() {
+                    let got = q.lease(ids[dest], usize::MAX, usize::MAX).await.expect("lease");
+                    assert_eq!(got.iter().map(|l| &l.line).collect::<Vec<_>>(), want.iter().collect::<Vec<_>>());
+                }
             });
         }
     }
