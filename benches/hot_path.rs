@@ -249,21 +249,16 @@ mod encode {
     }
 }
 
-/// 5. Queue commit: one `QueueHandle::append` of a batch of points (one intake batch) into
-///    the real SQLite queue with the shipped defaults (`synchronous = "full"`, size and
-///    free-disk limits). Each append is one transaction and one fsync, so the time per
+/// 5. Queue commit and drain: one `QueueHandle::append` of a batch of points (one intake
+///    batch) into the real SQLite queue with the shipped defaults (`synchronous = "full"`,
+///    size and free-disk limits), and the lease and delete of one delivered batch. Each append is one transaction and one fsync, so the time per
 ///    point falls with the batch size, and the figures depend on the disk under the
 ///    temporary directory (`TMPDIR`), not only on the code.
 mod queue {
     use super::*;
 
-    #[divan::bench(args = [1, 64, 512], min_time = 0.5, max_time = 10)]
-    fn append(bencher: Bencher<'_, '_>, batch: usize) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config::Queue::default();
-        let (queue, store) = QueueHandle::open(dir.path(), cfg.synchronous, cfg.limits()).expect("open queue");
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        let mut points = points(32, batch);
+    /// Gives `points` the destination and stream ids of a queue, as `bindings::compile` does.
+    fn register(queue: &QueueHandle, rt: &tokio::runtime::Runtime, points: &mut [NewPoint]) {
         let table = table(32);
         rt.block_on(async {
             // As `bindings::compile` does: the destination and every stream get their ids.
@@ -272,13 +267,23 @@ mod queue {
             for c in table.iter() {
                 keys.insert(c.stream_key, queue.stream_key(c.binding.stream_id.clone()).await?);
             }
-            for p in &mut points {
+            for p in points.iter_mut() {
                 p.dest_id = dest_id;
                 p.stream_key = keys[&p.stream_key];
             }
             Ok::<_, heartguard_gateway::queue::QueueError>(())
         })
         .expect("register destination and streams");
+    }
+
+    #[divan::bench(args = [1, 64, 512], min_time = 0.5, max_time = 10)]
+    fn append(bencher: Bencher<'_, '_>, batch: usize) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config::Queue::default();
+        let (queue, store) = QueueHandle::open(dir.path(), cfg.synchronous, cfg.limits()).expect("open queue");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let mut points = points(32, batch);
+        register(&queue, &rt, &mut points);
         let bytes: usize = points.iter().map(|p| p.line.len() + 1).sum();
         bencher
             .counter(ItemsCount::new(batch))
@@ -287,6 +292,83 @@ mod queue {
             .bench_local_values(|points| rt.block_on(queue.append(points)).expect("append"));
         rt.block_on(queue.close()).expect("close queue");
         store.join().expect("store thread");
+    }
+
+    /// The queue's side of delivering one full batch (`influx.batch_max_lines`): lease it and
+    /// delete it as the sink does after a 2xx. The batch is committed before each iteration
+    /// (as 64-point intake commits), untimed.
+    #[divan::bench(min_time = 0.5, max_time = 10)]
+    fn drain(bencher: Bencher<'_, '_>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config::Queue::default();
+        let (queue, store) = QueueHandle::open(dir.path(), cfg.synchronous, cfg.limits()).expect("open queue");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let n = config::Influx::default().batch_max_lines;
+        let mut points = points(32, n);
+        register(&queue, &rt, &mut points);
+        let dest_id = points[0].dest_id;
+        let bytes: usize = points.iter().map(|p| p.line.len() + 1).sum();
+        bencher
+            .counter(ItemsCount::new(n))
+            .counter(BytesCount::new(bytes))
+            .with_inputs(|| {
+                for chunk in points.chunks(64) {
+                    rt.block_on(queue.append(chunk.to_vec())).expect("append");
+                }
+            })
+            .bench_local_values(|()| {
+                rt.block_on(async {
+                    let rows = queue.lease(dest_id, n, usize::MAX).await.expect("lease");
+                    assert_eq!(rows.len(), n);
+                    let seen = heartguard_gateway::queue::Delivered::of(&rows);
+                    queue.delete_delivered(dest_id, rows[0].id, rows[n - 1].id, seen).await.expect("delete")
+                })
+            });
+        rt.block_on(queue.close()).expect("close queue");
+        store.join().expect("store thread");
+    }
+
+    /// Baseline for `drain`: the same lines, a row each in a bare one-table database (the
+    /// queue's journal settings), read in id order, then deleted by id range (one commit).
+    #[divan::bench(min_time = 0.5, max_time = 10)]
+    fn baseline_sqlite_drain(bencher: Bencher<'_, '_>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = std::cell::RefCell::new(rusqlite::Connection::open(dir.path().join("baseline.db")).expect("open"));
+        conn.borrow()
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+                 CREATE TABLE points (id INTEGER PRIMARY KEY, line TEXT NOT NULL);",
+            )
+            .expect("schema");
+        let n = config::Influx::default().batch_max_lines;
+        let lines: Vec<String> = points(32, n).into_iter().map(|p| p.line).collect();
+        let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+        bencher
+            .counter(ItemsCount::new(n))
+            .counter(BytesCount::new(bytes))
+            .with_inputs(|| {
+                let mut conn = conn.borrow_mut();
+                let tx = conn.transaction().expect("begin");
+                {
+                    let mut insert = tx.prepare_cached("INSERT INTO points (line) VALUES (?1)").expect("prepare");
+                    for l in &lines {
+                        insert.execute([l]).expect("insert");
+                    }
+                }
+                tx.commit().expect("commit");
+            })
+            .bench_local_values(|()| {
+                let conn = conn.borrow();
+                let rows: Vec<(i64, String)> = conn
+                    .prepare_cached("SELECT id, line FROM points ORDER BY id LIMIT ?1")
+                    .expect("prepare")
+                    .query_map([n as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .expect("select")
+                    .collect::<Result<_, _>>()
+                    .expect("rows");
+                conn.execute("DELETE FROM points WHERE id BETWEEN ?1 AND ?2", [rows[0].0, rows[n - 1].0])
+                    .expect("delete")
+            });
     }
 
     /// Baseline for `append`: the same lines inserted with bare rusqlite into a one-table
