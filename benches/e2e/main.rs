@@ -377,20 +377,71 @@ impl Probe {
     }
 }
 
-/// User + system CPU seconds of a process.
-fn cpu_secs(pid: u32) -> f64 {
+/// Clock ticks per second (`/proc` times are in ticks).
+fn ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let ticks = *TICKS.get_or_init(|| {
+    *TICKS.get_or_init(|| {
         let out = std::process::Command::new("getconf").arg("CLK_TCK").output().expect("getconf CLK_TCK");
         String::from_utf8_lossy(&out.stdout).trim().parse().expect("CLK_TCK is a number")
-    });
+    })
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    cpu_of_stat(&stat).expect("stat format")
+}
+
+fn cpu_of_stat(stat: &str) -> Option<f64> {
     // Fields after the command name (which may hold spaces) start with the state (field 3);
     // utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(") ").expect("stat format").1;
+    let rest = stat.rsplit_once(") ")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let t: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
-    t / ticks
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks())
+}
+
+/// Where the machine's CPU went, in CPU seconds: the servers by process name, this process
+/// (the load generator and counting subscriber), and the whole machine busy (`/proc/stat`).
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSplit {
+    broker: f64,
+    influx: f64,
+    bench: f64,
+    busy: f64,
+}
+
+impl CpuSplit {
+    fn now() -> Self {
+        let mut split = CpuSplit::default();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            let Some(cpu) = cpu_of_stat(&stat) else { continue };
+            if stat.contains("(mosquitto)") {
+                split.broker += cpu;
+            } else if stat.contains("(influxd)") {
+                split.influx += cpu;
+            }
+        }
+        split.bench = cpu_secs(std::process::id());
+        // The first line of /proc/stat: user nice system idle iowait irq softirq steal ...
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<f64> =
+            stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        split.busy =
+            f.iter().enumerate().filter(|(i, _)| ![3, 4].contains(i)).map(|(_, v)| v).take(6).sum::<f64>() / ticks();
+        split
+    }
+
+    /// Cores used per second of `secs` since `earlier`.
+    fn cores_since(&self, earlier: &CpuSplit, secs: f64) -> CpuSplit {
+        let per = |a: f64, b: f64| (a - b) / secs;
+        CpuSplit {
+            broker: per(self.broker, earlier.broker),
+            influx: per(self.influx, earlier.influx),
+            bench: per(self.bench, earlier.bench),
+            busy: per(self.busy, earlier.busy),
+        }
+    }
 }
 
 /// A line of /proc/PID/status in MiB (`VmRSS`, `VmHWM`).
@@ -498,6 +549,10 @@ struct Step {
     missing: Option<u64>,
     /// Messages the gateway received beyond those published (broker redeliveries).
     extra: Option<u64>,
+    /// Cores used during the step by each process, and the machine busy.
+    cores: CpuSplit,
+    /// Cores the gateway used during the step.
+    gateway_cores: Option<f64>,
 }
 
 async fn step(o: &Opts, port: u16, rate: u64, windows: &mut Windows, consumer: &Consumer<'_>) -> Step {
@@ -505,6 +560,7 @@ async fn step(o: &Opts, port: u16, rate: u64, windows: &mut Windows, consumer: &
     let t0_ms = windows.take();
     let before = consumer.mark().await;
     let cpu0 = consumer.cpu();
+    let split0 = CpuSplit::now();
     let start = Instant::now();
     // Per device, at most 2 s of readings unacknowledged: a broker that falls further behind
     // stalls the publisher, and the step fails on time.
@@ -524,6 +580,12 @@ async fn step(o: &Opts, port: u16, rate: u64, windows: &mut Windows, consumer: &
         }
     }
     let published = publisher.await.expect("publisher task").expect("publisher");
+    let secs = start.elapsed().as_secs_f64();
+    let cores = CpuSplit::now().cores_since(&split0, secs);
+    let gateway_cores = match (cpu0, consumer.cpu()) {
+        (Some(a), Some(b)) => Some((b - a) / secs),
+        _ => None,
+    };
     let cpu_per_1000_ms = match (cpu0, consumer.cpu(), done) {
         (Some(a), Some(b), Some(_)) => Some((b - a) * 1000.0 / total as f64 * 1000.0),
         _ => None,
@@ -539,7 +601,17 @@ async fn step(o: &Opts, port: u16, rate: u64, windows: &mut Windows, consumer: &
         Consumer::Gateway { .. } => Some((consumer.mark().await.received - before.received).saturating_sub(total)),
         Consumer::Counter(_) => None,
     };
-    let s = Step { rate, total, done_s: done.map(|d| d.as_secs_f64()), pass, cpu_per_1000_ms, missing, extra };
+    let s = Step {
+        rate,
+        total,
+        done_s: done.map(|d| d.as_secs_f64()),
+        pass,
+        cpu_per_1000_ms,
+        missing,
+        extra,
+        cores,
+        gateway_cores,
+    };
     say(format!(
         "  {rate:>7} readings/s x {:.0} s: {} (all in after {}{}{})",
         o.step_secs,
@@ -1181,20 +1253,23 @@ fn report(
             r,
             "\nSteps ({:.0} s each; \"all in\": seconds from the first publish until the consumer had every reading; \
              \"missing\": readings not in InfluxDB when the step ended, after catching up or after giving up; \
-             \"extra\": messages the gateway received beyond those published, i.e. broker redeliveries):\n",
-            o.step_secs
+             \"extra\": messages the gateway received beyond those published, i.e. broker redeliveries; \
+             \"cores\": CPU used from the first publish until all were in, per second, by the gateway, Mosquitto, \
+             InfluxDB and the benchmark's load generator, and by the whole machine ({} cores)):\n",
+            o.step_secs,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         let _ = writeln!(
             r,
-            "| consumer | readings/s | readings | all in | sustained | gateway CPU/1000 | missing | extra |"
+            "| consumer | readings/s | readings | all in | sustained | gateway CPU/1000 | missing | extra | cores: gateway / broker / InfluxDB / load / machine |"
         );
-        let _ = writeln!(r, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(r, "|---|---|---|---|---|---|---|---|---|");
         for (name, l) in [("counting subscriber", broker), ("gateway", gateway)] {
             for s in l.map(|l| l.steps.as_slice()).unwrap_or_default() {
                 let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
                 let _ = writeln!(
                     r,
-                    "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {name} | {} | {} | {} | {} | {} | {} | {} | {} / {:.2} / {:.2} / {:.2} / {:.2} |",
                     s.rate,
                     s.total,
                     s.done_s.map_or("never".into(), |d| format!("{d:.2} s")),
@@ -1202,6 +1277,11 @@ fn report(
                     s.cpu_per_1000_ms.map_or(String::new(), |c| format!("{c:.2} ms")),
                     opt(s.missing),
                     opt(s.extra),
+                    s.gateway_cores.map_or("-".into(), |c| format!("{c:.2}")),
+                    s.cores.broker,
+                    s.cores.influx,
+                    s.cores.bench,
+                    s.cores.busy,
                 );
             }
         }
