@@ -1018,13 +1018,25 @@ listen = "127.0.0.1:0"
 /// Starts the gateway built for this benchmark, or the one `HEARTGUARD_BENCH_GATEWAY` names
 /// (a profiling build, an older release to compare with), and waits for its subscription.
 async fn start_gateway(dir: &Path, toml: &str) -> Gateway {
-    let gw = match std::env::var_os("HEARTGUARD_BENCH_GATEWAY") {
-        Some(bin) => Gateway::start_with_binary(Path::new(&bin), dir, toml),
-        None => Gateway::start(dir, toml),
-    };
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_heartguard-gateway"));
+    let bin = std::env::var_os("HEARTGUARD_BENCH_GATEWAY").map_or(built, PathBuf::from);
+    let env = unit_environment();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let gw = Gateway::start_with_binary_and_env(&bin, dir, toml, &env);
     common::wait_for_log(&gw, "Subscribed.").await;
     say(format!("gateway {} runs as pid {}", dir.display(), gw.pid().expect("running")));
     gw
+}
+
+/// The `Environment=` settings of the shipped systemd unit, so the gateway runs as it does
+/// there; a variable set for the benchmark itself wins (it is inherited).
+fn unit_environment() -> Vec<(String, String)> {
+    include_str!("../../systemd/heartguard-gateway.service")
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment=")?.split_once('='))
+        .filter(|(k, _)| std::env::var_os(k).is_none())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn machine() -> String {

@@ -1066,6 +1066,11 @@ impl Gateway {
         Self::launch(binary, dir, config_toml, &[])
     }
 
+    /// Like `start_with_binary`, with extra environment variables.
+    pub fn start_with_binary_and_env(binary: &Path, dir: &Path, config_toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(binary, dir, config_toml, env)
+    }
+
     fn launch(binary: &Path, dir: &Path, config_toml: &str, env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let config_path = dir.join("gateway.toml");
