@@ -4,9 +4,12 @@
 //! - A point is *accepted* when the transaction holding it has committed (WAL,
 //!   `synchronous=FULL` by default, so a commit survives power loss). Only after that are the
 //!   readings acknowledged to their source.
-//! - A row leaves `points` only after InfluxDB answered 2xx for it. Nothing here drops data.
-//! - Rows are encoded lines: replaying them is byte-identical, so a second write after a crash
-//!   overwrites the first with the same values (InfluxDB's duplicate-point rule).
+//! - A point leaves the queue only after InfluxDB answered 2xx for it, or into the dead
+//!   letters, or by the `drop_oldest` policy when the queue is full (counted and logged).
+//! - Points are stored as encoded lines, in segments (the points of one commit for one
+//!   destination, [`segment`]); each keeps its own id, and ids never repeat. Replaying a
+//!   line is byte-identical, so a second write after a crash overwrites the first with the
+//!   same values (InfluxDB's duplicate-point rule).
 //! - Each destination is read in id order, one batch at a time: points of a destination are
 //!   delivered in the order they were accepted.
 //! - One thread owns the connection (a small actor, [`store`]); appends that arrive while a
