@@ -46,7 +46,12 @@ pub enum StartError {
 /// Runs the gateway until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let counters = Arc::new(Counters::default());
-    let (queue, store_thread) = QueueHandle::open(&cfg.gateway.data_dir, cfg.queue.synchronous, cfg.queue.limits())
+    // Segments no larger than a delivery batch: a batch then takes whole segments.
+    let limits = crate::queue::Limits {
+        segment_points: crate::queue::segment::MAX_POINTS.min(cfg.influx.batch_max_lines),
+        ..cfg.queue.limits()
+    };
+    let (queue, store_thread) = QueueHandle::open(&cfg.gateway.data_dir, cfg.queue.synchronous, limits)
         .map_err(|e| StartError::Runtime(format!("opening the queue in {}: {e}", cfg.gateway.data_dir.display())))?;
     let stats = queue.stats().await.map_err(|e| StartError::Runtime(e.to_string()))?;
     info!(data_dir = %cfg.gateway.data_dir.display(), waiting = stats.points, "Queue opened.");

@@ -197,7 +197,12 @@ impl Default for Queue {
 
 impl Queue {
     pub fn limits(&self) -> Limits {
-        Limits { max_bytes: self.max_bytes, policy: self.full_policy, min_free_bytes: self.min_free_bytes }
+        Limits {
+            max_bytes: self.max_bytes,
+            policy: self.full_policy,
+            min_free_bytes: self.min_free_bytes,
+            ..Limits::default()
+        }
     }
 }
 

@@ -126,6 +126,19 @@ impl<'a> Decoder<'a> {
         Ok((id, stream_key, ts_ns, enqueued_ns, line))
     }
 
+    /// The next record with an id above `after`, `None` at the end; records up to it are
+    /// skipped without copying their lines (a lease that starts inside a segment).
+    pub fn next_after(&mut self, after: i64) -> Result<Option<Record>, Damaged> {
+        while !self.rest.is_empty() {
+            let (id, stream_key, ts_ns, enqueued_ns, line) = self.next_raw()?;
+            let line = std::str::from_utf8(line).map_err(|_| Damaged("line is not UTF-8"))?;
+            if id > after {
+                return Ok(Some(Record { id, stream_key, ts_ns, enqueued_ns, line: line.to_owned() }));
+            }
+        }
+        Ok(None)
+    }
+
     /// The next record, `None` at the end.
     pub fn next_record(&mut self) -> Result<Option<Record>, Damaged> {
         if self.rest.is_empty() {
@@ -211,6 +224,21 @@ mod tests {
                 prop_assert_eq!(&records[..got.len()], &got[..]);
             }
         }
+    }
+
+    #[test]
+    fn next_after_skips_to_the_first_later_id() {
+        let records: Vec<Record> = [3i64, 5, 9]
+            .iter()
+            .map(|&id| Record { id, stream_key: 1, ts_ns: id * 10, enqueued_ns: 7, line: format!("m v={id}i") })
+            .collect();
+        let mut blob = Vec::new();
+        let enq = encode(&records, 3, &mut blob);
+        let mut d = Decoder::new(&blob, 3, enq);
+        assert_eq!(d.next_after(4).expect("ok"), Some(records[1].clone()));
+        assert_eq!(d.next_after(4).expect("ok"), Some(records[2].clone()));
+        assert_eq!(d.next_after(4).expect("ok"), None);
+        assert_eq!(Decoder::new(&blob, 3, enq).next_after(9).expect("ok"), None);
     }
 
     #[test]

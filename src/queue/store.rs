@@ -134,11 +134,19 @@ pub struct Limits {
     /// Intake stops (whatever the policy) when less than this is free on the data
     /// directory's filesystem, counting the database's own free pages as free.
     pub min_free_bytes: u64,
+    /// Most points in one segment (at most `segment::MAX_POINTS`). No larger than a delivery
+    /// batch, so that a batch takes whole segments and deletes them without rewriting.
+    pub segment_points: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_bytes: u64::MAX, policy: FullPolicy::DropOldest, min_free_bytes: 0 }
+        Self {
+            max_bytes: u64::MAX,
+            policy: FullPolicy::DropOldest,
+            min_free_bytes: 0,
+            segment_points: segment::MAX_POINTS,
+        }
     }
 }
 
@@ -671,13 +679,15 @@ fn rewrite(
 }
 
 /// Queues `points` as segments with ids from `next_id` on: per destination in their order,
-/// at most `segment::MAX_POINTS` points and `segment::MAX_BYTES` line bytes each.
+/// at most `max_points` points and `segment::MAX_BYTES` line bytes each.
 fn insert_points<'a>(
     tx: &rusqlite::Transaction<'_>,
     next_id: &mut i64,
     points: impl Iterator<Item = &'a NewPoint>,
+    max_points: usize,
     buf: &mut Vec<u8>,
 ) -> Result<(), QueueError> {
+    let max_points = max_points.clamp(1, segment::MAX_POINTS);
     let mut groups: Vec<(i64, Vec<&NewPoint>)> = Vec::new();
     for p in points {
         match groups.iter_mut().find(|(d, _)| *d == p.dest_id) {
@@ -690,10 +700,7 @@ fn insert_points<'a>(
         let mut rest = &pts[..];
         while !rest.is_empty() {
             let (mut n, mut bytes) = (0, 0);
-            while n < rest.len()
-                && n < segment::MAX_POINTS
-                && (n == 0 || bytes + rest[n].line.len() < segment::MAX_BYTES)
-            {
+            while n < rest.len() && n < max_points && (n == 0 || bytes + rest[n].line.len() < segment::MAX_BYTES) {
                 bytes += rest[n].line.len() + 1;
                 n += 1;
             }
@@ -1017,6 +1024,7 @@ impl Store {
             &tx,
             &mut next_id,
             batches.iter().flat_map(|(b, _)| b.points.iter()).skip(skip_new),
+            self.limits.segment_points,
             &mut self.buf,
         )?;
         {
@@ -1302,7 +1310,7 @@ impl Store {
     ) -> Result<(), QueueError> {
         let tx = self.conn.transaction()?;
         let mut next_id = first_free_id(&tx, self.next_id)?;
-        insert_points(&tx, &mut next_id, points.iter(), &mut self.buf)?;
+        insert_points(&tx, &mut next_id, points.iter(), self.limits.segment_points, &mut self.buf)?;
         {
             let mut del = tx.prepare_cached("DELETE FROM parked WHERE id = ?1")?;
             for id in remove {
@@ -1388,7 +1396,7 @@ impl Store {
                     let mut d = segment::Decoder::new(body, seg.first_id, seg.enqueued_ns);
                     let before = out.len();
                     loop {
-                        let r = match d.next_record() {
+                        let r = match d.next_after(after_id) {
                             Ok(Some(r)) => r,
                             Ok(None) => break,
                             Err(why) => {
@@ -1397,9 +1405,6 @@ impl Store {
                                 break 'segments;
                             }
                         };
-                        if r.id <= after_id {
-                            continue;
-                        }
                         // Always hand out at least one line, however long, so a big line
                         // cannot wedge its destination.
                         if !out.is_empty() && bytes + r.line.len() + 1 > max_bytes {
@@ -1588,7 +1593,7 @@ pub fn replay_dead_letters(conn: &mut Connection, filter: &DeadLetterFilter) -> 
     // Ids from the shared sequence: the daemon, committing beside this, takes its next ids
     // from there too.
     let mut next_id = first_free_id(&tx, 1)?;
-    insert_points(&tx, &mut next_id, points.iter(), &mut Vec::new())?;
+    insert_points(&tx, &mut next_id, points.iter(), segment::MAX_POINTS, &mut Vec::new())?;
     let n = tx.execute(
         &format!("DELETE FROM dead_letters{clause} AND dest_id IS NOT NULL"),
         rusqlite::params_from_iter(args),
@@ -1795,7 +1800,7 @@ mod tests {
     #[tokio::test]
     async fn drop_oldest_never_holds_more_than_the_limit_and_keeps_the_newest() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let limits = Limits { max_bytes: 100, policy: FullPolicy::DropOldest, min_free_bytes: 0 };
+        let limits = Limits { max_bytes: 100, policy: FullPolicy::DropOldest, ..Limits::default() };
         let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
         let a = q.destination_id(dest("a")).await.expect("dest");
         // 10-byte lines + newline: 11 bytes each.
@@ -1825,6 +1830,28 @@ mod tests {
         let g = q.gauges().await.expect("gauges");
         assert_eq!((g.points, g.bytes), (9, 99));
         assert_eq!(g.oldest_enqueued_ns, Some(13), "the segment's enqueue time follows its oldest point");
+    }
+
+    #[tokio::test]
+    async fn segments_no_larger_than_a_batch_are_leased_and_deleted_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits { segment_points: 10, ..Limits::default() };
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        q.append((0..25).map(|n| point(a, n)).collect()).await.expect("append");
+        let conn = open_read_only(dir.path()).expect("ro");
+        let sizes = || -> Vec<i64> {
+            let mut stmt = conn.prepare("SELECT points FROM segments ORDER BY last_id").expect("prepare");
+            stmt.query_map([], |r| r.get(0)).expect("query").map(|r| r.expect("row")).collect()
+        };
+        assert_eq!(sizes(), [10, 10, 5]);
+        let batch = q.lease(a, 10, usize::MAX).await.expect("lease");
+        assert_eq!(
+            batch.iter().map(|l| l.line.clone()).collect::<Vec<_>>(),
+            (0..10).map(|n| point(a, n).line).collect::<Vec<_>>()
+        );
+        q.delete_delivered(a, batch[0].id, batch[9].id, Delivered::of(&batch)).await.expect("delete");
+        assert_eq!(sizes(), [10, 5], "the first segment went whole, nothing was rewritten");
     }
 
     /// The schema-1 queue: a row per point.
@@ -1951,7 +1978,7 @@ mod tests {
         // drop_oldest can empty the table; SQLite would then number new points from 1 again,
         // into the id range of a batch still being written, whose delete would take them.
         let dir = tempfile::tempdir().expect("tempdir");
-        let limits = Limits { max_bytes: 100, policy: FullPolicy::DropOldest, min_free_bytes: 0 };
+        let limits = Limits { max_bytes: 100, policy: FullPolicy::DropOldest, ..Limits::default() };
         let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
         let a = q.destination_id(dest("a")).await.expect("dest");
         let line = |n: usize| NewPoint { dest_id: a, line: format!("m v={n:03}i 1"), ..Default::default() };
@@ -2105,11 +2132,15 @@ mod model {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
         #[test]
-        fn store_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+        fn store_matches_the_model(
+            ops in proptest::collection::vec(op(), 1..40),
+            segment_points in prop_oneof![Just(segment::MAX_POINTS), 1..20usize],
+        ) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
             rt.block_on(async move {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let (mut q, _j) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
+                let limits = Limits { segment_points, ..Limits::default() };
+                let (mut q, _j) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
                 let mut ids = Vec::new();
                 for b in ["a", "b"] {
                     ids.push(q.destination_id(Destination { org: String::new(), bucket: b.into() }).await.expect("dest"));
@@ -2171,7 +2202,7 @@ mod model {
                         }
                         Op::Restart => {
                             q.close().await.expect("close");
-                            q = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("reopen").0;
+                            q = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("reopen").0;
                         }
                     }
                     // The running counts behind the metrics follow every change.
