@@ -344,7 +344,6 @@ pub(crate) fn spawn(
         waiting,
         buf: Vec::new(),
         open_gaps,
-        next_id: 1,
         data_version,
         last_maintenance: std::time::Instant::now(),
         full_logged: false,
@@ -425,16 +424,15 @@ fn record_readings<'a>(
     Ok(closed)
 }
 
-/// The id for the next point: above every id ever given, by any connection (`sqlite_sequence`
-/// keeps the highest segment key ever inserted, and a segment's key is its last id), and
-/// above `given` (what this store gave). Ids must never repeat: a batch still on its way to
-/// InfluxDB is deleted by its id range once written, and that range must then not hold a
-/// newer point, even after drop_oldest emptied the queue meanwhile.
-fn first_free_id(tx: &rusqlite::Transaction<'_>, given: i64) -> Result<i64, QueueError> {
-    let above: i64 = tx
+/// The id for the next point: above every id ever given, by any connection. `sqlite_sequence`
+/// keeps the highest segment key ever inserted (a segment's key is its last id), in the same
+/// transaction as the segments, so nothing else needs to remember it. Ids must never repeat: a
+/// batch still on its way to InfluxDB is deleted by its id range once written, and that range
+/// must then not hold a newer point, even after drop_oldest emptied the queue meanwhile.
+fn first_free_id(tx: &rusqlite::Transaction<'_>) -> Result<i64, QueueError> {
+    Ok(tx
         .prepare_cached("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'segments'), 0) + 1")?
-        .query_row([], |r| r.get(0))?;
-    Ok(above.max(given))
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Line bytes waiting, summed over the segments.
@@ -839,8 +837,6 @@ struct Store {
     open_gaps: HashSet<i64>,
     /// Reused for encoding segments.
     buf: Vec<u8>,
-    /// Lowest id this store may give a new point (see `first_free_id`).
-    next_id: i64,
     /// `PRAGMA data_version` at the last look: it changes when *another* connection (an
     /// operator command) commits, and then `bytes` is recomputed.
     data_version: i64,
@@ -1019,7 +1015,7 @@ impl Store {
             let freed = drop_oldest(&tx, over, &mut report, &mut dropped_of, &mut self.buf)?;
             report.dropped_bytes += freed;
         }
-        let mut next_id = first_free_id(&tx, self.next_id)?;
+        let mut next_id = first_free_id(&tx)?;
         insert_points(
             &tx,
             &mut next_id,
@@ -1037,7 +1033,6 @@ impl Store {
         }
         let closed = record_readings(&tx, batches.iter().flat_map(|(b, _)| b.points.iter()), &self.open_gaps)?;
         tx.commit()?;
-        self.next_id = next_id;
         self.forget_gaps(closed);
         self.bytes = (self.bytes + new_bytes).saturating_sub(report.dropped_bytes - skipped_bytes);
         for (dest, n) in dropped_of {
@@ -1309,7 +1304,7 @@ impl Store {
         repark: &[(i64, &'static str)],
     ) -> Result<(), QueueError> {
         let tx = self.conn.transaction()?;
-        let mut next_id = first_free_id(&tx, self.next_id)?;
+        let mut next_id = first_free_id(&tx)?;
         insert_points(&tx, &mut next_id, points.iter(), self.limits.segment_points, &mut self.buf)?;
         {
             let mut del = tx.prepare_cached("DELETE FROM parked WHERE id = ?1")?;
@@ -1323,7 +1318,6 @@ impl Store {
         }
         let closed = record_readings(&tx, points.iter(), &self.open_gaps)?;
         tx.commit()?;
-        self.next_id = next_id;
         self.forget_gaps(closed);
         self.bytes += points.iter().map(|p| p.line.len() as u64 + 1).sum::<u64>();
         self.count_points(points.iter());
@@ -1592,7 +1586,7 @@ pub fn replay_dead_letters(conn: &mut Connection, filter: &DeadLetterFilter) -> 
     };
     // Ids from the shared sequence: the daemon, committing beside this, takes its next ids
     // from there too.
-    let mut next_id = first_free_id(&tx, 1)?;
+    let mut next_id = first_free_id(&tx)?;
     insert_points(&tx, &mut next_id, points.iter(), segment::MAX_POINTS, &mut Vec::new())?;
     let n = tx.execute(
         &format!("DELETE FROM dead_letters{clause} AND dest_id IS NOT NULL"),
