@@ -160,6 +160,18 @@ pub fn decode(blob: &[u8], first_id: i64, enqueued_ns: i64) -> Result<Vec<Record
     Ok(out)
 }
 
+/// The enqueue times of a blob's first and last records (`None`: no record), read without
+/// copying any line: drop_oldest needs them for its log when it drops whole segments.
+pub fn enqueue_span(blob: &[u8], first_id: i64, enqueued_ns: i64) -> Result<Option<(i64, i64)>, Damaged> {
+    let mut d = Decoder::new(blob, first_id, enqueued_ns);
+    let mut span = None;
+    while !d.rest.is_empty() {
+        let (_, _, _, at, _) = d.next_raw()?;
+        span = Some(span.map_or((at, at), |(first, _)| (first, at)));
+    }
+    Ok(span)
+}
+
 /// Encodes `records` (ids rising) as a segment starting at `first_id`; the segment's enqueue
 /// time is the earliest of theirs.
 pub fn encode(records: &[Record], first_id: i64, out: &mut Vec<u8>) -> i64 {
@@ -239,6 +251,19 @@ mod tests {
         assert_eq!(d.next_after(4).expect("ok"), Some(records[2].clone()));
         assert_eq!(d.next_after(4).expect("ok"), None);
         assert_eq!(Decoder::new(&blob, 3, enq).next_after(9).expect("ok"), None);
+    }
+
+    #[test]
+    fn the_enqueue_span_is_that_of_the_first_and_last_records() {
+        let records: Vec<Record> = [(3i64, 40i64), (4, 10), (9, 30)]
+            .iter()
+            .map(|&(id, enqueued_ns)| Record { id, stream_key: 1, ts_ns: 1, enqueued_ns, line: "m v=1i".into() })
+            .collect();
+        let mut blob = Vec::new();
+        let enq = encode(&records, 3, &mut blob);
+        assert_eq!(enqueue_span(&blob, 3, enq), Ok(Some((40, 30))));
+        assert_eq!(enqueue_span(&[], 3, enq), Ok(None));
+        assert_eq!(enqueue_span(&blob[..blob.len() - 1], 3, enq), Err(Damaged("line cut short")));
     }
 
     #[test]

@@ -470,31 +470,34 @@ fn drop_oldest(
             let Some(row) = rows.next()? else { break };
             let dest: i64 = row.get(0)?;
             let seg = SegmentRow::read(row, 1)?;
-            let records = segment::decode(blob(row, 6)?, seg.first_id, seg.enqueued_ns);
-            match records {
-                Ok(records) if !records.is_empty() && seg.bytes > over - freed => {
-                    // Only its oldest points are needed.
-                    let mut n = 0;
-                    while freed < over && n < records.len() {
-                        freed += records[n].line.len() as u64 + 1;
-                        n += 1;
-                    }
-                    span(report, records[0].enqueued_ns, records[n - 1].enqueued_ns);
-                    report.dropped += n as u64;
-                    *dropped_of.entry(dest).or_insert(0) += n as u64;
-                    partial = Some((seg, records[n..].to_vec()));
+            let body = blob(row, 6)?;
+            if seg.bytes > over - freed
+                && let Ok(mut records) = segment::decode(body, seg.first_id, seg.enqueued_ns)
+                && !records.is_empty()
+            {
+                // Only its oldest points are needed.
+                let mut n = 0;
+                while freed < over && n < records.len() {
+                    freed += records[n].line.len() as u64 + 1;
+                    n += 1;
                 }
-                // Whole; a damaged one too (it was next to go, and cannot be read anyway).
-                records => {
-                    let at = |r: Option<&Record>| r.map_or(seg.enqueued_ns, |r| r.enqueued_ns);
-                    let recs = records.as_deref().unwrap_or_default();
-                    span(report, at(recs.first()), at(recs.last()));
-                    freed += seg.bytes;
-                    report.dropped += seg.points;
-                    *dropped_of.entry(dest).or_insert(0) += seg.points;
-                    whole.push(seg.last_id);
-                }
+                span(report, records[0].enqueued_ns, records[n - 1].enqueued_ns);
+                report.dropped += n as u64;
+                *dropped_of.entry(dest).or_insert(0) += n as u64;
+                partial = Some((seg, records.split_off(n)));
+                break;
             }
+            // Whole (a damaged one too: it was next to go, and cannot be read anyway); only
+            // the enqueue times are read, for the log, not the lines.
+            let (first, last) = segment::enqueue_span(body, seg.first_id, seg.enqueued_ns)
+                .ok()
+                .flatten()
+                .unwrap_or((seg.enqueued_ns, seg.enqueued_ns));
+            span(report, first, last);
+            freed += seg.bytes;
+            report.dropped += seg.points;
+            *dropped_of.entry(dest).or_insert(0) += seg.points;
+            whole.push(seg.last_id);
         }
     }
     for key in whole {
