@@ -20,6 +20,13 @@ pub const MAX_POINTS: usize = 512;
 /// Most line bytes in one segment (a single longer line still gets a segment of its own).
 pub const MAX_BYTES: usize = 256 * 1024;
 
+/// Whether a segment of `points` points and `bytes` line bytes (newlines included) takes a
+/// line of `line_len` more: at most `max_points` points and `MAX_BYTES`, and an empty segment
+/// takes any line.
+pub fn takes(points: usize, bytes: usize, line_len: usize, max_points: usize) -> bool {
+    points == 0 || (points < max_points && bytes + line_len < MAX_BYTES)
+}
+
 /// One point as stored in a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -609,8 +609,7 @@ fn migrate_points(tx: &rusqlite::Transaction<'_>) -> Result<(), QueueError> {
                 }
             };
             let (_, recs, bytes) = &mut open[i];
-            if !recs.is_empty() && (recs.len() >= segment::MAX_POINTS || *bytes + r.line.len() + 1 > segment::MAX_BYTES)
-            {
+            if !segment::takes(recs.len(), *bytes, r.line.len(), segment::MAX_POINTS) {
                 put_segment(tx, dest, recs, &mut buf)?;
                 segments += 1;
                 recs.clear();
@@ -701,7 +700,7 @@ fn insert_points<'a>(
         let mut rest = &pts[..];
         while !rest.is_empty() {
             let (mut n, mut bytes) = (0, 0);
-            while n < rest.len() && n < max_points && (n == 0 || bytes + rest[n].line.len() < segment::MAX_BYTES) {
+            while n < rest.len() && segment::takes(n, bytes, rest[n].line.len(), max_points) {
                 bytes += rest[n].line.len() + 1;
                 n += 1;
             }
