@@ -1188,6 +1188,8 @@ impl Store {
         ids.dedup();
         let tx = self.conn.transaction()?;
         let (mut moved, mut bytes) = (0u64, 0u64);
+        // Points and bytes of unreadable segments moved to the dead letters whole.
+        let mut lost = (0u64, 0u64);
         {
             let mut find = tx.prepare_cached(&format!(
                 "SELECT {SEGMENT_COLUMNS} FROM segments WHERE dest_id = ?1 AND last_id >= ?2 ORDER BY last_id LIMIT 1"
@@ -1198,10 +1200,8 @@ impl Store {
             )?;
             let mut rest = &ids[..];
             while let Some(&id) = rest.first() {
-                let Some((seg, records)) = find
-                    .query_row(params![dest_id, id], |row| {
-                        Ok((SegmentRow::read(row, 0)?, segment::decode(blob(row, 5)?, row.get(1)?, row.get(4)?)))
-                    })
+                let Some((seg, body)) = find
+                    .query_row(params![dest_id, id], |row| Ok((SegmentRow::read(row, 0)?, blob(row, 5)?.to_vec())))
                     .optional()?
                 else {
                     break;
@@ -1210,8 +1210,17 @@ impl Store {
                 let n = rest.iter().position(|&i| i > seg.last_id).unwrap_or(rest.len());
                 let (wanted, tail) = rest.split_at(n);
                 rest = tail;
-                // Unreadable: the next lease moves it to the dead letters whole.
-                let Ok(records) = records else { continue };
+                // Unreadable: to the dead letters whole, now. Left in place, the sink's delete of
+                // its batch would take it as delivered, refused points and all.
+                let records = match segment::decode(&body, seg.first_id, seg.enqueued_ns) {
+                    Ok(records) => records,
+                    Err(why) => {
+                        quarantine(&tx, dest_id, &seg, &body, &why)?;
+                        lost.0 += seg.points;
+                        lost.1 += seg.bytes;
+                        continue;
+                    }
+                };
                 let (out, keep): (Vec<Record>, Vec<Record>) =
                     records.into_iter().partition(|r| wanted.binary_search(&r.id).is_ok());
                 if out.is_empty() {
@@ -1226,8 +1235,8 @@ impl Store {
             }
         }
         tx.commit()?;
-        self.bytes = self.bytes.saturating_sub(bytes);
-        self.count(dest_id, -(moved as i64));
+        self.bytes = self.bytes.saturating_sub(bytes + lost.1);
+        self.count(dest_id, -((moved + lost.0) as i64));
         Ok(moved)
     }
 
@@ -1848,6 +1857,24 @@ mod tests {
         );
         q.delete_delivered(a, batch[0].id, batch[9].id, Delivered::of(&batch)).await.expect("delete");
         assert_eq!(sizes(), [10, 5], "the first segment went whole, nothing was rewritten");
+    }
+
+    #[tokio::test]
+    async fn a_segment_damaged_under_a_leased_batch_keeps_its_points_as_dead_letters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        q.append((0..5).map(|n| point(a, n)).collect()).await.expect("append");
+        let batch = q.lease(a, 10, usize::MAX).await.expect("lease");
+        // Damaged while the batch is on its way; InfluxDB then refuses one of its points.
+        let conn = open_read_write(dir.path()).expect("rw");
+        conn.execute("UPDATE segments SET body = x'0000000040ff'", []).expect("damage");
+        assert_eq!(q.dead_letter(a, vec![batch[1].id], "rejected", Some(400), "x".into()).await.expect("dead"), 0);
+        assert_eq!(q.delete_delivered(a, batch[0].id, batch[4].id, Delivered::of(&batch)).await.expect("delete"), 0);
+        let dead = dead_letters(&conn, &DeadLetterFilter::default(), 10).expect("dead letters");
+        assert_eq!(dead.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), ["damaged"]);
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.points, g.bytes), (0, 0));
     }
 
     /// The schema-1 queue: a row per point.
