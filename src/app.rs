@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bindings::{self, postgres::Freshness, postgres::PgSource};
+use crate::bindings::{self, Freshness, View, postgres::PgSource};
 use crate::config::Config;
 use crate::ingest::{self, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
 use crate::queue::QueueHandle;
@@ -67,16 +67,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let pg = pg_source(&cfg).map_err(StartError::Config)?;
     let fresh = match &pg {
         // Until the first round trip, nothing newer than the start is known to be current.
-        Some(src) => Freshness {
-            fresh_until_ns: i64::MIN,
-            advanced_at: tokio::time::Instant::now(),
-            stale_grace: src.stale_grace,
-        },
+        Some(src) => Freshness::unknown(src.stale_grace),
         None => Freshness::always(),
     };
-    let (fresh_tx, fresh_rx) = watch::channel(fresh);
-    let (table_tx, table_rx) = watch::channel(Arc::new(table));
-    let telemetry = Telemetry::new(&cfg.gateway.id, counters.clone(), queue.clone(), table_rx.clone());
+    let (view_tx, view_rx) = watch::channel(View::new(table, fresh));
+    let telemetry = Telemetry::new(&cfg.gateway.id, counters.clone(), queue.clone(), view_rx.clone());
     let endpoint = telemetry::http::start(&cfg.http, telemetry.clone()).await.map_err(StartError::Runtime)?;
 
     let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(StartError::Config)?);
@@ -107,10 +102,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         touched_rx,
         sink_stop.clone(),
     ));
+    let recheck = Arc::new(tokio::sync::Notify::new());
     let parking = ingest::parking::Parking {
         queue: queue.clone(),
-        table: table_rx.clone(),
-        fresh: fresh_rx.clone(),
+        view: view_rx.clone(),
+        recheck: recheck.clone(),
         counters: counters.clone(),
         touched: touched_tx.clone(),
         max_park_age: Duration::from_millis(cfg.bindings.max_park_age_ms),
@@ -121,7 +117,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let src = report_source(&cfg).map_err(StartError::Config)?;
         let r = crate::report::Reporter {
             queue: queue.clone(),
-            table: table_rx.clone(),
+            view: view_rx.clone(),
             counters: counters.clone(),
             gateway_id: cfg.gateway.id.clone(),
             pg: src,
@@ -134,20 +130,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         None
     };
     let sync = pg.map(|src| {
-        tokio::spawn(bindings::postgres::run(
-            src,
-            queue.clone(),
-            table_tx.clone(),
-            fresh_tx,
-            counters.clone(),
-            sink_stop.clone(),
-        ))
+        tokio::spawn(bindings::postgres::run(src, queue.clone(), view_tx.clone(), counters.clone(), sink_stop.clone()))
     });
     let intake = {
         let (queue, counters, done) = (queue.clone(), counters.clone(), intake_done.clone());
-        let (table_rx, fresh_rx) = (table_rx.clone(), fresh_rx.clone());
+        let view_rx = view_rx.clone();
         tokio::spawn(async move {
-            ingest::run_intake(env_rx, table_rx, fresh_rx, queue, counters, touched_tx).await;
+            ingest::run_intake(env_rx, view_rx, queue, counters, touched_tx, recheck).await;
             done.cancel();
         })
     };
@@ -159,7 +148,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 cfg.bindings.trusted_keys.clone(),
                 cfg.gateway.id.clone(),
                 queue.clone(),
-                table_tx.clone(),
+                view_tx.clone(),
                 counters.clone(),
             ));
             Some(m.with_push(bindings::push::topic(&cfg.gateway.id), push_tx))
@@ -181,7 +170,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let reloader = crate::reload::Reloader {
         cfg: cfg.clone(),
         queue: queue.clone(),
-        table: table_tx.clone(),
+        view: view_tx.clone(),
         counters: counters.clone(),
     };
     tokio::spawn(reloader.run(ingest_stop.clone()));

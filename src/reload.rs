@@ -15,11 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::bindings::{self, SharedTable};
+use crate::bindings::{self, View, ViewTx};
 use crate::config::Config;
 use crate::queue::QueueHandle;
 use crate::telemetry::{Counters, logging, systemd};
@@ -42,7 +41,7 @@ pub struct Reloader {
     /// The configuration in force (what a reload compares against).
     pub cfg: Config,
     pub queue: QueueHandle,
-    pub table: watch::Sender<SharedTable>,
+    pub view: ViewTx,
     pub counters: Arc<Counters>,
 }
 
@@ -103,7 +102,7 @@ impl Reloader {
             match bindings::load_table(Some(path), &self.queue).await {
                 Ok(table) => {
                     info!(bindings = table.len(), source = %table.source, version = %table.version, "Bindings reloaded.");
-                    self.table.send_replace(Arc::new(table));
+                    View::put_table(&self.view, table);
                     self.cfg.bindings.file = new.bindings.file.clone();
                     done.bindings = true;
                 }

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bindings::SharedTable;
+use crate::bindings::ViewRx;
 use crate::bindings::postgres::{PgSource, connect_client};
 use crate::queue::QueueHandle;
 use crate::telemetry::Counters;
@@ -28,7 +27,7 @@ const GAP_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Reporter {
     pub queue: QueueHandle,
-    pub table: watch::Receiver<SharedTable>,
+    pub view: ViewRx,
     pub counters: Arc<Counters>,
     pub gateway_id: String,
     pub pg: PgSource,
@@ -85,7 +84,7 @@ impl Reporter {
 
     async fn check_gaps(&self) {
         let Ok(activity) = self.queue.activity().await else { return };
-        let table = self.table.borrow().clone();
+        let table = self.view.borrow().table.clone();
         let now = crate::now_ns();
         for a in activity {
             let (Some(last), None) = (a.last_reading_ns, a.open_gap_ns) else { continue };

@@ -6,8 +6,8 @@ mod common;
 use std::process::Command;
 
 use common::{
-    DB, Influx1, Mosquitto, eventually, example_bindings, gateway_toml, msg, publish_qos1, start_gateway, wait_count,
-    wait_for_log,
+    DB, Influx1, Mosquitto, eventually, example_bindings, gateway_toml, gateway_toml_with_queue, msg, publish_qos1,
+    start_gateway, wait_count, wait_for_log,
 };
 use serde_json::json;
 
@@ -99,4 +99,63 @@ async fn json_logs_are_one_object_per_line() {
     let v: serde_json::Value = serde_json::from_str(subscribed).expect("json");
     assert_eq!(v["topic"], json!("devices/+/vitals"));
     assert!(!log.contains("Juan"), "a payload's contents never reach the log: {log}");
+}
+
+/// A reading intake parks as unbound while its commit waits (here: a full queue under
+/// `backpressure`, held by an InfluxDB outage) is checked against the table that was put in
+/// force meanwhile, however long the commit waited; it used to be rechecked only for 2 s after
+/// the swap, and then stayed parked until it expired into the dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_parked_while_its_commit_waited_finds_the_binding_put_in_force_meanwhile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mqtt, mut influx) = (Mosquitto::start(), Influx1::start());
+    influx.create_db(DB).await;
+    influx.stop();
+    let bindings = dir.path().join("bindings.toml");
+    std::fs::write(&bindings, bindings_without("ABC-001")).expect("write");
+    let toml = gateway_toml_with_queue(
+        dir.path(),
+        &mqtt.url(),
+        &influx.url(),
+        "v1",
+        &bindings,
+        "",
+        "max_bytes = 65536\nfull_policy = \"backpressure\"\nmin_free_bytes = 0",
+    )
+    .replace(
+        &format!("url = \"{}\"", mqtt.url()),
+        &format!("url = \"{}\"\ntopics = [\"devices/{{serial}}/vitals\", \"ward/batch\"]", mqtt.url()),
+    );
+    let gw = start_gateway(dir.path(), &toml).await;
+    let pid = gw.pid().expect("running");
+
+    // Something waits in the queue, so a commit larger than the limit is refused.
+    let t = chrono::Utc::now().timestamp_millis() - 60_000;
+    publish_qos1(mqtt.port, &[msg("MAS-R7-0007", json!({"ts": t, "spo2": 97}))]).await;
+    eventually(common::WAIT, "the first reading is queued", || async {
+        let out = common::gateway_cli(&["queue", "stats", "--config", gw.config_path().to_str().expect("utf8")]).1;
+        out.lines().any(|l| l.trim() == "points waiting: 1")
+    })
+    .await;
+
+    // One message: 300 readings of a bound device and one of ABC-001, which has no binding
+    // yet. Intake resolves them together, then its commit waits for room.
+    let mut batch: Vec<serde_json::Value> =
+        (1..=300).map(|i| json!({"serial": "MAS-R7-0007", "ts": t + i, "spo2": 96})).collect();
+    batch.push(json!({"serial": "ABC-001", "ts": t + 500, "heart_rate": 72}));
+    publish_qos1(mqtt.port, &[("ward/batch".into(), serde_json::Value::Array(batch).to_string().into_bytes())]).await;
+    wait_for_log(&gw, "Queue full: refusing new readings").await;
+
+    // ABC-001's binding is put in force while that commit waits, and the commit lands well
+    // after the swap.
+    std::fs::copy(example_bindings(), &bindings).expect("copy");
+    hup(pid);
+    wait_for_log(&gw, "Bindings reloaded.").await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    influx.restart();
+
+    // Every reading, ABC-001's included, reaches InfluxDB.
+    wait_count(&influx, "vital_signs", 302).await;
+    let rows = influx.rows(DB, "vital_signs").await;
+    assert_eq!(rows.iter().filter(|r| r["device_id"] == json!("00000000-0000-4000-8000-000000000123")).count(), 1);
 }

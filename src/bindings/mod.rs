@@ -14,6 +14,7 @@
 pub mod file;
 pub mod postgres;
 pub mod push;
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::lineproto;
+pub use view::{Freshness, View, ViewRx, ViewTx};
 
 /// Tag keys the gateway itself writes; a binding's custom tags may not reuse them.
 pub const CORE_TAGS: [&str; 5] = ["device_id", "org_id", "patient_id", "signal_type", "stream_id"];
@@ -292,9 +294,9 @@ pub async fn apply(
     list: Vec<Binding>,
     source: &str,
     queue: &crate::queue::QueueHandle,
-    table_tx: &tokio::sync::watch::Sender<SharedTable>,
+    view: &ViewTx,
 ) -> Result<bool, String> {
-    apply_if(list, source, queue, table_tx, false).await
+    apply_if(list, source, queue, view, false).await
 }
 
 /// As [`apply`]; with `always`, the cache and table are replaced even when the content is
@@ -303,7 +305,7 @@ pub async fn apply_if(
     list: Vec<Binding>,
     source: &str,
     queue: &crate::queue::QueueHandle,
-    table_tx: &tokio::sync::watch::Sender<SharedTable>,
+    view: &ViewTx,
     always: bool,
 ) -> Result<bool, String> {
     let (list, refused): (Vec<Binding>, Vec<Binding>) = list.into_iter().partition(|b| b.problems().is_empty());
@@ -311,13 +313,13 @@ pub async fn apply_if(
         tracing::error!(device = %crate::model::loggable(&b.serial), stream = %b.stream_id, problems = %b.problems().join("; "), "Binding refused; the device's readings stay parked until it is fixed centrally.");
     }
     let version = version_of(&list);
-    if !always && table_tx.borrow().version == version {
+    if !always && view.borrow().table.version == version {
         return Ok(false);
     }
     queue.replace_bindings(list.clone(), source.to_owned(), version.clone()).await.map_err(|e| e.to_string())?;
     let n = list.len();
     let table = compile(list, source.to_owned(), version.clone(), queue).await.map_err(|e| e.to_string())?;
-    table_tx.send_replace(std::sync::Arc::new(table));
+    View::put_table(view, table);
     tracing::info!(bindings = n, %source, %version, "Bindings updated.");
     Ok(true)
 }

@@ -18,48 +18,18 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Binding, SharedTable};
+use super::{Binding, View, ViewTx};
 use crate::backoff::Backoff;
 use crate::queue::QueueHandle;
 use crate::telemetry::Counters;
 
 /// The notification channel the shipped triggers use.
 pub const CHANNEL: &str = "heartguard_bindings";
-
-/// The freshness of the binding table, shared with intake and the parking resolver.
-#[derive(Debug, Clone, Copy)]
-pub struct Freshness {
-    /// Every central change committed at or before this instant (ns, database clock) is in
-    /// the table. `i64::MAX` for sources that are always current (a file).
-    pub fresh_until_ns: i64,
-    /// When the mark last advanced (local monotonic clock).
-    pub advanced_at: tokio::time::Instant,
-    /// How long a stopped mark is waited for before the cached copy is used anyway.
-    pub stale_grace: Duration,
-}
-
-impl Freshness {
-    pub fn always() -> Self {
-        Self { fresh_until_ns: i64::MAX, advanced_at: tokio::time::Instant::now(), stale_grace: Duration::MAX }
-    }
-
-    /// May a reading taken at `ts_ns` be resolved now? `Some(stale)` when it may (stale: on a
-    /// copy whose mark stopped more than the grace ago), `None` when it must wait.
-    pub fn resolvable(&self, ts_ns: i64) -> Option<bool> {
-        if ts_ns <= self.fresh_until_ns {
-            Some(false)
-        } else if self.advanced_at.elapsed() > self.stale_grace {
-            Some(true)
-        } else {
-            None
-        }
-    }
-}
 
 /// Which bindings this gateway loads.
 #[derive(Debug, Clone, Default)]
@@ -208,8 +178,7 @@ where
 pub async fn run(
     src: PgSource,
     queue: QueueHandle,
-    table_tx: watch::Sender<SharedTable>,
-    fresh_tx: watch::Sender<Freshness>,
+    view: ViewTx,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
@@ -240,7 +209,7 @@ pub async fn run(
         info!(database = %src.label, "Connected to PostgreSQL for bindings; listening for changes.");
         was_connected = true;
         backoff.reset();
-        let err = session(&src, &mut client, &mut notes, &queue, &table_tx, &fresh_tx, &counters, &shutdown).await;
+        let err = session(&src, &mut client, &mut notes, &queue, &view, &counters, &shutdown).await;
         task.abort();
         match err {
             None => return,
@@ -259,8 +228,7 @@ async fn session(
     client: &mut Client,
     notes: &mut mpsc::UnboundedReceiver<()>,
     queue: &QueueHandle,
-    table_tx: &watch::Sender<SharedTable>,
-    fresh_tx: &watch::Sender<Freshness>,
+    view: &ViewTx,
     counters: &Counters,
     shutdown: &CancellationToken,
 ) -> Option<String> {
@@ -294,7 +262,7 @@ async fn session(
                 if dirty {
                     match tokio::time::timeout(timeout, fetch(client, &src.scope, src.keep_ended)).await {
                         Ok(Ok(list)) => {
-                            if let Err(e) = super::apply(list, &format!("postgres {}", src.label), queue, table_tx).await {
+                            if let Err(e) = super::apply(list, &format!("postgres {}", src.label), queue, view).await {
                                 warn!(error = %e, "Could not apply the new bindings; keeping the previous copy.");
                                 continue;
                             }
@@ -311,10 +279,8 @@ async fn session(
                 // A change is stamped with its transaction's start but visible only from its
                 // commit: the margin covers transactions that take that long.
                 let fresh_until_ns = db_now.timestamp_nanos_opt().unwrap_or(i64::MIN).saturating_sub(src.margin.as_nanos() as i64);
-                fresh_tx.send_modify(|f| {
-                    f.fresh_until_ns = f.fresh_until_ns.max(fresh_until_ns);
-                    f.advanced_at = tokio::time::Instant::now();
-                });
+                // After the table: the mark promises what the table in force holds.
+                View::advance(view, fresh_until_ns);
             }
         }
     }

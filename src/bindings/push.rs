@@ -158,16 +158,16 @@ pub async fn run(
     trusted: Vec<String>,
     gateway_id: String,
     queue: crate::queue::QueueHandle,
-    table_tx: tokio::sync::watch::Sender<super::SharedTable>,
+    view: super::ViewTx,
     counters: std::sync::Arc<crate::telemetry::Counters>,
 ) {
     while let Some(msg) = rx.recv().await {
-        let have = version_in_force(&table_tx.borrow().source);
+        let have = version_in_force(&view.borrow().table.source);
         match verify(&msg.payload, &trusted, &gateway_id, have) {
             Ok(snap) => {
                 let key = serde_json::from_slice::<Envelope>(&msg.payload).map(|e| e.key).unwrap_or_default();
                 let source = format!("push v{} key {}", snap.version, key.get(..16).unwrap_or(&key));
-                match super::apply_if(snap.bindings, &source, &queue, &table_tx, true).await {
+                match super::apply_if(snap.bindings, &source, &queue, &view, true).await {
                     Ok(_) => tracing::info!(version = snap.version, "Signed binding snapshot accepted."),
                     Err(e) => {
                         tracing::error!(error = %e, "Could not apply a signed binding snapshot; keeping the bindings in force.")

@@ -16,11 +16,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tracing::{error, warn};
 
-use crate::bindings::SharedTable;
-use crate::bindings::postgres::Freshness;
+use crate::bindings::ViewRx;
 use crate::model::{Reading, loggable};
 use crate::queue::{Batch, NewParked, NewPoint, PARKED_FRESH, PARKED_UNBOUND, QueueHandle};
 use crate::resolve;
@@ -73,13 +72,17 @@ impl Ack {
 pub type Touched = Vec<(i64, u64)>;
 
 /// The intake stage. Returns when every sender is dropped and the last batch is committed.
+///
+/// `recheck` asks the parking resolver for a pass over every `unbound` reading: intake
+/// resolves a batch against the table in force when the batch was taken, and commits it
+/// afterwards; a table put in force in between has not seen the readings it parked.
 pub async fn run_intake(
     mut rx: mpsc::Receiver<Envelope>,
-    table: watch::Receiver<SharedTable>,
-    fresh: watch::Receiver<Freshness>,
+    view_rx: ViewRx,
     queue: QueueHandle,
     counters: Arc<Counters>,
     touched_tx: mpsc::UnboundedSender<Touched>,
+    recheck: Arc<Notify>,
 ) {
     let mut batch: Vec<Envelope> = Vec::with_capacity(INTAKE_BATCH_MAX);
     let mut unbound_log = RateLimited::new(std::time::Duration::from_secs(60));
@@ -108,20 +111,22 @@ pub async fn run_intake(
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             }
         }
-        let table = table.borrow().clone();
-        let fresh = *fresh.borrow();
+        // One value: its table holds every change its freshness mark promises.
+        let view = view_rx.borrow().clone();
+        let (table, fresh) = (&view.table, view.fresh);
         let now = crate::now_ns();
         counters.devices.record(batch.iter().flat_map(|e| &e.readings), now);
         let mut found = Vec::new();
         let mut out = Batch::default();
         let mut touched: HashMap<i64, u64> = HashMap::new();
+        let mut unbound = 0u32;
         for r in batch.iter().flat_map(|e| &e.readings) {
             let Some(stale) = fresh.resolvable(r.ts_ns) else {
                 // The binding copy is not yet known to be current as of this reading.
                 out.parked.push(park(r, PARKED_FRESH, now));
                 continue;
             };
-            match resolve::resolve(&table, r, &mut found) {
+            match resolve::resolve(table, r, &mut found) {
                 Ok(()) => {
                     if stale {
                         counters.resolved_stale.fetch_add(1, Relaxed);
@@ -141,6 +146,7 @@ pub async fn run_intake(
                         );
                     }
                     out.parked.push(park(r, PARKED_UNBOUND, now));
+                    unbound += 1;
                 }
             }
         }
@@ -148,6 +154,11 @@ pub async fn run_intake(
         if n + parked > 0 {
             let dropped = heartbeat.while_waiting(commit(&queue, Arc::new(out))).await;
             counters.queue_dropped.fetch_add(dropped, Relaxed);
+        }
+        // The commit may have waited (a busy or full queue) while a new table came: the parking
+        // resolver's pass for it may have run before these readings were there to be found.
+        if unbound > 0 && !view_rx.borrow().holds(&view.table) {
+            recheck.notify_one();
         }
         counters.readings_queued.fetch_add(n, Relaxed);
         counters.parked.fetch_add(parked, Relaxed);

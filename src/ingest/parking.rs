@@ -1,24 +1,28 @@
 //! Parked readings: durable, already acknowledged, waiting for their binding.
 //!
 //! Two reasons to park (see `queue::store`): `fresh` — the binding copy is not yet known to be
-//! current as of the reading's time (PostgreSQL sync, `bindings::postgres::Freshness`); and
+//! current as of the reading's time (PostgreSQL sync, [`crate::bindings::Freshness`]); and
 //! `unbound` — no binding covers the reading (unknown device, stream ended). This task
 //! resolves them as soon as that changes and queues their points; a reading nobody claims
 //! within `max_park_age` moves to the dead letters with the reason `unbound`. Nothing is
 //! ever attributed by guessing.
+//!
+//! Every `unbound` reading is checked against every table put in force after the one it was
+//! parked under: each new table gets a pass over all of them, and so does a commit of intake
+//! that parked readings under a table replaced while the commit waited (intake asks for it,
+//! `recheck`). A pass that fails is due again at the next tick.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::Touched;
-use crate::bindings::SharedTable;
-use crate::bindings::postgres::Freshness;
+use crate::bindings::{Freshness, SharedTable, ViewRx};
 use crate::model::Reading;
 use crate::queue::{PARKED_FRESH, PARKED_UNBOUND, QueueHandle};
 use crate::resolve;
@@ -28,16 +32,14 @@ use crate::telemetry::Counters;
 const PAGE: usize = 1000;
 /// How often freshness-parked readings are looked at.
 const TICK: Duration = Duration::from_millis(100);
-/// After a binding change, newly parked `unbound` readings are re-checked this long: intake
-/// may have resolved them against the table just replaced.
-const RECHECK_WINDOW: Duration = Duration::from_secs(2);
 /// How often expiry runs.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Parking {
     pub queue: QueueHandle,
-    pub table: watch::Receiver<SharedTable>,
-    pub fresh: watch::Receiver<Freshness>,
+    pub view: ViewRx,
+    /// Intake's request for a pass over every `unbound` reading (see [`super::run_intake`]).
+    pub recheck: Arc<Notify>,
     pub counters: Arc<Counters>,
     pub touched: mpsc::UnboundedSender<Touched>,
     pub max_park_age: Duration,
@@ -49,33 +51,35 @@ impl Parking {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_expiry = Instant::now() - EXPIRE_EVERY;
-        // Start with a full pass over `unbound`: the table may have changed while we were down.
-        let mut recheck_until = Instant::now() + RECHECK_WINDOW;
-        let mut unbound_after: i64 = 0;
+        // The table the last complete pass over `unbound` used; none yet: the table may have
+        // changed while the gateway was down.
+        let mut checked: Option<SharedTable> = None;
+        let mut recheck = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.table.changed() => {
-                    if r.is_err() { return; }
-                    recheck_until = Instant::now() + RECHECK_WINDOW;
-                    unbound_after = 0;
-                }
+                // Also a freshness advance: the readings it makes resolvable go now.
+                r = self.view.changed() => if r.is_err() { return },
+                _ = self.recheck.notified() => recheck = true,
                 _ = tick.tick() => {}
             }
-            let table = self.table.borrow().clone();
-            let fresh = *self.fresh.borrow();
+            let view = self.view.borrow_and_update().clone();
+            let (table, fresh) = (&view.table, view.fresh);
             // Readings waiting for freshness whose time the mark has now passed (or all of
             // them once the mark has stopped for longer than the grace).
             let max_ts = match fresh.resolvable(i64::MAX) {
                 Some(_) => i64::MAX,
                 None => fresh.fresh_until_ns,
             };
-            if let Err(e) = self.pass(&table, &fresh, PARKED_FRESH, max_ts, 0).await {
+            if let Err(e) = self.pass(table, &fresh, PARKED_FRESH, max_ts).await {
                 error!(error = %e, "Could not resolve parked readings; retrying.");
             }
-            if Instant::now() < recheck_until {
-                match self.pass(&table, &fresh, PARKED_UNBOUND, i64::MAX, unbound_after).await {
-                    Ok(last) => unbound_after = unbound_after.max(last),
+            if recheck || checked.as_ref().is_none_or(|t| !view.holds(t)) {
+                match self.pass(table, &fresh, PARKED_UNBOUND, i64::MAX).await {
+                    Ok(_) => {
+                        checked = Some(table.clone());
+                        recheck = false;
+                    }
                     Err(e) => error!(error = %e, "Could not resolve parked readings; retrying."),
                 }
             }
@@ -97,21 +101,19 @@ impl Parking {
         }
     }
 
-    /// Resolves every parked reading with `reason` up to `max_ts` after id `after`; returns
-    /// the last id looked at.
+    /// Resolves every parked reading with `reason` up to `max_ts`.
     async fn pass(
         &self,
         table: &SharedTable,
         fresh: &Freshness,
         reason: &'static str,
         max_ts: i64,
-        after: i64,
-    ) -> Result<i64, crate::queue::QueueError> {
-        let mut after = after;
+    ) -> Result<(), crate::queue::QueueError> {
+        let mut after = 0;
         let mut found = Vec::new();
         loop {
             let rows = self.queue.scan_parked(reason, max_ts, after, PAGE).await?;
-            let Some(last) = rows.last().map(|r| r.id) else { return Ok(after) };
+            let Some(last) = rows.last().map(|r| r.id) else { return Ok(()) };
             let now = crate::now_ns();
             let (mut points, mut remove, mut repark) = (Vec::new(), Vec::new(), Vec::new());
             let mut touched = std::collections::HashMap::<i64, u64>::new();
@@ -160,7 +162,7 @@ impl Parking {
             }
             after = last;
             if rows.len() < PAGE {
-                return Ok(after);
+                return Ok(());
             }
         }
     }

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Counters;
 use super::metrics::{BindingsInfo, Gauges};
 use super::status::{DestinationStatus, DeviceStatus, PortView, QueueStatus, SourceStatus, Status};
-use crate::bindings::SharedTable;
+use crate::bindings::ViewRx;
 use crate::queue::QueueHandle;
 
 /// How long the queue's store may take to answer a health probe.
@@ -23,7 +22,7 @@ const GAUGES_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Telemetry {
     pub counters: Arc<Counters>,
     queue: QueueHandle,
-    table: watch::Receiver<SharedTable>,
+    view: ViewRx,
     gateway_id: String,
     started_ns: i64,
     /// When the binding table in force was put in force.
@@ -36,17 +35,12 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Also starts watching the binding table, to know when it changes.
-    pub fn new(
-        gateway_id: &str,
-        counters: Arc<Counters>,
-        queue: QueueHandle,
-        table: watch::Receiver<SharedTable>,
-    ) -> Arc<Self> {
+    pub fn new(gateway_id: &str, counters: Arc<Counters>, queue: QueueHandle, view: ViewRx) -> Arc<Self> {
         let now = crate::now_ns();
         let t = Arc::new(Self {
             counters,
             queue,
-            table: table.clone(),
+            view: view.clone(),
             gateway_id: gateway_id.to_owned(),
             started_ns: now,
             bindings_loaded_ns: AtomicI64::new(now),
@@ -55,11 +49,17 @@ impl Telemetry {
             notifier_stop: CancellationToken::new(),
         });
         let weak = Arc::downgrade(&t);
-        let mut table = table;
+        let mut view = view;
         tokio::spawn(async move {
-            while table.changed().await.is_ok() {
+            // The view also changes whenever the freshness mark advances: only a new table counts.
+            let mut table = view.borrow_and_update().table.clone();
+            while view.changed().await.is_ok() {
                 let Some(t) = weak.upgrade() else { return };
-                t.bindings_loaded_ns.store(crate::now_ns(), Relaxed);
+                let v = view.borrow_and_update();
+                if !v.holds(&table) {
+                    table = v.table.clone();
+                    t.bindings_loaded_ns.store(crate::now_ns(), Relaxed);
+                }
             }
         });
         t
@@ -134,7 +134,7 @@ impl Telemetry {
         } else if !self.ready.load(Relaxed) {
             p.push("starting".to_owned());
         }
-        if self.table.borrow().source == "none" {
+        if self.view.borrow().table.source == "none" {
             p.push("no bindings loaded".to_owned());
         }
         p.extend(self.health_problems().await);
@@ -142,7 +142,7 @@ impl Telemetry {
     }
 
     fn bindings(&self) -> BindingsInfo {
-        BindingsInfo::of(&self.table.borrow(), self.bindings_loaded_ns.load(Relaxed))
+        BindingsInfo::of(&self.view.borrow().table, self.bindings_loaded_ns.load(Relaxed))
     }
 
     /// The figures of this moment, for a scrape.
@@ -205,7 +205,7 @@ impl Telemetry {
                 last_error: dc.and_then(|dc| dc.last_error()),
             });
         }
-        let table = self.table.borrow().clone();
+        let table = self.view.borrow().table.clone();
         let devices = c
             .devices
             .since(g.now_ns - super::status::DEVICES_WINDOW_NS)
