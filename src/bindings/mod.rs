@@ -28,9 +28,10 @@ pub use view::{Freshness, View, ViewRx, ViewTx};
 pub const CORE_TAGS: [&str; 5] = ["device_id", "org_id", "patient_id", "signal_type", "stream_id"];
 
 /// Tag keys that would carry personal data (the platform's old generator tagged
-/// `patient_name`); refused in any binding.
+/// `patient_name`); refused in any binding. Names, identifiers that name a person outside the
+/// platform (record, insurance and national numbers), birth data and contact details.
 /// Compared without regard to case, `-` or `_`.
-pub const PERSONAL_TAGS: [&str; 12] = [
+pub const PERSONAL_TAGS: &[&str] = &[
     "patientname",
     "personname",
     "name",
@@ -39,10 +40,32 @@ pub const PERSONAL_TAGS: [&str; 12] = [
     "lastname",
     "fullname",
     "surname",
+    "givenname",
+    "familyname",
+    "middlename",
+    "maidenname",
+    "nickname",
+    "initials",
     "mrn",
+    "medicalrecordnumber",
+    "patientnumber",
+    "ssn",
+    "socialsecuritynumber",
+    "nationalid",
+    "nhsnumber",
+    "insurancenumber",
+    "insuranceid",
+    "passport",
     "dob",
     "birthdate",
     "dateofbirth",
+    "birthday",
+    "birthplace",
+    "address",
+    "streetaddress",
+    "phone",
+    "phonenumber",
+    "email",
 ];
 
 /// True when a tag key would carry personal data.
@@ -360,6 +383,33 @@ mod tests {
         let p = b.problems();
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(sample().problems().is_empty());
+    }
+
+    #[test]
+    fn personal_tag_keys_are_refused_in_any_spelling() {
+        for key in [
+            "patient_name",
+            "Given-Name",
+            "family_name",
+            "SSN",
+            "social_security_number",
+            "date_of_birth",
+            "phone_number",
+            "e_mail",
+            "nhs_number",
+            "MRN",
+        ] {
+            let mut b = sample();
+            b.tags.insert(key.into(), "x".into());
+            assert!(
+                b.problems().iter().any(|p| p.contains("personal data")),
+                "{key} must be refused: {:?}",
+                b.problems()
+            );
+        }
+        for key in ["location", "priority", "ward", "bed", "unit"] {
+            assert!(!is_personal_tag(key), "{key}");
+        }
     }
 
     #[test]
