@@ -475,6 +475,14 @@ impl Config {
         if i.client_cert_file.is_some() != i.client_key_file.is_some() {
             bad("influx.client_key_file", "client_cert_file and client_key_file go together".into());
         }
+        // The client certificate is part of the TLS configuration built from the CA file;
+        // without one it would silently not be presented.
+        if i.client_cert_file.is_some() && i.ca_file.is_none() {
+            bad(
+                "influx.client_cert_file",
+                "needs influx.ca_file (the CA that signs InfluxDB's certificate) to be presented".into(),
+            );
+        }
         match i.api {
             InfluxApi::V2 if i.token_file.is_none() => bad("influx.token_file", "required for api = \"v2\"".into()),
             InfluxApi::V1 if i.token_file.is_some() => {
@@ -534,16 +542,24 @@ impl Config {
             "disable" => {}
             other => bad("bindings.sslmode", format!("{other:?}: use \"verify-full\" or \"disable\" (loopback only)")),
         }
-        if let (Some(f), "disable") = (&b.postgres_url_file, b.sslmode.as_str())
-            && let Ok(url) = read_secret(f)
-        {
-            match postgres_config(&url) {
-                Ok(c) if all_loopback(&c) => {}
-                Ok(_) => bad(
-                    "bindings.sslmode",
-                    "\"disable\" is only allowed for a database on this machine (loopback or a Unix socket)".into(),
-                ),
-                Err(e) => bad("bindings.postgres_url_file", e),
+        // The reporter connects with the same TLS settings: its database must be local too.
+        for (key, file) in [
+            ("bindings.postgres_url_file", &b.postgres_url_file),
+            ("report.postgres_url_file", &self.report.postgres_url_file),
+        ] {
+            if let (Some(f), "disable") = (file, b.sslmode.as_str())
+                && let Ok(url) = read_secret(f)
+            {
+                match postgres_config(&url) {
+                    Ok(c) if all_loopback(&c) => {}
+                    Ok(_) => bad(
+                        "bindings.sslmode",
+                        format!(
+                            "\"disable\" is only allowed for a database on this machine (loopback or a Unix socket); {key} names another host"
+                        ),
+                    ),
+                    Err(e) => bad(key, e),
+                }
             }
         }
         if !(50..=60_000).contains(&b.freshness_poll_ms) {
@@ -736,7 +752,9 @@ pub fn postgres_config(s: &str) -> Result<tokio_postgres::Config, String> {
     s.trim().parse::<tokio_postgres::Config>().map_err(|e| format!("not a PostgreSQL connection string: {e}"))
 }
 
-/// True when every host of `c` is on this machine.
+/// True when every host of `c` is on this machine. `hostaddr`, when given, is the address
+/// actually connected to (the host name then only serves TLS and authentication), so it must
+/// be loopback too.
 pub fn all_loopback(c: &tokio_postgres::Config) -> bool {
     !c.get_hosts().is_empty()
         && c.get_hosts().iter().all(|h| match h {
@@ -745,6 +763,7 @@ pub fn all_loopback(c: &tokio_postgres::Config) -> bool {
             }
             tokio_postgres::config::Host::Unix(_) => true,
         })
+        && c.get_hostaddrs().iter().all(|ip| ip.is_loopback())
 }
 
 /// Parses `mqtt://host[:port]`.
@@ -864,6 +883,55 @@ mod tests {
         assert!(read_secret(&f).expect_err("0644").contains("chmod 600"));
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert_eq!(read_secret(&f), Ok("s3cr3t".into()));
+    }
+
+    #[test]
+    fn plain_text_postgres_is_only_for_this_machine_whatever_the_file_or_form() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = |name: &str, text: &str| {
+            let f = dir.path().join(name);
+            std::fs::write(&f, text).expect("write");
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            f
+        };
+        let local = secret("local", "host=localhost dbname=heartguard");
+        let via_hostaddr = secret("hostaddr", "host=localhost hostaddr=10.20.0.5 dbname=heartguard");
+        let remote = secret("remote", "postgresql://db.ward3:5432/heartguard");
+        let mut cfg = Config::default();
+        cfg.bindings.sslmode = "disable".into();
+        cfg.bindings.postgres_url_file = Some(local.clone());
+        cfg.validate().expect("a local database without TLS");
+        cfg.bindings.postgres_url_file = Some(via_hostaddr);
+        let p = cfg.validate().expect_err("hostaddr is where it connects");
+        assert!(
+            p.iter().any(|p| p.key == "bindings.sslmode" && p.message.contains("bindings.postgres_url_file")),
+            "{p:?}"
+        );
+        cfg.bindings.postgres_url_file = Some(local);
+        cfg.report.enabled = true;
+        cfg.report.postgres_url_file = Some(remote);
+        let p = cfg.validate().expect_err("the reporter's database is remote");
+        assert!(
+            p.iter().any(|p| p.key == "bindings.sslmode" && p.message.contains("report.postgres_url_file")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn an_influx_client_certificate_needs_the_ca_it_is_presented_with() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+        std::fs::write(&cert, "cert").expect("write");
+        std::fs::write(&key, "key").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut cfg = Config::default();
+        cfg.influx.url = "https://influx.ward3:8086".into();
+        cfg.influx.client_cert_file = Some(cert);
+        cfg.influx.client_key_file = Some(key);
+        let p = cfg.validate().expect_err("a client certificate without a CA file");
+        assert_eq!(p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(), ["influx.client_cert_file"], "{p:?}");
     }
 
     #[test]
