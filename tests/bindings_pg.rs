@@ -298,3 +298,52 @@ async fn parked_readings_expire_to_dead_letters_as_unbound() {
     assert!(out.contains("device NOBODY-1"), "{out}");
     assert_eq!(influx.count(DB, "vital_signs").await, 0);
 }
+
+/// A central schema change the gateway does not expect (here: a NULL where it reads a text,
+/// then a timestamp column turned into `timestamptz`) refuses that snapshot and keeps the
+/// bindings in force; once the data is readable again the sync carries on. It used to panic
+/// in the sync task (in a release build, `panic = "abort"`: the whole daemon).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_central_row_refuses_the_snapshot_and_keeps_the_bindings_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mqtt, influx, pg) = (Mosquitto::start(), Influx1::start(), Postgres::start());
+    influx.create_db(DB).await;
+    let mut gw = start(dir.path(), &mqtt, &influx, &pg, "stale_grace_ms = 500").await;
+    let db = pg.client().await;
+    db.batch_execute(
+        "ALTER TABLE timeseries_binding ALTER COLUMN measurement DROP NOT NULL;
+         UPDATE timeseries_binding SET measurement = NULL
+           WHERE stream_id = '00000000-0000-4000-8000-000000000789';",
+    )
+    .await
+    .expect("a NULL where the gateway reads a text");
+    wait_for_log(&gw, "Refused a binding snapshot from PostgreSQL").await;
+    assert!(gw.is_running(), "{}", gw.log());
+
+    // The copy in force still serves ABC-001 (after the stale grace: the snapshot that would
+    // have moved the freshness mark was refused).
+    publish_qos1(mqtt.port, &[msg("ABC-001", json!({"ts": now_ms(), "heart_rate": 70}))]).await;
+    wait_count(&influx, "vital_signs", 1).await;
+    assert_eq!(influx.rows(DB, "vital_signs").await[0]["location"], json!("ICU-5"));
+
+    // Readable again, and a timestamp column changed type on the way: the sync carries on.
+    db.batch_execute(
+        "UPDATE timeseries_binding SET measurement = 'vital_signs'
+           WHERE stream_id = '00000000-0000-4000-8000-000000000789';
+         ALTER TABLE signal_streams ALTER COLUMN started_at TYPE timestamptz USING started_at AT TIME ZONE 'UTC';
+         UPDATE timeseries_binding_tag SET tag_value = 'ICU-6' WHERE id = '00000000-0000-4000-8000-0000000000c1';",
+    )
+    .await
+    .expect("repair");
+    eventually(WAIT, "the repaired bindings applied", || {
+        let n = gw.log().matches("Bindings updated.").count();
+        async move { n >= 2 }
+    })
+    .await;
+    publish_qos1(mqtt.port, &[msg("ABC-001", json!({"ts": now_ms(), "heart_rate": 71}))]).await;
+    wait_count(&influx, "vital_signs", 2).await;
+    assert!(influx.rows(DB, "vital_signs").await.iter().any(|r| r["location"] == json!("ICU-6")));
+    let log = gw.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(gw.is_running(), "{log}");
+}

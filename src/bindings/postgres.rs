@@ -12,7 +12,13 @@
 //!   copy older than the reading itself. When PostgreSQL is unreachable the mark stops;
 //!   after `stale_grace_ms` readings are resolved on the cached copy (counted as stale).
 //! - Only `patients.org_id` is read from `patients`: names are personal data.
-//! - `signal_streams` timestamps are `TIMESTAMP` without zone and are read as UTC.
+//! - `signal_streams` timestamps are `TIMESTAMP` without zone and are read as UTC (a
+//!   `timestamptz` column reads the same: both are taken as epoch microseconds).
+//! - A row the gateway cannot read (a NULL or a type it does not expect, after a central
+//!   schema change) refuses the whole snapshot: the bindings in force stay, the freshness
+//!   mark stops (readings wait, then are resolved on the copy in force as for an unreachable
+//!   database), and the snapshot is tried again every [`REFUSED_RETRY`] while changes are
+//!   pending.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -21,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Binding, View, ViewTx};
 use crate::backoff::Backoff;
@@ -55,10 +61,16 @@ pub struct PgSource {
     pub label: String,
 }
 
+/// How often a refused snapshot is tried again.
+pub const REFUSED_RETRY: Duration = Duration::from_secs(5);
+
+// Text columns are cast and times taken as epoch microseconds, so that a central column
+// changing between VARCHAR, TEXT or CITEXT, or between TIMESTAMP and TIMESTAMPTZ, reads alike.
 const QUERY: &str = "
-SELECT d.serial, d.id::text, ss.id::text, ss.patient_id::text, coalesce(p.org_id::text, ''), st.code,
-       coalesce(tb.influx_org, ''), tb.influx_bucket, tb.measurement, ss.started_at, ss.ended_at, tb.id::text,
-       ss.sample_rate_hz::float8
+SELECT d.serial::text, d.id::text, ss.id::text, ss.patient_id::text, coalesce(p.org_id::text, ''), st.code::text,
+       coalesce(tb.influx_org::text, ''), tb.influx_bucket::text, tb.measurement::text,
+       (extract(epoch FROM ss.started_at) * 1000000)::int8, (extract(epoch FROM ss.ended_at) * 1000000)::int8,
+       tb.id::text, ss.sample_rate_hz::float8
 FROM timeseries_binding tb
 JOIN signal_streams ss ON ss.id = tb.stream_id
 JOIN devices d ON d.id = ss.device_id
@@ -70,14 +82,32 @@ WHERE d.active
   AND (cardinality($2::text[]) = 0 OR d.serial = ANY($2))
 ORDER BY d.serial, ss.started_at, tb.id";
 
-const TAGS: &str = "SELECT binding_id::text, tag_key, tag_value FROM timeseries_binding_tag WHERE binding_id::text = ANY($1) ORDER BY binding_id, tag_key";
+const TAGS: &str = "SELECT binding_id::text, tag_key::text, tag_value::text FROM timeseries_binding_tag WHERE binding_id::text = ANY($1) ORDER BY binding_id, tag_key";
+
+/// Why a snapshot could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The database or the connection failed: reconnect.
+    #[error("{0}")]
+    Database(tokio_postgres::Error),
+    /// The data is there but not in the shape the gateway reads (a NULL, another type).
+    #[error("column {column} of a binding row cannot be read: {error}")]
+    Unreadable { column: usize, error: tokio_postgres::Error },
+}
+
+impl From<tokio_postgres::Error> for FetchError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+/// Reads column `i` of `row`, naming it when it cannot be read.
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a tokio_postgres::Row, i: usize) -> Result<T, FetchError> {
+    row.try_get(i).map_err(|error| FetchError::Unreadable { column: i + 1, error })
+}
 
 /// Loads the bindings of `scope` in one repeatable-read snapshot.
-pub async fn fetch(
-    client: &mut Client,
-    scope: &Scope,
-    keep_ended: Duration,
-) -> Result<Vec<Binding>, tokio_postgres::Error> {
+pub async fn fetch(client: &mut Client, scope: &Scope, keep_ended: Duration) -> Result<Vec<Binding>, FetchError> {
     let tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -87,22 +117,22 @@ pub async fn fetch(
     let rows = tx.query(QUERY, &[&scope.org_ids, &scope.serials, &keep_ended.as_secs_f64()]).await?;
     let mut bindings = Vec::with_capacity(rows.len());
     let mut ids = Vec::with_capacity(rows.len());
-    let ts = |v: Option<chrono::NaiveDateTime>| v.and_then(|t| t.and_utc().timestamp_nanos_opt());
+    let ts = |v: Option<i64>| v.and_then(|us| us.checked_mul(1000));
     for r in &rows {
-        ids.push(r.get::<_, String>(11));
+        ids.push(column::<String>(r, 11)?);
         bindings.push(Binding {
-            serial: r.get(0),
-            device_id: r.get(1),
-            stream_id: r.get(2),
-            patient_id: r.get(3),
-            org_id: r.get(4),
-            signal_type: r.get(5),
-            influx_org: r.get(6),
-            influx_bucket: r.get(7),
-            measurement: r.get(8),
-            started_at: ts(r.get(9)),
-            ended_at: ts(r.get(10)),
-            sample_rate_hz: r.get(12),
+            serial: column(r, 0)?,
+            device_id: column(r, 1)?,
+            stream_id: column(r, 2)?,
+            patient_id: column(r, 3)?,
+            org_id: column(r, 4)?,
+            signal_type: column(r, 5)?,
+            influx_org: column(r, 6)?,
+            influx_bucket: column(r, 7)?,
+            measurement: column(r, 8)?,
+            started_at: ts(column(r, 9)?),
+            ended_at: ts(column(r, 10)?),
+            sample_rate_hz: column(r, 12)?,
             tags: Default::default(),
         });
     }
@@ -111,9 +141,9 @@ pub async fn fetch(
     let index: std::collections::HashMap<&str, usize> =
         ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     for t in &tags {
-        let id: String = t.get(0);
+        let id: String = column(t, 0)?;
         if let Some(&i) = index.get(id.as_str()) {
-            bindings[i].tags.insert(t.get(1), t.get(2));
+            bindings[i].tags.insert(column(t, 1)?, column(t, 2)?);
         }
     }
     Ok(bindings)
@@ -234,6 +264,8 @@ async fn session(
 ) -> Option<String> {
     let timeout = Duration::from_secs(10);
     let mut dirty = true;
+    // While a snapshot is refused: when to try again, and why (logged once per reason).
+    let mut refused: Option<(tokio::time::Instant, String)> = None;
     let mut refresh = tokio::time::interval(src.refresh);
     refresh.tick().await;
     let mut poll = tokio::time::interval(src.poll);
@@ -260,15 +292,35 @@ async fn session(
                     dirty = true;
                 }
                 if dirty {
+                    // The mark stays where it is until a snapshot is in force.
+                    if refused.as_ref().is_some_and(|(retry, _)| tokio::time::Instant::now() < *retry) {
+                        continue;
+                    }
                     match tokio::time::timeout(timeout, fetch(client, &src.scope, src.keep_ended)).await {
                         Ok(Ok(list)) => {
                             if let Err(e) = super::apply(list, &format!("postgres {}", src.label), queue, view).await {
                                 warn!(error = %e, "Could not apply the new bindings; keeping the previous copy.");
                                 continue;
                             }
+                            if refused.take().is_some() {
+                                info!(database = %src.label, "Binding snapshots from PostgreSQL are readable again.");
+                            }
                             dirty = false;
                         }
-                        Ok(Err(e)) => return Some(e.to_string()),
+                        Ok(Err(FetchError::Database(e))) => return Some(e.to_string()),
+                        Ok(Err(e @ FetchError::Unreadable { .. })) => {
+                            counters.sync_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let why = e.to_string();
+                            if refused.as_ref().is_none_or(|(_, before)| *before != why) {
+                                error!(
+                                    database = %src.label,
+                                    error = %why,
+                                    "Refused a binding snapshot from PostgreSQL: a row does not read as the gateway expects (a central schema change?). The bindings in force stay; readings newer than the last fresh copy wait, then use them."
+                                );
+                            }
+                            refused = Some((tokio::time::Instant::now() + REFUSED_RETRY, why));
+                            continue;
+                        }
                         Err(_) => return Some("binding query took more than 10 s".into()),
                     }
                 }
