@@ -120,3 +120,141 @@ trusted_keys = ["{k1_pub}"]
     let rows = influx.rows(DB, "vital_signs").await;
     assert!(rows.iter().any(|r| r["location"] == json!("ICU-X")), "{rows:#?}");
 }
+
+/// A gateway configuration whose bindings come from signed pushes by `trusted`.
+fn push_toml(dir: &Path, mqtt: &Mosquitto, influx: &Influx1, trusted: &str, bindings_extra: &str) -> String {
+    format!(
+        r#"
+[gateway]
+id = "test-gw"
+data_dir = "{data}"
+[mqtt]
+url = "{mqtt}"
+[influx]
+url = "{influx}"
+flush_interval_ms = 100
+retry_initial_ms = 100
+retry_max_ms = 1000
+[bindings]
+trusted_keys = ["{trusted}"]
+{bindings_extra}
+"#,
+        data = dir.join("data").display(),
+        mqtt = mqtt.url(),
+        influx = influx.url(),
+    )
+}
+
+/// The envelope `bindings sign` prints for `bindings` at `version`.
+fn sign_cli(key: &str, version: u64, bindings: &Path) -> Vec<u8> {
+    let (code, out, err) = gateway_cli(&[
+        "bindings",
+        "sign",
+        "--from-file",
+        &bindings.display().to_string(),
+        "--key",
+        key,
+        "--gateway",
+        "test-gw",
+        "--version",
+        &version.to_string(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    out.trim().as_bytes().to_vec()
+}
+
+fn in_force(gw: &Gateway) -> String {
+    let (_, out, _) = gateway_cli(&["bindings", "list", "--config", &gw.config_path().display().to_string()]);
+    out
+}
+
+/// The value of one sample of `/metrics` (`name{labels}` exactly as rendered), if present.
+async fn metric(gw: &Gateway, series: &str) -> Option<f64> {
+    let url = format!("{}/metrics", gw.http_url().await);
+    let text = common::http_client().get(&url).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+const TOPIC: &str = "heartguard/gateways/test-gw/bindings";
+
+/// A burst of junk on the push topic, with a few validly signed snapshots among it, against a
+/// broker that sends at most 10 messages before it waits for acknowledgements: every one is
+/// acknowledged (refused ones at once, counted by reason), the vitals published after the
+/// burst arrive, and the newest snapshot is the one in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_the_push_topic_does_not_stall_vitals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mqtt, influx) = (Mosquitto::start_with_config("max_inflight_messages 10\n"), Influx1::start());
+    influx.create_db(DB).await;
+    let (k1, k1_pub) = keygen(dir.path(), "admin.key");
+    let (k2, _) = keygen(dir.path(), "stranger.key");
+    let gw = Gateway::start(dir.path(), &push_toml(dir.path(), &mqtt, &influx, &k1_pub, ""));
+    wait_for_log(&gw, "Subscribed.").await;
+
+    let example = common::example_bindings();
+    let changed = dir.path().join("changed.toml");
+    std::fs::write(&changed, std::fs::read_to_string(&example).expect("read").replace("ICU-5", "ICU-X"))
+        .expect("write");
+    let stranger = sign_cli(&k2, 100, &changed);
+    let mut tampered = String::from_utf8(sign_cli(&k1, 100, &changed)).expect("utf-8");
+    tampered = tampered.replace("ICU-X", "ICU-Y");
+    let junk: [&[u8]; 6] = [
+        b"junk-payload-marker",
+        b"{}",
+        b"\xff\xfe\x00",
+        br#"{"format": "heartguard-bindings-snapshot/1", "key": "junk-payload-marker"}"#,
+        &stranger,
+        tampered.as_bytes(),
+    ];
+    let (mut malformed, mut untrusted, mut bad_signature) = (0, 0, 0);
+    let mut burst = Vec::new();
+    for i in 0..300 {
+        let valid = match i {
+            40 => Some(sign_cli(&k1, 10, &example)),
+            150 => Some(sign_cli(&k1, 20, &example)),
+            260 => Some(sign_cli(&k1, 30, &changed)),
+            // Older than one already published: never put in force after v30.
+            280 => Some(sign_cli(&k1, 25, &example)),
+            _ => None,
+        };
+        if let Some(v) = valid {
+            burst.push((TOPIC.to_owned(), v));
+        }
+        let j = i % junk.len();
+        match j {
+            0..=3 => malformed += 1,
+            4 => untrusted += 1,
+            _ => bad_signature += 1,
+        }
+        burst.push((TOPIC.to_owned(), junk[j].to_vec()));
+    }
+    publish_qos1(mqtt.port, &burst).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let vitals: Vec<_> = (0..20).map(|i| msg("ABC-001", json!({"ts": now - 20 + i, "heart_rate": 60 + i}))).collect();
+    publish_qos1(mqtt.port, &vitals).await;
+    wait_count(&influx, "vital_signs", 20).await;
+
+    eventually(WAIT, "v30 in force", || {
+        let out = in_force(&gw);
+        async move { out.contains("source: push v30 key") }
+    })
+    .await;
+    for (reason, n) in [("malformed", malformed), ("untrusted_key", untrusted), ("bad_signature", bad_signature)] {
+        let series = format!(r#"heartguard_bindings_push_refused_total{{reason="{reason}"}}"#);
+        eventually(WAIT, &format!("{n} refused as {reason}"), || {
+            let series = series.clone();
+            let gw = &gw;
+            async move { metric(gw, &series).await == Some(f64::from(n)) }
+        })
+        .await;
+    }
+    publish_qos1(mqtt.port, &[msg("ABC-001", json!({"ts": now + 1, "heart_rate": 99}))]).await;
+    wait_count(&influx, "vital_signs", 21).await;
+    let rows = influx.rows(DB, "vital_signs").await;
+    assert!(rows.iter().any(|r| r["heart_rate"] == json!(99) && r["location"] == json!("ICU-X")), "{rows:#?}");
+
+    let log = gw.log();
+    assert!(!log.contains("junk-payload-marker"), "payload contents never reach the log");
+    let lines = log.matches("Refused a pushed binding snapshot").count();
+    assert!(lines < 300, "refusals are logged at a limited rate, not each: {lines} lines");
+}

@@ -117,8 +117,8 @@ pub struct MqttSource {
     username: Option<String>,
     password: Option<String>,
     keep_alive: Duration,
-    /// Topic of signed binding snapshots, and where they go, when pushes are enabled.
-    push: Option<(String, mpsc::Sender<crate::bindings::push::PushMsg>)>,
+    /// Takes the signed binding snapshots of their topic, when pushes are enabled.
+    push: Option<crate::bindings::push::Inbox>,
     patterns: Vec<TopicPattern>,
     max_payload: usize,
     counters: Arc<Counters>,
@@ -170,16 +170,16 @@ impl MqttSource {
         })
     }
 
-    /// Also takes signed binding snapshots from `topic` and hands them to `tx`.
-    pub fn with_push(mut self, topic: String, tx: mpsc::Sender<crate::bindings::push::PushMsg>) -> Self {
-        self.push = Some((topic, tx));
+    /// Also takes signed binding snapshots, from the inbox's topic.
+    pub fn with_push(mut self, inbox: crate::bindings::push::Inbox) -> Self {
+        self.push = Some(inbox);
         self
     }
 
     fn filters(&self) -> Vec<String> {
         let mut f: Vec<String> = self.patterns.iter().map(|p| p.filter.clone()).collect();
-        if let Some((topic, _)) = &self.push {
-            f.push(topic.clone());
+        if let Some(inbox) = &self.push {
+            f.push(inbox.topic.clone());
         }
         f
     }
@@ -433,14 +433,10 @@ impl MqttSource {
         reject_log: &mut RateLimited,
     ) -> Option<Envelope> {
         let ack = (p.qos > 0).then(|| Ack::Mqtt(MqttAck { out: out.clone(), packet_id: p.packet_id }));
-        if let Some((topic, push_tx)) = &self.push
-            && *topic == p.topic
+        if let Some(inbox) = &self.push
+            && inbox.topic == p.topic
         {
-            if push_tx.try_send(crate::bindings::push::PushMsg { payload: p.payload.to_vec(), ack }).is_err() {
-                warn!(
-                    "A binding snapshot arrived while the previous one is still being applied; the broker will redeliver it."
-                );
-            }
+            inbox.take(&p.payload, ack);
             return None;
         }
         Some(self.decode(&p.topic, &p.payload, ack, reject_log))
