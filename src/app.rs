@@ -156,6 +156,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             let slot = Arc::new(bindings::push::Slot::default());
             let applier = bindings::push::Applier {
                 gateway_id: cfg.gateway.id.clone(),
+                max_age: Duration::from_secs(cfg.bindings.push_max_age_hours * 3600),
+                data_dir: cfg.gateway.data_dir.clone(),
                 queue: queue.clone(),
                 table_tx: table_tx.clone(),
                 counters: counters.clone(),

@@ -163,6 +163,19 @@ fn sign_cli(key: &str, version: u64, bindings: &Path) -> Vec<u8> {
     out.trim().as_bytes().to_vec()
 }
 
+/// An envelope signed with the library, for snapshots the CLI does not make (an old
+/// `created_at`).
+fn sign_created_at(key: &str, version: u64, bindings: &Path, created_at: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    use heartguard_gateway::bindings::{file, push};
+    let snapshot = push::Snapshot {
+        gateway: "test-gw".into(),
+        version,
+        created_at: created_at.to_rfc3339(),
+        bindings: file::load(bindings).expect("bindings file"),
+    };
+    push::sign(&snapshot, &std::fs::read_to_string(key).expect("key")).expect("sign").into_bytes()
+}
+
 fn in_force(gw: &Gateway) -> String {
     let (_, out, _) = gateway_cli(&["bindings", "list", "--config", &gw.config_path().display().to_string()]);
     out
@@ -257,4 +270,73 @@ async fn a_burst_on_the_push_topic_does_not_stall_vitals() {
     assert!(!log.contains("junk-payload-marker"), "payload contents never reach the log");
     let lines = log.matches("Refused a pushed binding snapshot").count();
     assert!(lines < 300, "refusals are logged at a limited rate, not each: {lines} lines");
+}
+
+/// The highest accepted version is kept apart from the binding cache: after the database is
+/// lost, an older validly signed snapshot (here left retained on the broker) is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_cache_does_not_let_an_older_snapshot_back_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mqtt, influx) = (Mosquitto::start(), Influx1::start());
+    influx.create_db(DB).await;
+    let (k1, k1_pub) = keygen(dir.path(), "admin.key");
+    let mut gw = Gateway::start(dir.path(), &push_toml(dir.path(), &mqtt, &influx, &k1_pub, ""));
+    wait_for_log(&gw, "Subscribed.").await;
+    let example = common::example_bindings();
+    publish(&mqtt, &k1, 5, &example);
+    eventually(WAIT, "v5 in force", || {
+        let out = in_force(&gw);
+        async move { out.contains("source: push v5 key") }
+    })
+    .await;
+    // An old snapshot replaces the retained one on the broker.
+    publish(&mqtt, &k1, 3, &example);
+    wait_for_log(&gw, "reason=\"not_newer\"").await;
+    assert!(gw.terminate().success());
+
+    let data = dir.path().join("data");
+    for f in ["gateway.db", "gateway.db-wal", "gateway.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    gw.restart();
+    // The retained v3 arrives with the new subscription.
+    eventually(WAIT, "v3 refused after the restart", || {
+        let refused = gw.log().matches("reason=\"not_newer\"").count() >= 2;
+        async move { refused }
+    })
+    .await;
+    let out = in_force(&gw);
+    assert!(!out.contains("push v3"), "the older snapshot is not in force: {out}");
+
+    publish(&mqtt, &k1, 6, &example);
+    eventually(WAIT, "v6 in force", || {
+        let out = in_force(&gw);
+        async move { out.contains("source: push v6 key") }
+    })
+    .await;
+}
+
+/// A validly signed snapshot created longer ago than `bindings.push_max_age_hours` (720 by
+/// default) is refused, whatever its version; a fresh one is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_older_than_the_age_limit_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mqtt, influx) = (Mosquitto::start(), Influx1::start());
+    influx.create_db(DB).await;
+    let (k1, k1_pub) = keygen(dir.path(), "admin.key");
+    let gw = Gateway::start(dir.path(), &push_toml(dir.path(), &mqtt, &influx, &k1_pub, ""));
+    wait_for_log(&gw, "Subscribed.").await;
+    let example = common::example_bindings();
+    let old = chrono::Utc::now() - chrono::Duration::hours(721);
+    publish_qos1(mqtt.port, &[(TOPIC.to_owned(), sign_created_at(&k1, 7, &example, old))]).await;
+    wait_for_log(&gw, "reason=\"too_old\"").await;
+    assert!(!in_force(&gw).contains("push v7"));
+
+    let recent = chrono::Utc::now() - chrono::Duration::hours(719);
+    publish_qos1(mqtt.port, &[(TOPIC.to_owned(), sign_created_at(&k1, 8, &example, recent))]).await;
+    eventually(WAIT, "v8 in force", || {
+        let out = in_force(&gw);
+        async move { out.contains("source: push v8 key") }
+    })
+    .await;
 }
