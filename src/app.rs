@@ -142,16 +142,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     let mqtt = match (&cfg.bindings.trusted_keys.is_empty(), mqtt) {
         (false, Some(m)) => {
-            let (push_tx, push_rx) = mpsc::channel(4);
-            tokio::spawn(bindings::push::run(
-                push_rx,
+            let slot = Arc::new(bindings::push::Slot::default());
+            let applier = bindings::push::Applier {
+                gateway_id: cfg.gateway.id.clone(),
+                max_age: Duration::from_secs(cfg.bindings.push_max_age_hours * 3600),
+                data_dir: cfg.gateway.data_dir.clone(),
+                queue: queue.clone(),
+                view: view_tx.clone(),
+                counters: counters.clone(),
+            };
+            tokio::spawn(applier.run(slot.clone()));
+            let topic = bindings::push::topic(&cfg.gateway.id);
+            Some(m.with_push(bindings::push::Inbox::new(
+                topic,
                 cfg.bindings.trusted_keys.clone(),
-                cfg.gateway.id.clone(),
-                queue.clone(),
-                view_tx.clone(),
+                slot,
                 counters.clone(),
-            ));
-            Some(m.with_push(bindings::push::topic(&cfg.gateway.id), push_tx))
+            )))
         }
         (_, m) => m,
     };

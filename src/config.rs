@@ -241,6 +241,9 @@ pub struct Bindings {
     /// Ed25519 public keys (hex) whose signed snapshots this gateway accepts over MQTT on
     /// `heartguard/gateways/{gateway.id}/bindings`. Empty: pushes are not taken.
     pub trusted_keys: Vec<String>,
+    /// A pushed snapshot whose signed `created_at` is older than this is refused: the bound on
+    /// replaying an old signed snapshot when the gateway's memory of versions is gone.
+    pub push_max_age_hours: u64,
 }
 
 impl Default for Bindings {
@@ -258,6 +261,7 @@ impl Default for Bindings {
             freshness_margin_ms: 500,
             max_park_age_ms: 24 * 3600 * 1000,
             trusted_keys: Vec::new(),
+            push_max_age_hours: 720,
         }
     }
 }
@@ -595,6 +599,9 @@ impl Config {
                 "signed pushes are a binding source of their own: no bindings.file or postgres_url_file with them"
                     .into(),
             );
+        }
+        if !(1..=87_600).contains(&b.push_max_age_hours) {
+            bad("bindings.push_max_age_hours", "between 1 and 87600 (ten years)".into());
         }
         if !b.trusted_keys.is_empty() && !self.mqtt.enabled {
             bad("bindings.trusted_keys", "signed pushes arrive over MQTT: enable [mqtt]".into());
@@ -998,6 +1005,16 @@ batch_max_lines = 0
         .expect("parses");
         let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
         assert_eq!(keys, ["gateway.id", "mqtt.url", "mqtt.topics[0]", "influx.token_file", "influx.batch_max_lines"]);
+    }
+
+    #[test]
+    fn the_push_age_limit_is_bounded() {
+        for hours in [0, 87_601] {
+            let cfg = Config::parse(&format!("[bindings]\npush_max_age_hours = {hours}\n")).expect("parses");
+            let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
+            assert_eq!(keys, ["bindings.push_max_age_hours"]);
+        }
+        assert_eq!(Config::default().bindings.push_max_age_hours, 720);
     }
 
     #[test]

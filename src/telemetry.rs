@@ -66,8 +66,9 @@ pub struct Counters {
     /// Binding loads or syncs that failed (a failed PostgreSQL sync, a bindings file refused
     /// at reload), while the copy in force stays.
     pub sync_errors: AtomicU64,
-    /// Pushed binding snapshots refused (untrusted, bad signature, older, …).
-    pub push_refused: AtomicU64,
+    /// Pushed binding snapshots refused (untrusted, bad signature, older, …), by reason
+    /// (rare: a lock is fine).
+    push_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Data gaps opened (a stream silent for longer than its threshold).
     pub gaps_opened: AtomicU64,
     /// Database clock minus gateway clock, last measured (ms).
@@ -288,6 +289,14 @@ impl Counters {
         lock(&self.destinations).values().flat_map(|d| d.dead_letters()).map(|(_, n)| n).sum()
     }
 
+    pub fn push_refused(&self, reason: &'static str) {
+        *lock(&self.push_refused).entry(reason).or_default() += 1;
+    }
+
+    pub fn push_refused_by_reason(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.push_refused).iter().map(|(r, n)| (*r, *n)).collect()
+    }
+
     /// One line for the periodic summary log.
     pub fn summary(&self) -> String {
         let mut rejected: BTreeMap<&str, u64> = BTreeMap::new();
@@ -323,7 +332,7 @@ impl Counters {
             self.resolved_stale.load(Relaxed),
             self.expired_unbound.load(Relaxed),
             self.sync_errors.load(Relaxed),
-            self.push_refused.load(Relaxed),
+            lock(&self.push_refused).values().sum::<u64>(),
             self.gaps_opened.load(Relaxed),
             self.clock_skew_ms.load(Relaxed),
         ) + &self.device_summary()

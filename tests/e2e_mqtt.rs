@@ -414,3 +414,62 @@ async fn the_gateway_reconnects_and_subscribes_again_after_the_broker_restarts()
     wait_count(&influx, 200).await;
     assert_eq!(gw.log().matches("Connected to the MQTT broker.").count(), 2, "{}", gw.log());
 }
+
+/// The MQTT packets in `bytes` a client sent: how many are PUBACKs (the rest can only be
+/// PINGREQs here).
+fn pubacks(bytes: &[u8]) -> usize {
+    let (mut n, mut at) = (0, 0);
+    while at + 1 < bytes.len() {
+        if bytes[at] == 0x40 {
+            n += 1;
+        }
+        at += 2 + usize::from(bytes[at + 1]);
+    }
+    n
+}
+
+/// Messages without `ts` are stamped with their time of receipt. A message committed whose
+/// PUBACK never reached the broker is delivered again, with DUP set, after the reconnect: it
+/// gets the time of its first receipt, so InfluxDB holds one point per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_without_ts_keeps_its_first_receipt_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mqtt = Mosquitto::start();
+    let influx = Influx1::start();
+    influx.create_db(DB).await;
+    let proxy = common::TcpProxy::start(mqtt.port);
+    let via_proxy = format!("mqtt://127.0.0.1:{}", proxy.port);
+    let gw =
+        start_gateway(dir.path(), &gateway_toml(dir.path(), &via_proxy, &influx.url(), "v1", &example_bindings(), ""))
+            .await;
+
+    proxy.swallow_upstream(true);
+    let msgs: Vec<_> = (0..3).map(|i| msg("ABC-001", json!({"heart_rate": 70 + i}))).collect();
+    publish_qos1(mqtt.port, &msgs).await;
+    wait_count(&influx, 3).await;
+    eventually(common::WAIT, "three PUBACKs held back by the proxy", || {
+        let n = pubacks(&proxy.swallowed());
+        async move { n == 3 }
+    })
+    .await;
+    proxy.swallow_upstream(false);
+    proxy.cut();
+
+    let base = gw.http_url().await;
+    let metric = |series: &'static str| {
+        let url = format!("{base}/metrics");
+        async move {
+            let text = common::http_client().get(&url).send().await.ok()?.text().await.ok()?;
+            text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        }
+    };
+    eventually(common::WAIT, "the three messages received and delivered again", || async {
+        metric(r#"heartguard_ingest_messages_total{source="mqtt",protocol="json"}"#).await == Some(6.0)
+            && metric(r#"heartguard_sink_points_delivered_total{destination="heartguard/heartguard_vitals"}"#).await
+                == Some(6.0)
+    })
+    .await;
+    let rows = influx.rows(DB, "vital_signs").await;
+    assert_eq!(rows.len(), 3, "one point per message: {rows:#?}");
+    assert_eq!(gw.log().matches("Connected to the MQTT broker.").count(), 2, "{}", gw.log());
+}

@@ -412,11 +412,16 @@ impl Collector for Scrape {
             "Binding loads or syncs that failed (the copy in force stays).",
             c.sync_errors.load(Relaxed),
         )?;
-        counter(
+        let refused = c.push_refused_by_reason();
+        family(
             e,
             "heartguard_bindings_push_refused",
-            "Pushed binding snapshots refused (untrusted key, bad signature, older version, …).",
-            c.push_refused.load(Relaxed),
+            "Pushed binding snapshots refused or superseded, per reason.",
+            MetricType::Counter,
+            crate::bindings::push::Refused::LABELS.iter().map(|r| {
+                let n = refused.iter().find(|(x, _)| x == r).map_or(0, |(_, n)| *n);
+                ([("reason", *r)], ConstCounter::new(n))
+            }),
         )?;
         gauge(
             e,

@@ -16,9 +16,14 @@
 //!     After a reconnect the broker redelivers unacknowledged messages under their packet ids
 //!     and may give a freed id to a new message; an old ack sent on the new connection could
 //!     acknowledge a message not yet committed. A dropped ack only costs a redelivery.
+//! - A redelivered message gets the receipt time of its first delivery (`Receipts`): a
+//!   reading without `ts` is stamped with it, and a message committed whose PUBACK was lost
+//!   comes again (DUP set, same packet id). Stamped anew, it would be a second point.
 
 pub mod wire;
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -117,12 +122,65 @@ pub struct MqttSource {
     username: Option<String>,
     password: Option<String>,
     keep_alive: Duration,
-    /// Topic of signed binding snapshots, and where they go, when pushes are enabled.
-    push: Option<(String, mpsc::Sender<crate::bindings::push::PushMsg>)>,
+    /// Takes the signed binding snapshots of their topic, when pushes are enabled.
+    push: Option<crate::bindings::push::Inbox>,
     patterns: Vec<TopicPattern>,
     max_payload: usize,
     counters: Arc<Counters>,
     stats: Arc<SourceCounters>,
+}
+
+/// When each packet id's last message was first received, if a reading was stamped with that
+/// time, so that a redelivery of it is stamped alike. Kept across reconnects for the life of
+/// the process (a crash loses it: the redelivery is then stored at its new receipt time), and
+/// bounded by the 65,535 packet ids.
+///
+/// A PUBLISH with DUP set whose packet id, topic and payload match the message remembered
+/// under that id is that message again. The broker reuses an id only once the message under
+/// it is acknowledged, and any new message (DUP clear) replaces what an id remembers.
+#[derive(Default)]
+struct Receipts {
+    by_id: HashMap<u16, Receipt>,
+    /// Keyed per process: nobody can make two messages collide on purpose.
+    hasher: RandomState,
+}
+
+#[derive(Clone, Copy)]
+struct Receipt {
+    /// Of the topic and payload.
+    digest: u64,
+    received_ns: i64,
+}
+
+impl Receipts {
+    fn digest(&self, p: &wire::Publish) -> u64 {
+        self.hasher.hash_one((p.topic.as_str(), &p.payload[..]))
+    }
+
+    /// The receipt time of a QoS 1 message: `now_ns`, or for a redelivery of the message
+    /// remembered under its packet id, the time that message was first received. Also the
+    /// digest, when it was computed.
+    fn receive(&self, p: &wire::Publish, now_ns: i64) -> (i64, Option<u64>) {
+        if !p.dup {
+            return (now_ns, None);
+        }
+        let digest = self.digest(p);
+        match self.by_id.get(&p.packet_id) {
+            Some(r) if r.digest == digest => (r.received_ns, Some(digest)),
+            _ => (now_ns, Some(digest)),
+        }
+    }
+
+    /// Remembers the message's receipt if a reading was stamped with it; otherwise forgets the
+    /// message the packet id held before (a redelivery of this one needs no time of ours).
+    fn remember(&mut self, p: &wire::Publish, received_ns: i64, digest: Option<u64>, stamped: bool) {
+        if stamped {
+            let digest = digest.unwrap_or_else(|| self.digest(p));
+            self.by_id.insert(p.packet_id, Receipt { digest, received_ns });
+        } else {
+            self.by_id.remove(&p.packet_id);
+        }
+    }
 }
 
 /// How a session ended.
@@ -170,16 +228,16 @@ impl MqttSource {
         })
     }
 
-    /// Also takes signed binding snapshots from `topic` and hands them to `tx`.
-    pub fn with_push(mut self, topic: String, tx: mpsc::Sender<crate::bindings::push::PushMsg>) -> Self {
-        self.push = Some((topic, tx));
+    /// Also takes signed binding snapshots, from the inbox's topic.
+    pub fn with_push(mut self, inbox: crate::bindings::push::Inbox) -> Self {
+        self.push = Some(inbox);
         self
     }
 
     fn filters(&self) -> Vec<String> {
         let mut f: Vec<String> = self.patterns.iter().map(|p| p.filter.clone()).collect();
-        if let Some((topic, _)) = &self.push {
-            f.push(topic.clone());
+        if let Some(inbox) = &self.push {
+            f.push(inbox.topic.clone());
         }
         f
     }
@@ -189,6 +247,7 @@ impl MqttSource {
     pub async fn run(self, tx: mpsc::Sender<Envelope>, shutdown: CancellationToken, intake_done: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut reject_log = RateLimited::new(Duration::from_secs(10));
+        let mut receipts = Receipts::default();
         let broker = format!("{}:{}", self.host, self.port);
         let heartbeat = self.counters.health.register(health::STAGE_MQTT);
         let filters = self.filters();
@@ -217,14 +276,19 @@ impl MqttSource {
             };
             self.stats.set_connected(true);
             backoff.reset();
+            if !session_present {
+                // A new session: nothing of the old one will be delivered again.
+                receipts.by_id.clear();
+            }
             info!(%broker, session_present, "Connected to the MQTT broker.");
 
             let (out, out_rx) = mpsc::unbounded_channel();
             let dead = CancellationToken::new();
             let writer = tokio::spawn(write_loop(writer, out_rx, self.keep_alive, dead.clone()));
             let _ = out.send(Out::Bytes(wire::subscribe(1, &filters)));
-            let ended =
-                self.session(reader, buf, &out, &filters, &tx, &shutdown, &dead, &heartbeat, &mut reject_log).await;
+            let ended = self
+                .session(reader, buf, &out, &filters, &tx, &shutdown, &dead, &heartbeat, &mut reject_log, &mut receipts)
+                .await;
             match ended {
                 Ended::Lost(why) => {
                     // A writer that failed has cancelled `dead` and is ending: its reason is the
@@ -351,6 +415,7 @@ impl MqttSource {
         dead: &CancellationToken,
         heartbeat: &Heartbeat,
         reject_log: &mut RateLimited,
+        receipts: &mut Receipts,
     ) -> Ended {
         let silence = self.keep_alive * 2;
         // One timer and one beat interval for the whole session: created per read, they were
@@ -369,7 +434,7 @@ impl MqttSource {
                 };
                 match packet {
                     wire::Incoming::Publish(p) => {
-                        if let Some(env) = self.publish(p, out, reject_log) {
+                        if let Some(env) = self.publish(p, out, reject_log, receipts) {
                             // Most sends find room; only a full channel (intake busy committing)
                             // waits, beating meanwhile.
                             let env = match tx.try_send(env) {
@@ -431,25 +496,38 @@ impl MqttSource {
         p: wire::Publish,
         out: &mpsc::UnboundedSender<Out>,
         reject_log: &mut RateLimited,
+        receipts: &mut Receipts,
     ) -> Option<Envelope> {
         let ack = (p.qos > 0).then(|| Ack::Mqtt(MqttAck { out: out.clone(), packet_id: p.packet_id }));
-        if let Some((topic, push_tx)) = &self.push
-            && *topic == p.topic
+        if let Some(inbox) = &self.push
+            && inbox.topic == p.topic
         {
-            if push_tx.try_send(crate::bindings::push::PushMsg { payload: p.payload.to_vec(), ack }).is_err() {
-                warn!(
-                    "A binding snapshot arrived while the previous one is still being applied; the broker will redeliver it."
-                );
-            }
+            inbox.take(&p.payload, ack);
             return None;
         }
-        Some(self.decode(&p.topic, &p.payload, ack, reject_log))
+        if p.qos == 0 {
+            return Some(self.decode(&p.topic, &p.payload, ack, crate::now_ns(), reject_log));
+        }
+        let (received_ns, digest) = receipts.receive(&p, crate::now_ns());
+        let env = self.decode(&p.topic, &p.payload, ack, received_ns, reject_log);
+        // A device's own `ts` equal to the receipt time to the nanosecond only costs an entry.
+        let stamped = env.readings.iter().any(|r| r.ts_ns == received_ns);
+        receipts.remember(&p, received_ns, digest, stamped);
+        Some(env)
     }
 
-    fn decode(&self, topic: &str, payload: &[u8], ack: Option<Ack>, reject_log: &mut RateLimited) -> Envelope {
+    /// `received_ns` stamps readings without `ts`.
+    fn decode(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        ack: Option<Ack>,
+        received_ns: i64,
+        reject_log: &mut RateLimited,
+    ) -> Envelope {
         self.stats.messages.fetch_add(1, Relaxed);
         let topic_serial = self.patterns.iter().find_map(|p| p.serial_of(topic));
-        let d = json::decode(payload, topic_serial, crate::now_ns(), self.max_payload);
+        let d = json::decode(payload, topic_serial, received_ns, self.max_payload);
         self.stats.readings.fetch_add(d.readings.len() as u64, Relaxed);
         self.stats.unknown_fields.fetch_add(u64::from(d.unknown_fields), Relaxed);
         self.stats.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
@@ -523,4 +601,45 @@ async fn write_loop(
         dead.cancel();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(id: u16, dup: bool, payload: &'static [u8]) -> wire::Publish {
+        wire::Publish {
+            qos: 1,
+            dup,
+            retain: false,
+            packet_id: id,
+            topic: "devices/A/vitals".into(),
+            payload: bytes::Bytes::from_static(payload),
+        }
+    }
+
+    /// `receive`, then `remember` as `publish` does for a message whose readings have no `ts`.
+    fn stamp(r: &mut Receipts, p: &wire::Publish, now: i64) -> i64 {
+        let (t, digest) = r.receive(p, now);
+        r.remember(p, t, digest, true);
+        t
+    }
+
+    #[test]
+    fn a_redelivery_gets_the_first_receipt_time_and_nothing_else_does() {
+        let mut r = Receipts::default();
+        assert_eq!(stamp(&mut r, &publish(7, false, b"{\"hr\":1}"), 100), 100);
+        assert_eq!(stamp(&mut r, &publish(7, true, b"{\"hr\":1}"), 200), 100, "the same message again");
+        assert_eq!(stamp(&mut r, &publish(7, true, b"{\"hr\":2}"), 300), 300, "another payload under the id");
+        assert_eq!(stamp(&mut r, &publish(7, true, b"{\"hr\":2}"), 400), 300);
+        assert_eq!(stamp(&mut r, &publish(8, true, b"{\"hr\":2}"), 500), 500, "another id");
+        // A new message under the id replaces the one remembered, even with the same payload.
+        assert_eq!(stamp(&mut r, &publish(7, false, b"{\"hr\":2}"), 600), 600);
+        assert_eq!(stamp(&mut r, &publish(7, true, b"{\"hr\":2}"), 700), 600);
+        // A message with its own `ts` leaves nothing to remember under its id.
+        let p = publish(7, false, b"{\"hr\":2}");
+        let (t, digest) = r.receive(&p, 800);
+        r.remember(&p, t, digest, false);
+        assert_eq!(stamp(&mut r, &publish(7, true, b"{\"hr\":2}"), 900), 900);
+    }
 }
