@@ -26,8 +26,8 @@ use tokio::sync::oneshot;
 use crate::bindings::{Binding, Destination};
 
 pub use store::{
-    Activity, AppendReport, Batch, DeadLetter, DeadLetterFilter, Delivered, FullPolicy, Gap, Leased, Limits, NewParked,
-    NewPoint, PARKED_FRESH, PARKED_UNBOUND, Parked, QueueGauges, QueueStats, Synchronous,
+    Activity, AppendReport, Batch, Checked, DeadLetter, DeadLetterFilter, Delivered, FullPolicy, Gap, Leased, Limits,
+    NewParked, NewPoint, PARKED_FRESH, PARKED_UNBOUND, Parked, QueueGauges, QueueStats, StartupCheck, Synchronous,
 };
 
 #[derive(Debug, thiserror::Error)]

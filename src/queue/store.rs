@@ -328,7 +328,7 @@ pub(crate) fn spawn(
 ) -> Result<(mpsc::Sender<Command>, std::thread::JoinHandle<()>), QueueError> {
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join(DB_FILE);
-    let conn = open_or_recover(&path, sync)?;
+    let (conn, _) = open_or_recover(&path, sync, StartupCheck::default())?;
     let bytes = waiting_bytes(&conn)?;
     let data_version = data_version(&conn)?;
     let waiting = count_waiting(&conn)?;
@@ -352,18 +352,102 @@ pub(crate) fn spawn(
     Ok((tx, join))
 }
 
-/// Opens the database; a damaged one is moved aside (with its WAL) and a fresh one started,
-/// so the gateway never refuses to run over its own state.
-pub fn open_or_recover(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
-    let problem = match open(path, sync) {
-        Ok(conn) => match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
-            Ok(ok) if ok == "ok" => return Ok(conn),
-            Ok(report) => report,
-            Err(e) => e.to_string(),
-        },
-        // Not a database at all, or unreadable: only corruption is worth moving aside.
-        Err(QueueError::Sqlite(e)) if is_corruption(&e) => e.to_string(),
-        Err(e) => return Err(e),
+/// How the database is checked when the queue opens (see [`open_or_recover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartupCheck {
+    /// Longest the integrity check may run. A large backlog on slow storage takes longer than
+    /// systemd waits for the start (`TimeoutStartSec=90` in the unit), so the check is cut short
+    /// after this and the queue opens anyway: a damaged segment is still found when it is read.
+    pub budget: std::time::Duration,
+    /// Attempts at opening and checking the database when an attempt fails for a reason other
+    /// than damage (locked by another process, an I/O error, out of memory or disk space).
+    pub attempts: u32,
+    /// Pause between those attempts.
+    pub retry_pause: std::time::Duration,
+}
+
+impl Default for StartupCheck {
+    fn default() -> Self {
+        Self { budget: std::time::Duration::from_secs(30), attempts: 3, retry_pause: std::time::Duration::from_secs(1) }
+    }
+}
+
+/// What the start-up check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    Passed,
+    /// The budget ran out first; the database opened unchecked.
+    CutShort,
+    /// The database was damaged and moved to this path; a fresh one was started.
+    MovedAside(PathBuf),
+}
+
+/// Virtual machine steps between two looks at the check's clock: a few microseconds each.
+const CHECK_CLOCK_EVERY: i32 = 100;
+
+/// Why an attempt at opening the database failed.
+enum OpenFailure {
+    /// Definitely damaged: `quick_check` reported a problem, or SQLite said corrupt or not a
+    /// database.
+    Damaged(String),
+    /// Anything else (busy or locked, I/O, out of memory, full disk, cannot open): nothing
+    /// says the file is damaged, so it is never moved aside for it.
+    Other(QueueError),
+}
+
+impl From<rusqlite::Error> for OpenFailure {
+    fn from(e: rusqlite::Error) -> Self {
+        if is_corruption(&e) { Self::Damaged(e.to_string()) } else { Self::Other(e.into()) }
+    }
+}
+
+impl From<QueueError> for OpenFailure {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Sqlite(e) => e.into(),
+            e => Self::Other(e),
+        }
+    }
+}
+
+/// Opens the database after checking it. Only a database that is definitely damaged is moved
+/// aside (with its WAL) and a fresh one started; any other failure is retried
+/// (`check.attempts`) and then refused, leaving the file as it is: its points were
+/// acknowledged, and a restart (systemd) tries again.
+pub fn open_or_recover(
+    path: &Path,
+    sync: Synchronous,
+    check: StartupCheck,
+) -> Result<(Connection, Checked), QueueError> {
+    let mut attempt = 1;
+    let problem = loop {
+        let e = match open_checked(path, sync, check.budget) {
+            Ok(opened) => return Ok(opened),
+            Err(OpenFailure::Damaged(problem)) => break problem,
+            // Not transient (a newer schema, WAL refused): retrying cannot help.
+            Err(OpenFailure::Other(e @ QueueError::Invalid(_))) => return Err(e),
+            Err(OpenFailure::Other(e)) => e,
+        };
+        if attempt >= check.attempts {
+            let e = match e {
+                QueueError::Sqlite(e) => e.to_string(),
+                e => e.to_string(),
+            };
+            return Err(QueueError::Invalid(format!(
+                "{} could not be opened and checked ({attempt} attempts, last: {e}); it was left as it is. \
+                 Another process may hold it (a second gateway on this data_dir, an operator command), or the \
+                 storage failed",
+                path.display()
+            )));
+        }
+        tracing::warn!(
+            database = %path.display(),
+            attempt,
+            error = %e,
+            "Could not open and check the queue database; retrying, the file is left as it is."
+        );
+        attempt += 1;
+        std::thread::sleep(check.retry_pause);
     };
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let aside = path.with_file_name(format!("{DB_FILE}.damaged-{stamp}"));
@@ -381,7 +465,35 @@ pub fn open_or_recover(path: &Path, sync: Synchronous) -> Result<Connection, Que
         moved.push(suffix);
         let _ = std::fs::rename(&side, &moved);
     }
-    open(path, sync)
+    Ok((open(path, sync)?, Checked::MovedAside(aside)))
+}
+
+/// One attempt: the check first, before anything is written to the file, then the pragmas
+/// and the schema.
+fn open_checked(
+    path: &Path,
+    sync: Synchronous,
+    budget: std::time::Duration,
+) -> Result<(Connection, Checked), OpenFailure> {
+    let mut conn = connect(path)?;
+    let started = std::time::Instant::now();
+    conn.progress_handler(CHECK_CLOCK_EVERY, Some(move || started.elapsed() >= budget))?;
+    let report = conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0));
+    conn.progress_handler(0, None::<fn() -> bool>)?;
+    let checked = match report {
+        Ok(ok) if ok == "ok" => Checked::Passed,
+        Ok(report) => return Err(OpenFailure::Damaged(report)),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            tracing::warn!(
+                database = %path.display(),
+                budget_ms = budget.as_millis() as u64,
+                "The start-up check of the queue database was cut short after its time budget; starting anyway (a damaged segment is still found when it is read)."
+            );
+            Checked::CutShort
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok((configure(conn, sync)?, checked))
 }
 
 /// Adds points to their streams' activity and closes an open gap with the first reading
@@ -537,8 +649,17 @@ fn free_bytes(conn: &Connection, dir: &Path) -> Option<u64> {
 
 /// Opens the database with the queue's pragmas and schema.
 pub fn open(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
+    configure(connect(path)?, sync)
+}
+
+fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Sets the queue's pragmas and brings the schema up to date.
+fn configure(conn: Connection, sync: Synchronous) -> Result<Connection, QueueError> {
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(QueueError::Invalid(format!("could not enable WAL (journal_mode={mode})")));
@@ -2071,6 +2192,88 @@ mod tests {
         assert_eq!((g.points, g.destinations[0].1), (10, 10));
         assert_eq!(g.bytes, q.stats().await.expect("stats").bytes);
         assert_eq!(g.bytes, (0..10).map(|n| point(a, n).line.len() as u64 + 1).sum::<u64>());
+    }
+
+    /// A closed queue in `dir` holding `commits` commits of five points each.
+    async fn closed_queue(dir: &Path, commits: usize) {
+        let (q, join) = QueueHandle::open(dir, Synchronous::Normal, Limits::default()).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        for c in 0..commits {
+            q.append((c * 5..c * 5 + 5).map(|n| point(a, n)).collect()).await.expect("append");
+        }
+        q.close().await.expect("close");
+        join.join().expect("thread");
+    }
+
+    /// Files in `dir` that a recovery moved aside.
+    fn moved_aside(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{DB_FILE}.damaged-")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_database_locked_during_the_start_up_check_is_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        closed_queue(dir.path(), 40).await;
+        let path = dir.path().join(DB_FILE);
+        // Another process keeps the database to itself (a second gateway, an operator command).
+        let holder = Connection::open(&path).expect("holder");
+        holder.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;").expect("lock");
+        let check =
+            StartupCheck { attempts: 2, retry_pause: std::time::Duration::from_millis(10), ..StartupCheck::default() };
+        let e = open_or_recover(&path, Synchronous::Normal, check).expect_err("refused while locked");
+        assert!(e.to_string().contains("left as it is") && e.to_string().contains("locked"), "{e}");
+        assert_eq!(moved_aside(dir.path()), Vec::<String>::new());
+        drop(holder);
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
+        let all = q.lease(1, usize::MAX, usize::MAX).await.expect("lease");
+        assert_eq!(
+            all.iter().map(|l| l.line.clone()).collect::<Vec<_>>(),
+            (0..200).map(|n| point(1, n).line).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_database_is_still_moved_aside() {
+        for damage in ["not a database", "damaged pages"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(DB_FILE);
+            match damage {
+                "not a database" => std::fs::write(&path, vec![0x5a; 64 * 1024]).expect("garbage"),
+                _ => {
+                    closed_queue(dir.path(), 40).await;
+                    // Every page but the first (the schema) overwritten.
+                    let len = std::fs::metadata(&path).expect("db").len() as usize;
+                    let mut bytes = std::fs::read(&path).expect("read");
+                    assert!(len > 3 * 4096, "{len}");
+                    bytes[4096..].fill(0x5a);
+                    std::fs::write(&path, bytes).expect("damage");
+                }
+            }
+            let (conn, checked) =
+                open_or_recover(&path, Synchronous::Normal, StartupCheck::default()).expect("a fresh database");
+            assert!(matches!(checked, Checked::MovedAside(_)), "{damage}: {checked:?}");
+            assert_eq!(moved_aside(dir.path()).len(), 1, "{damage}");
+            assert_eq!(stats(&conn, &path).expect("stats").points, 0, "{damage}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_up_check_over_its_budget_is_cut_short_and_the_queue_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        closed_queue(dir.path(), 300).await;
+        let path = dir.path().join(DB_FILE);
+        let tiny = StartupCheck { budget: std::time::Duration::ZERO, ..StartupCheck::default() };
+        let (conn, checked) = open_or_recover(&path, Synchronous::Normal, tiny).expect("opens");
+        assert_eq!(checked, Checked::CutShort);
+        assert_eq!(moved_aside(dir.path()), Vec::<String>::new());
+        assert_eq!(stats(&conn, &path).expect("stats").points, 1500);
+        drop(conn);
+        let (_conn, checked) = open_or_recover(&path, Synchronous::Normal, StartupCheck::default()).expect("opens");
+        assert_eq!(checked, Checked::Passed, "with time enough the check runs to its end");
     }
 
     #[tokio::test]
