@@ -11,6 +11,8 @@
 //!   take more than their share; over a cap the oldest of that kind are deleted, in the
 //!   transaction that went over it (counted and logged). Readings parked `fresh` are never
 //!   deleted: they are every reading for a moment when bindings come from PostgreSQL.
+//! - The database is moved aside at start only when it is definitely damaged; any other
+//!   failure to open or check it refuses the start and leaves it as it is.
 //! - Points are stored as encoded lines, in segments (the points of one commit for one
 //!   destination, [`segment`]); each keeps its own id, and ids never repeat. Replaying a
 //!   line is byte-identical, so a second write after a crash overwrites the first with the
