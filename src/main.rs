@@ -388,6 +388,8 @@ fn queue_stats(cfg: &Config) -> Result<(), String> {
     println!("parked readings: {}", s.parked);
     println!("dead letters: {}", s.dead_letters);
     println!("bytes waiting:  {}", s.bytes);
+    println!("bytes parked:   {}", s.parked_bytes);
+    println!("bytes of dead letters: {}", s.dead_letter_bytes);
     println!("database size:  {} bytes (with WAL)", s.db_file_bytes);
     if let Some(oldest) = s.oldest_enqueued_ns {
         let age = (heartguard_gateway::now_ns() - oldest).max(0) / 1_000_000_000;

@@ -120,7 +120,7 @@ async fn status_without_a_daemon_reads_the_database() {
             "\
 (daemon not reachable: the HTTP endpoint is disabled (http.enabled = false))
 heartguard-gateway {v} — gateway ward3: daemon not reachable: figures from the database only
-Queue        3 points waiting (27 B), oldest queued <age> ago; 0 parked; database <size>; 1 dead letter(s)
+Queue        3 points waiting (27 B), oldest queued <age> ago; 0 parked (0 B); database <size>; 1 dead letter(s) (11 B)
 Destination  heartguard/vitals: -, 2 waiting
 Destination  archive/30d: -, 1 waiting
 Bindings     3 from file, version 0123abcd, in force for <age>; 0 sync error(s)

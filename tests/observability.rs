@@ -66,6 +66,13 @@ async fn metrics_health_and_status_follow_an_end_to_end_run() {
     // The unknown device's reading waits for a binding.
     assert_eq!(v("heartguard_resolve_parked_total"), 1.0);
     assert_eq!(v(r#"heartguard_queue_parked{reason="unbound"}"#), 1.0);
+    // Its stored form with its serial, a few dozen bytes.
+    let parked_bytes = v(r#"heartguard_queue_parked_bytes{reason="unbound"}"#);
+    assert!((20.0..1024.0).contains(&parked_bytes), "{parked_bytes}");
+    assert_eq!(v(r#"heartguard_queue_parked_bytes{reason="fresh"}"#), 0.0);
+    assert_eq!(v("heartguard_queue_dead_letter_bytes"), 0.0);
+    assert_eq!(v(r#"heartguard_queue_evicted_total{kind="parked"}"#), 0.0);
+    assert_eq!(v(r#"heartguard_queue_evicted_total{kind="dead_letter"}"#), 0.0);
     assert_eq!(v("heartguard_queue_points"), 0.0);
     assert_eq!(v("heartguard_queue_oldest_age_seconds"), 0.0);
     assert_eq!(v(r#"heartguard_queue_destination_points{destination="heartguard/heartguard_vitals"}"#), 0.0);
@@ -80,10 +87,11 @@ async fn metrics_health_and_status_follow_an_end_to_end_run() {
 
     let (code, out, err) = gateway_cli(&["status", "--url", &base]);
     assert_eq!(code, Some(0), "{err}");
+    let queue_line = format!("Queue        0 points waiting (0 B); 1 parked ({parked_bytes} B); database ");
     for line in [
         "— gateway test-gw: running, ready, up ",
         "Source       mqtt/json: connected; 5 messages, 4 readings, 1 rejected",
-        "Queue        0 points waiting (0 B); 1 parked; database ",
+        &queue_line,
         "  - 1 reading(s) parked, waiting for a binding or a current copy of the bindings.",
         "Destination  heartguard/heartguard_vitals: ok, 0 waiting, 3 delivered, 0 failed attempts, last write ",
         "Bindings     3 from file, version ",

@@ -6,6 +6,13 @@
 //!   readings acknowledged to their source.
 //! - A point leaves the queue only after InfluxDB answered 2xx for it, or into the dead
 //!   letters, or by the `drop_oldest` policy when the queue is full (counted and logged).
+//! - `Limits::max_bytes` bounds everything kept: waiting points, parked readings and dead
+//!   letters. Readings parked `unbound` and dead letters have caps of their own, so they never
+//!   take more than their share; over a cap the oldest of that kind are deleted, in the
+//!   transaction that went over it (counted and logged). Readings parked `fresh` are never
+//!   deleted: they are every reading for a moment when bindings come from PostgreSQL.
+//! - The database is moved aside at start only when it is definitely damaged; any other
+//!   failure to open or check it refuses the start and leaves it as it is.
 //! - Points are stored as encoded lines, in segments (the points of one commit for one
 //!   destination, [`segment`]); each keeps its own id, and ids never repeat. Replaying a
 //!   line is byte-identical, so a second write after a crash overwrites the first with the
@@ -26,8 +33,8 @@ use tokio::sync::oneshot;
 use crate::bindings::{Binding, Destination};
 
 pub use store::{
-    Activity, AppendReport, Batch, DeadLetter, DeadLetterFilter, Delivered, FullPolicy, Gap, Leased, Limits, NewParked,
-    NewPoint, PARKED_FRESH, PARKED_UNBOUND, Parked, QueueGauges, QueueStats, Synchronous,
+    Activity, AppendReport, Batch, Checked, DeadLetter, DeadLetterFilter, Delivered, FullPolicy, Gap, Leased, Limits,
+    NewParked, NewPoint, PARKED_FRESH, PARKED_UNBOUND, Parked, QueueGauges, QueueStats, StartupCheck, Synchronous,
 };
 
 #[derive(Debug, thiserror::Error)]

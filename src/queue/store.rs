@@ -128,9 +128,19 @@ pub enum FullPolicy {
 /// Bounds on what the queue may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Waiting points, in bytes of line protocol (about the disk space they take).
+    /// Everything kept, in bytes (about the disk space it takes): waiting points (their line
+    /// protocol), parked readings and dead letters (see [`Limits::max_parked_bytes`] and
+    /// [`Limits::max_dead_letter_bytes`] for how those are measured). `policy` makes room
+    /// among the waiting points only.
     pub max_bytes: u64,
     pub policy: FullPolicy,
+    /// Readings parked `unbound`, in bytes of their stored reading and serial. Over it the
+    /// oldest of them are deleted, so that readings nobody claims (random serials) cannot
+    /// take the room of waiting points. Readings parked `fresh` are never deleted for it:
+    /// with PostgreSQL bindings every reading is one for a moment.
+    pub max_parked_bytes: u64,
+    /// Dead letters, in bytes of their line and detail. Over it the oldest are deleted.
+    pub max_dead_letter_bytes: u64,
     /// Intake stops (whatever the policy) when less than this is free on the data
     /// directory's filesystem, counting the database's own free pages as free.
     pub min_free_bytes: u64,
@@ -144,6 +154,8 @@ impl Default for Limits {
         Self {
             max_bytes: u64::MAX,
             policy: FullPolicy::DropOldest,
+            max_parked_bytes: u64::MAX,
+            max_dead_letter_bytes: u64::MAX,
             min_free_bytes: 0,
             segment_points: segment::MAX_POINTS,
         }
@@ -317,6 +329,10 @@ pub struct QueueStats {
     pub parked: u64,
     pub dead_letters: u64,
     pub bytes: u64,
+    /// Bytes of parked readings (stored reading and serial) and of dead letters (line and
+    /// detail): they count against `queue.max_bytes` with `bytes`.
+    pub parked_bytes: u64,
+    pub dead_letter_bytes: u64,
     pub oldest_enqueued_ns: Option<i64>,
     pub db_file_bytes: u64,
 }
@@ -328,19 +344,22 @@ pub(crate) fn spawn(
 ) -> Result<(mpsc::Sender<Command>, std::thread::JoinHandle<()>), QueueError> {
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join(DB_FILE);
-    let conn = open_or_recover(&path, sync)?;
+    let (conn, _) = open_or_recover(&path, sync, StartupCheck::default())?;
     let bytes = waiting_bytes(&conn)?;
+    let kept = kept_bytes(&conn)?;
     let data_version = data_version(&conn)?;
     let waiting = count_waiting(&conn)?;
     let open_gaps = open_gap_streams(&conn)?;
     let (tx, rx) = mpsc::channel();
-    let store = Store {
+    let mut store = Store {
         conn,
         path,
         dir: data_dir.to_path_buf(),
         deferred: VecDeque::new(),
         limits,
         bytes,
+        kept,
+        evictions: Evictions::default(),
         waiting,
         buf: Vec::new(),
         open_gaps,
@@ -348,22 +367,110 @@ pub(crate) fn spawn(
         last_maintenance: std::time::Instant::now(),
         full_logged: false,
     };
+    // A cap may have been lowered since the last run.
+    if let Err(e) = store.trim() {
+        tracing::warn!(error = %e, "Could not delete what is over the queue's caps; the next commit tries again.");
+    }
     let join = std::thread::Builder::new().name("queue-store".into()).spawn(move || store.run(rx))?;
     Ok((tx, join))
 }
 
-/// Opens the database; a damaged one is moved aside (with its WAL) and a fresh one started,
-/// so the gateway never refuses to run over its own state.
-pub fn open_or_recover(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
-    let problem = match open(path, sync) {
-        Ok(conn) => match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
-            Ok(ok) if ok == "ok" => return Ok(conn),
-            Ok(report) => report,
-            Err(e) => e.to_string(),
-        },
-        // Not a database at all, or unreadable: only corruption is worth moving aside.
-        Err(QueueError::Sqlite(e)) if is_corruption(&e) => e.to_string(),
-        Err(e) => return Err(e),
+/// How the database is checked when the queue opens (see [`open_or_recover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartupCheck {
+    /// Longest the integrity check may run. A large backlog on slow storage takes longer than
+    /// systemd waits for the start (`TimeoutStartSec=90` in the unit), so the check is cut short
+    /// after this and the queue opens anyway: a damaged segment is still found when it is read.
+    pub budget: std::time::Duration,
+    /// Attempts at opening and checking the database when an attempt fails for a reason other
+    /// than damage (locked by another process, an I/O error, out of memory or disk space).
+    pub attempts: u32,
+    /// Pause between those attempts.
+    pub retry_pause: std::time::Duration,
+}
+
+impl Default for StartupCheck {
+    fn default() -> Self {
+        Self { budget: std::time::Duration::from_secs(30), attempts: 3, retry_pause: std::time::Duration::from_secs(1) }
+    }
+}
+
+/// What the start-up check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    Passed,
+    /// The budget ran out first; the database opened unchecked.
+    CutShort,
+    /// The database was damaged and moved to this path; a fresh one was started.
+    MovedAside(PathBuf),
+}
+
+/// Virtual machine steps between two looks at the check's clock: a few microseconds each.
+const CHECK_CLOCK_EVERY: i32 = 100;
+
+/// Why an attempt at opening the database failed.
+enum OpenFailure {
+    /// Definitely damaged: `quick_check` reported a problem, or SQLite said corrupt or not a
+    /// database.
+    Damaged(String),
+    /// Anything else (busy or locked, I/O, out of memory, full disk, cannot open): nothing
+    /// says the file is damaged, so it is never moved aside for it.
+    Other(QueueError),
+}
+
+impl From<rusqlite::Error> for OpenFailure {
+    fn from(e: rusqlite::Error) -> Self {
+        if is_corruption(&e) { Self::Damaged(e.to_string()) } else { Self::Other(e.into()) }
+    }
+}
+
+impl From<QueueError> for OpenFailure {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Sqlite(e) => e.into(),
+            e => Self::Other(e),
+        }
+    }
+}
+
+/// Opens the database after checking it. Only a database that is definitely damaged is moved
+/// aside (with its WAL) and a fresh one started; any other failure is retried
+/// (`check.attempts`) and then refused, leaving the file as it is: its points were
+/// acknowledged, and a restart (systemd) tries again.
+pub fn open_or_recover(
+    path: &Path,
+    sync: Synchronous,
+    check: StartupCheck,
+) -> Result<(Connection, Checked), QueueError> {
+    let mut attempt = 1;
+    let problem = loop {
+        let e = match open_checked(path, sync, check.budget) {
+            Ok(opened) => return Ok(opened),
+            Err(OpenFailure::Damaged(problem)) => break problem,
+            // Not transient (a newer schema, WAL refused): retrying cannot help.
+            Err(OpenFailure::Other(e @ QueueError::Invalid(_))) => return Err(e),
+            Err(OpenFailure::Other(e)) => e,
+        };
+        if attempt >= check.attempts {
+            let e = match e {
+                QueueError::Sqlite(e) => e.to_string(),
+                e => e.to_string(),
+            };
+            return Err(QueueError::Invalid(format!(
+                "{} could not be opened and checked ({attempt} attempts, last: {e}); it was left as it is. \
+                 Another process may hold it (a second gateway on this data_dir, an operator command), or the \
+                 storage failed",
+                path.display()
+            )));
+        }
+        tracing::warn!(
+            database = %path.display(),
+            attempt,
+            error = %e,
+            "Could not open and check the queue database; retrying, the file is left as it is."
+        );
+        attempt += 1;
+        std::thread::sleep(check.retry_pause);
     };
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let aside = path.with_file_name(format!("{DB_FILE}.damaged-{stamp}"));
@@ -381,7 +488,35 @@ pub fn open_or_recover(path: &Path, sync: Synchronous) -> Result<Connection, Que
         moved.push(suffix);
         let _ = std::fs::rename(&side, &moved);
     }
-    open(path, sync)
+    Ok((open(path, sync)?, Checked::MovedAside(aside)))
+}
+
+/// One attempt: the check first, before anything is written to the file, then the pragmas
+/// and the schema.
+fn open_checked(
+    path: &Path,
+    sync: Synchronous,
+    budget: std::time::Duration,
+) -> Result<(Connection, Checked), OpenFailure> {
+    let mut conn = connect(path)?;
+    let started = std::time::Instant::now();
+    conn.progress_handler(CHECK_CLOCK_EVERY, Some(move || started.elapsed() >= budget))?;
+    let report = conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0));
+    conn.progress_handler(0, None::<fn() -> bool>)?;
+    let checked = match report {
+        Ok(ok) if ok == "ok" => Checked::Passed,
+        Ok(report) => return Err(OpenFailure::Damaged(report)),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            tracing::warn!(
+                database = %path.display(),
+                budget_ms = budget.as_millis() as u64,
+                "The start-up check of the queue database was cut short after its time budget; starting anyway (a damaged segment is still found when it is read)."
+            );
+            Checked::CutShort
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok((configure(conn, sync)?, checked))
 }
 
 /// Adds points to their streams' activity and closes an open gap with the first reading
@@ -438,6 +573,166 @@ fn first_free_id(tx: &rusqlite::Transaction<'_>) -> Result<i64, QueueError> {
 /// Line bytes waiting, summed over the segments.
 fn waiting_bytes(conn: &Connection) -> Result<u64, QueueError> {
     Ok(conn.query_row("SELECT coalesce(sum(bytes), 0) FROM segments", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// A parked reading's size: its stored reading and serial. (`octet_length` reads only the
+/// record header, not the text.)
+const PARKED_SIZE: &str = "octet_length(serial) + octet_length(body)";
+/// A dead letter's size: its line and detail.
+const DEAD_LETTER_SIZE: &str = "octet_length(line) + octet_length(detail)";
+
+fn parked_size(p: &NewParked) -> u64 {
+    (p.serial.len() + p.body.len()) as u64
+}
+
+fn dead_letter_size(line: &str, detail: &str) -> u64 {
+    (line.len() + detail.len()) as u64
+}
+
+/// Bytes kept besides the waiting points: they count against `Limits::max_bytes` too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Kept {
+    /// Parked readings, every reason.
+    parked: u64,
+    /// Of those, the ones parked `unbound` (capped by `Limits::max_parked_bytes`).
+    unbound: u64,
+    dead_letters: u64,
+}
+
+impl Kept {
+    fn total(&self) -> u64 {
+        self.parked.saturating_add(self.dead_letters)
+    }
+}
+
+/// Bytes of parked readings and dead letters, summed over the tables.
+fn kept_bytes(conn: &Connection) -> Result<Kept, QueueError> {
+    let (parked, unbound) = conn.query_row(
+        &format!(
+            "SELECT coalesce(sum({PARKED_SIZE}), 0), coalesce(sum(CASE WHEN reason = ?1 THEN {PARKED_SIZE} END), 0)
+             FROM parked"
+        ),
+        [PARKED_UNBOUND],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )?;
+    let dead_letters =
+        conn.query_row(&format!("SELECT coalesce(sum({DEAD_LETTER_SIZE}), 0) FROM dead_letters"), [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64;
+    Ok(Kept { parked, unbound, dead_letters })
+}
+
+/// What the caps made one transaction delete: (rows, bytes) of readings parked `unbound`
+/// and of dead letters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Evicted {
+    parked: (u64, u64),
+    dead_letters: (u64, u64),
+}
+
+impl Evicted {
+    fn add(&mut self, o: Evicted) {
+        self.parked = (self.parked.0 + o.parked.0, self.parked.1 + o.parked.1);
+        self.dead_letters = (self.dead_letters.0 + o.dead_letters.0, self.dead_letters.1 + o.dead_letters.1);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.parked.0 == 0 && self.dead_letters.0 == 0
+    }
+}
+
+/// Deletes what is over the caps, oldest first, in the caller's transaction; `kept` is what
+/// the transaction leaves before that.
+fn evict_over_caps(tx: &rusqlite::Transaction<'_>, limits: &Limits, kept: Kept) -> Result<Evicted, QueueError> {
+    let mut e = Evicted::default();
+    if kept.unbound > limits.max_parked_bytes {
+        // `+reason`: walk the table in id order and stop once enough is freed, rather than
+        // sort every unbound reading by id through the reason index.
+        let filter = format!("+reason = '{PARKED_UNBOUND}'");
+        e.parked = evict_oldest(tx, "parked", &filter, PARKED_SIZE, kept.unbound - limits.max_parked_bytes)?;
+    }
+    if kept.dead_letters > limits.max_dead_letter_bytes {
+        let over = kept.dead_letters - limits.max_dead_letter_bytes;
+        e.dead_letters = evict_oldest(tx, "dead_letters", "1", DEAD_LETTER_SIZE, over)?;
+    }
+    Ok(e)
+}
+
+/// Deletes the rows of `table` matching `filter` with the lowest ids until at least `over`
+/// bytes (by `size`) are freed. Returns (rows, bytes).
+fn evict_oldest(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    filter: &str,
+    size: &str,
+    over: u64,
+) -> Result<(u64, u64), QueueError> {
+    let (mut rows, mut freed, mut last) = (0u64, 0u64, None);
+    {
+        let mut stmt = tx.prepare_cached(&format!("SELECT id, {size} FROM {table} WHERE {filter} ORDER BY id"))?;
+        let mut found = stmt.query([])?;
+        while freed < over {
+            let Some(row) = found.next()? else { break };
+            last = Some(row.get::<_, i64>(0)?);
+            freed += row.get::<_, i64>(1)?.max(0) as u64;
+            rows += 1;
+        }
+    }
+    if let Some(last) = last {
+        tx.prepare_cached(&format!("DELETE FROM {table} WHERE {filter} AND id <= ?1"))?.execute([last])?;
+    }
+    Ok((rows, freed))
+}
+
+/// How often deletions over the caps are logged at most: a flood of junk would otherwise
+/// log an ERROR with every commit.
+const EVICTIONS_LOGGED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Deletions over the caps: the totals since start (metrics) and what is not logged yet.
+#[derive(Debug, Default)]
+struct Evictions {
+    total: Evicted,
+    unlogged: Evicted,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl Evictions {
+    fn note(&mut self, e: Evicted, limits: &Limits) {
+        if e.is_empty() {
+            return;
+        }
+        self.total.add(e);
+        self.unlogged.add(e);
+        self.log_when_due(limits);
+    }
+
+    fn log_when_due(&mut self, limits: &Limits) {
+        if !self.unlogged.is_empty() && self.logged_at.is_none_or(|t| t.elapsed() >= EVICTIONS_LOGGED_EVERY) {
+            self.log(limits);
+        }
+    }
+
+    /// Logs what is not logged yet, now.
+    fn log(&mut self, limits: &Limits) {
+        let Evicted { parked, dead_letters } = std::mem::take(&mut self.unlogged);
+        if parked.0 > 0 {
+            tracing::error!(
+                readings = parked.0,
+                bytes = parked.1,
+                max_parked_bytes = limits.max_parked_bytes,
+                "Readings parked unbound are over queue.max_parked_bytes: deleted the oldest (given up by policy; counted, logged at most once a minute)."
+            );
+        }
+        if dead_letters.0 > 0 {
+            tracing::error!(
+                dead_letters = dead_letters.0,
+                bytes = dead_letters.1,
+                max_dead_letter_bytes = limits.max_dead_letter_bytes,
+                "Dead letters are over queue.max_dead_letter_bytes: deleted the oldest (given up by policy; counted, logged at most once a minute)."
+            );
+        }
+        self.logged_at = Some(std::time::Instant::now());
+    }
 }
 
 /// A blob column, borrowed.
@@ -537,8 +832,17 @@ fn free_bytes(conn: &Connection, dir: &Path) -> Option<u64> {
 
 /// Opens the database with the queue's pragmas and schema.
 pub fn open(path: &Path, sync: Synchronous) -> Result<Connection, QueueError> {
+    configure(connect(path)?, sync)
+}
+
+fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Sets the queue's pragmas and brings the schema up to date.
+fn configure(conn: Connection, sync: Synchronous) -> Result<Connection, QueueError> {
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(QueueError::Invalid(format!("could not enable WAL (journal_mode={mode})")));
@@ -722,14 +1026,15 @@ fn insert_points<'a>(
 }
 
 /// Moves a segment that cannot be read to the dead letters (reason `damaged`, its raw bytes
-/// as the line) so the rest of its destination is still delivered.
+/// as the line) so the rest of its destination is still delivered. Returns the dead letter's
+/// size.
 fn quarantine(
     tx: &rusqlite::Transaction<'_>,
     dest_id: i64,
     seg: &SegmentRow,
     body: &[u8],
     why: &segment::Damaged,
-) -> Result<(), QueueError> {
+) -> Result<u64, QueueError> {
     tracing::error!(
         first_id = seg.first_id,
         last_id = seg.last_id,
@@ -737,22 +1042,18 @@ fn quarantine(
         problem = %why,
         "A queue segment could not be read (disk damage?): moved to the dead letters as `damaged`; the rest of the queue is delivered."
     );
+    let line = String::from_utf8_lossy(body);
+    let detail = format!(
+        "queue segment of points {}..={} ({} points) could not be read: {why}; the line is its raw content",
+        seg.first_id, seg.last_id, seg.points
+    );
     tx.prepare_cached(
         "INSERT INTO dead_letters (dest_id, line, reason, status, detail, enqueued_ns, failed_ns)
          VALUES (?1, ?2, 'damaged', NULL, ?3, ?4, ?5)",
     )?
-    .execute(params![
-        dest_id,
-        String::from_utf8_lossy(body),
-        format!(
-            "queue segment of points {}..={} ({} points) could not be read: {why}; the line is its raw content",
-            seg.first_id, seg.last_id, seg.points
-        ),
-        seg.enqueued_ns,
-        crate::now_ns()
-    ])?;
+    .execute(params![dest_id, line, detail, seg.enqueued_ns, crate::now_ns()])?;
     tx.prepare_cached("DELETE FROM segments WHERE last_id = ?1")?.execute([seg.last_id])?;
-    Ok(())
+    Ok(dead_letter_size(&line, &detail))
 }
 
 /// A segment's figures (its body apart).
@@ -832,6 +1133,10 @@ struct Store {
     limits: Limits,
     /// Bytes of waiting points, kept current on every insert and delete.
     bytes: u64,
+    /// Bytes of parked readings and dead letters, kept current likewise.
+    kept: Kept,
+    /// Parked readings and dead letters deleted over their caps.
+    evictions: Evictions,
     /// Waiting points per destination id, kept current likewise: metrics read it on every
     /// scrape, and counting a backlog of a million points there would stall the queue.
     waiting: HashMap<i64, u64>,
@@ -860,6 +1165,7 @@ impl Store {
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     // Every handle dropped: close as on a clean stop.
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        self.evictions.log(&self.limits);
                         let _ = self.checkpoint();
                         return;
                     }
@@ -918,13 +1224,21 @@ impl Store {
                 Command::Gauges(reply) => {
                     // An operator command may have changed the queue since the last look.
                     self.recount_if_changed();
-                    let running = Running { bytes: self.bytes, waiting: &self.waiting };
+                    let running = Running {
+                        bytes: self.bytes,
+                        waiting: &self.waiting,
+                        parked_bytes: self.kept.parked,
+                        unbound_bytes: self.kept.unbound,
+                        dead_letter_bytes: self.kept.dead_letters,
+                        evicted: (self.evictions.total.parked.0, self.evictions.total.dead_letters.0),
+                    };
                     let _ = reply.send(gauges(&self.conn, &self.path, Some(running)));
                 }
                 Command::Ping(reply) => {
                     let _ = reply.send(Ok(()));
                 }
                 Command::Close(reply) => {
+                    self.evictions.log(&self.limits);
                     let r = self.checkpoint();
                     // Dropping the connection closes it; answer after that.
                     drop(self.conn);
@@ -975,29 +1289,46 @@ impl Store {
         batches: &[(std::sync::Arc<Batch>, super::Reply<AppendReport>)],
     ) -> Result<AppendReport, QueueError> {
         let new_bytes: u64 = batches.iter().flat_map(|(b, _)| b.points.iter()).map(|p| p.line.len() as u64 + 1).sum();
+        let (mut new_parked, mut new_unbound) = (0u64, 0u64);
+        for p in batches.iter().flat_map(|(b, _)| b.parked.iter()) {
+            new_parked += parked_size(p);
+            if p.reason == PARKED_UNBOUND {
+                new_unbound += parked_size(p);
+            }
+        }
         if self.limits.min_free_bytes > 0
             && let Some(free) = free_bytes(&self.conn, &self.dir)
-            && free < self.limits.min_free_bytes.saturating_add(new_bytes)
+            && free < self.limits.min_free_bytes.saturating_add(new_bytes + new_parked)
         {
             return Err(self.full(format!(
                 "less than queue.min_free_bytes ({}) free on the data directory's filesystem ({free} free)",
                 self.limits.min_free_bytes
             )));
         }
-        let over = (self.bytes + new_bytes).saturating_sub(self.limits.max_bytes);
+        // What parked readings and dead letters take once this commits: readings parked
+        // `unbound` over their cap are deleted in this same transaction, so they take their
+        // cap at most. Waiting points get the rest of max_bytes.
+        let unbound = self.kept.unbound + new_unbound;
+        let kept = Kept { parked: self.kept.parked + new_parked, unbound, dead_letters: self.kept.dead_letters };
+        let capped = kept.total() - unbound + unbound.min(self.limits.max_parked_bytes);
+        let room = self.limits.max_bytes.saturating_sub(capped);
+        let over = (self.bytes + new_bytes).saturating_sub(room);
         // An empty queue always takes the commit, even one larger than the limit: refusing it
         // would wait for room that can never come.
         if over > 0 && self.limits.policy == FullPolicy::Backpressure && self.bytes > 0 {
-            return Err(self.full(format!("queue.max_bytes ({}) reached", self.limits.max_bytes)));
+            return Err(self.full(format!(
+                "queue.max_bytes ({}) reached: {} bytes of waiting points, {} of parked readings, {} of dead letters",
+                self.limits.max_bytes, self.bytes, self.kept.parked, self.kept.dead_letters
+            )));
         }
-        // drop_oldest with a commit larger than the whole limit: its own oldest points go too,
+        // drop_oldest with a commit larger than the whole room: its own oldest points go too,
         // so the queue never holds more than the limit.
         let mut skip_new = 0usize;
         let mut report = AppendReport::default();
         let mut new_bytes = new_bytes;
-        if self.limits.policy == FullPolicy::DropOldest && new_bytes > self.limits.max_bytes {
+        if self.limits.policy == FullPolicy::DropOldest && new_bytes > room {
             for p in batches.iter().flat_map(|(b, _)| b.points.iter()) {
-                if new_bytes <= self.limits.max_bytes {
+                if new_bytes <= room {
                     break;
                 }
                 new_bytes -= p.line.len() as u64 + 1;
@@ -1009,7 +1340,7 @@ impl Store {
             }
         }
         let skipped_bytes = report.dropped_bytes;
-        let over = (self.bytes + new_bytes).saturating_sub(self.limits.max_bytes);
+        let over = (self.bytes + new_bytes).saturating_sub(room);
         let mut dropped_of: HashMap<i64, u64> = HashMap::new();
         let tx = self.conn.transaction()?;
         if over > 0 {
@@ -1033,16 +1364,38 @@ impl Store {
                 park.execute(params![p.serial, p.ts_ns, p.reason, p.body, p.parked_ns])?;
             }
         }
+        let evicted = evict_over_caps(&tx, &self.limits, kept)?;
         let closed = record_readings(&tx, batches.iter().flat_map(|(b, _)| b.points.iter()), &self.open_gaps)?;
         tx.commit()?;
         self.forget_gaps(closed);
         self.bytes = (self.bytes + new_bytes).saturating_sub(report.dropped_bytes - skipped_bytes);
+        self.kept_changed(kept, evicted);
         for (dest, n) in dropped_of {
             self.count(dest, -(n as i64));
         }
         self.count_points(batches.iter().flat_map(|(b, _)| b.points.iter()).skip(skip_new));
         self.full_logged = false;
         Ok(report)
+    }
+
+    /// Takes the bytes a committed transaction left parked and in the dead letters (`kept`,
+    /// before evictions) and what the caps made it delete.
+    fn kept_changed(&mut self, kept: Kept, evicted: Evicted) {
+        self.kept = Kept {
+            parked: kept.parked.saturating_sub(evicted.parked.1),
+            unbound: kept.unbound.saturating_sub(evicted.parked.1),
+            dead_letters: kept.dead_letters.saturating_sub(evicted.dead_letters.1),
+        };
+        self.evictions.note(evicted, &self.limits);
+    }
+
+    /// Deletes what is over the caps, in a transaction of its own.
+    fn trim(&mut self) -> Result<(), QueueError> {
+        let tx = self.conn.transaction()?;
+        let evicted = evict_over_caps(&tx, &self.limits, self.kept)?;
+        tx.commit()?;
+        self.kept_changed(self.kept, evicted);
+        Ok(())
     }
 
     /// Forgets the open gaps of `closed` streams, once their closing is committed; a stream
@@ -1153,9 +1506,11 @@ impl Store {
         for (seg, keep) in &partial {
             rewrite(&tx, seg.last_id, seg.first_id, keep, &mut self.buf)?;
         }
+        let mut kept = self.kept;
         for (seg, body, why) in &damaged {
-            quarantine(&tx, dest_id, seg, body, why)?;
+            kept.dead_letters += quarantine(&tx, dest_id, seg, body, why)?;
         }
+        let evicted = evict_over_caps(&tx, &self.limits, kept)?;
         {
             let mut up = tx.prepare_cached(
                 "INSERT INTO activity (stream_key, delivered, last_delivered_ns) VALUES (?1, ?2, ?3)
@@ -1167,6 +1522,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.kept_changed(kept, evicted);
         let (lost_points, lost_bytes) =
             damaged.iter().fold((0, 0), |(p, b), (seg, ..)| (p + seg.points, b + seg.bytes));
         self.bytes = self.bytes.saturating_sub(bytes + lost_bytes);
@@ -1190,6 +1546,7 @@ impl Store {
         let (mut moved, mut bytes) = (0u64, 0u64);
         // Points and bytes of unreadable segments moved to the dead letters whole.
         let mut lost = (0u64, 0u64);
+        let mut kept = self.kept;
         {
             let mut find = tx.prepare_cached(&format!(
                 "SELECT {SEGMENT_COLUMNS} FROM segments WHERE dest_id = ?1 AND last_id >= ?2 ORDER BY last_id LIMIT 1"
@@ -1215,7 +1572,7 @@ impl Store {
                 let records = match segment::decode(&body, seg.first_id, seg.enqueued_ns) {
                     Ok(records) => records,
                     Err(why) => {
-                        quarantine(&tx, dest_id, &seg, &body, &why)?;
+                        kept.dead_letters += quarantine(&tx, dest_id, &seg, &body, &why)?;
                         lost.0 += seg.points;
                         lost.1 += seg.bytes;
                         continue;
@@ -1229,12 +1586,15 @@ impl Store {
                 for r in &out {
                     ins.execute(params![dest_id, r.line, reason, status, detail, r.enqueued_ns, now])?;
                     bytes += r.line.len() as u64 + 1;
+                    kept.dead_letters += dead_letter_size(&r.line, detail);
                 }
                 moved += out.len() as u64;
                 rewrite(&tx, seg.last_id, seg.first_id, &keep, &mut self.buf)?;
             }
         }
+        let evicted = evict_over_caps(&tx, &self.limits, kept)?;
         tx.commit()?;
+        self.kept_changed(kept, evicted);
         self.bytes = self.bytes.saturating_sub(bytes + lost.1);
         self.count(dest_id, -((moved + lost.0) as i64));
         Ok(moved)
@@ -1317,19 +1677,41 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut next_id = first_free_id(&tx)?;
         insert_points(&tx, &mut next_id, points.iter(), self.limits.segment_points, &mut self.buf)?;
+        let mut kept = self.kept;
         {
-            let mut del = tx.prepare_cached("DELETE FROM parked WHERE id = ?1")?;
+            let mut del =
+                tx.prepare_cached(&format!("DELETE FROM parked WHERE id = ?1 RETURNING reason, {PARKED_SIZE}"))?;
             for id in remove {
-                del.execute([id])?;
+                if let Some((reason, size)) =
+                    del.query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).optional()?
+                {
+                    kept.parked = kept.parked.saturating_sub(size);
+                    if reason == PARKED_UNBOUND {
+                        kept.unbound = kept.unbound.saturating_sub(size);
+                    }
+                }
             }
+            let mut was = tx.prepare_cached(&format!("SELECT reason, {PARKED_SIZE} FROM parked WHERE id = ?1"))?;
             let mut upd = tx.prepare_cached("UPDATE parked SET reason = ?2 WHERE id = ?1")?;
             for (id, reason) in repark {
+                let Some((before, size)) =
+                    was.query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).optional()?
+                else {
+                    continue;
+                };
                 upd.execute(params![id, reason])?;
+                match (before == PARKED_UNBOUND, *reason == PARKED_UNBOUND) {
+                    (false, true) => kept.unbound += size,
+                    (true, false) => kept.unbound = kept.unbound.saturating_sub(size),
+                    _ => {}
+                }
             }
         }
+        let evicted = evict_over_caps(&tx, &self.limits, kept)?;
         let closed = record_readings(&tx, points.iter(), &self.open_gaps)?;
         tx.commit()?;
         self.forget_gaps(closed);
+        self.kept_changed(kept, evicted);
         self.bytes += points.iter().map(|p| p.line.len() as u64 + 1).sum::<u64>();
         self.count_points(points.iter());
         Ok(())
@@ -1339,14 +1721,40 @@ impl Store {
     fn expire_parked(&mut self, cutoff_ns: i64) -> Result<u64, QueueError> {
         let now = crate::now_ns();
         let tx = self.conn.transaction()?;
+        let (expiring, gone, gone_unbound): (i64, i64, i64) = tx.query_row(
+            &format!(
+                "SELECT count(*), coalesce(sum({PARKED_SIZE}), 0),
+                        coalesce(sum(CASE WHEN reason = ?2 THEN {PARKED_SIZE} END), 0)
+                 FROM parked WHERE parked_ns < ?1"
+            ),
+            params![cutoff_ns, PARKED_UNBOUND],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        if expiring == 0 {
+            return Ok(0);
+        }
+        // New dead letters get ids above every existing one.
+        let after: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM dead_letters", [], |r| r.get(0))?;
         tx.execute(
             "INSERT INTO dead_letters (dest_id, line, reason, status, detail, enqueued_ns, failed_ns)
              SELECT NULL, body, 'unbound', NULL, 'device ' || serial || ': no binding covered the reading within gateway max_park_age_ms', parked_ns, ?2
              FROM parked WHERE parked_ns < ?1 ORDER BY id",
             params![cutoff_ns, now],
         )?;
+        let added: i64 = tx.query_row(
+            &format!("SELECT coalesce(sum({DEAD_LETTER_SIZE}), 0) FROM dead_letters WHERE id > ?1"),
+            [after],
+            |r| r.get(0),
+        )?;
         let n = tx.execute("DELETE FROM parked WHERE parked_ns < ?1", [cutoff_ns])?;
+        let kept = Kept {
+            parked: self.kept.parked.saturating_sub(gone as u64),
+            unbound: self.kept.unbound.saturating_sub(gone_unbound as u64),
+            dead_letters: self.kept.dead_letters + added as u64,
+        };
+        let evicted = evict_over_caps(&tx, &self.limits, kept)?;
         tx.commit()?;
+        self.kept_changed(kept, evicted);
         Ok(n as u64)
     }
 
@@ -1358,6 +1766,7 @@ impl Store {
             tracing::warn!(error = %e, "WAL checkpoint failed; retrying later.");
         }
         self.recount_if_changed();
+        self.evictions.log_when_due(&self.limits);
     }
 
     /// Recomputes the running figures when another connection (an operator command) has
@@ -1372,6 +1781,9 @@ impl Store {
             }
             if let Ok(w) = count_waiting(&self.conn) {
                 self.waiting = w;
+            }
+            if let Ok(k) = kept_bytes(&self.conn) {
+                self.kept = k;
             }
         }
     }
@@ -1425,8 +1837,11 @@ impl Store {
             }
             let Some((seg, body, why)) = damaged else { return Ok(out) };
             let tx = self.conn.transaction()?;
-            quarantine(&tx, dest_id, &seg, &body, &why)?;
+            let mut kept = self.kept;
+            kept.dead_letters += quarantine(&tx, dest_id, &seg, &body, &why)?;
+            let evicted = evict_over_caps(&tx, &self.limits, kept)?;
             tx.commit()?;
+            self.kept_changed(kept, evicted);
             self.bytes = self.bytes.saturating_sub(seg.bytes);
             self.count(dest_id, -(seg.points as i64));
             if !out.is_empty() {
@@ -1636,11 +2051,14 @@ pub fn stats(conn: &Connection, path: &Path) -> Result<QueueStats, QueueError> {
     wal.push("-wal");
     let dead: i64 = conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
     let parked: i64 = conn.query_row("SELECT count(*) FROM parked", [], |r| r.get(0))?;
+    let kept = kept_bytes(conn)?;
     Ok(QueueStats {
         points: points as u64,
         parked: parked as u64,
         dead_letters: dead as u64,
         bytes: bytes.unwrap_or(0) as u64,
+        parked_bytes: kept.parked,
+        dead_letter_bytes: kept.dead_letters,
         oldest_enqueued_ns: oldest,
         db_file_bytes: file(path.to_path_buf()) + file(PathBuf::from(wal)),
     })
@@ -1662,12 +2080,26 @@ pub struct QueueGauges {
     pub dead_letters: Vec<(String, u64)>,
     /// Parked readings per reason.
     pub parked: Vec<(String, u64)>,
+    /// Bytes of parked readings (stored reading and serial), and of those parked `unbound`.
+    pub parked_bytes: u64,
+    pub unbound_bytes: u64,
+    /// Bytes of dead letters (line and detail).
+    pub dead_letter_bytes: u64,
+    /// Readings parked `unbound` and dead letters deleted over their caps since the daemon
+    /// started (0 when read beside it).
+    pub evicted_parked: u64,
+    pub evicted_dead_letters: u64,
 }
 
-/// The store's running figures: bytes waiting and points waiting per destination id.
+/// The store's running figures: bytes waiting, points waiting per destination id, bytes
+/// parked and of dead letters, and deletions over the caps since start (parked, dead letters).
 pub struct Running<'a> {
     pub bytes: u64,
     pub waiting: &'a HashMap<i64, u64>,
+    pub parked_bytes: u64,
+    pub unbound_bytes: u64,
+    pub dead_letter_bytes: u64,
+    pub evicted: (u64, u64),
 }
 
 /// Waiting points per destination id, counted (reads the destination index).
@@ -1703,9 +2135,13 @@ pub fn gauges(conn: &Connection, path: &Path, running: Option<Running<'_>>) -> R
             destinations.push((d, n, oldest));
         }
     }
-    let bytes = match running {
-        Some(r) => r.bytes,
-        None => waiting_bytes(conn)?,
+    let (bytes, kept, evicted) = match running {
+        Some(r) => (
+            r.bytes,
+            Kept { parked: r.parked_bytes, unbound: r.unbound_bytes, dead_letters: r.dead_letter_bytes },
+            r.evicted,
+        ),
+        None => (waiting_bytes(conn)?, kept_bytes(conn)?, (0, 0)),
     };
     let file = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mut wal = path.as_os_str().to_owned();
@@ -1723,6 +2159,11 @@ pub fn gauges(conn: &Connection, path: &Path, running: Option<Running<'_>>) -> R
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
             rows.collect::<Result<_, _>>()?
         },
+        parked_bytes: kept.parked,
+        unbound_bytes: kept.unbound,
+        dead_letter_bytes: kept.dead_letters,
+        evicted_parked: evicted.0,
+        evicted_dead_letters: evicted.1,
     })
 }
 
@@ -1869,12 +2310,16 @@ mod tests {
         // Damaged while the batch is on its way; InfluxDB then refuses one of its points.
         let conn = open_read_write(dir.path()).expect("rw");
         conn.execute("UPDATE segments SET body = x'0000000040ff'", []).expect("damage");
+        // The store takes in the change (as it does every few seconds): from here its running
+        // figures alone must follow.
+        q.gauges().await.expect("gauges");
         assert_eq!(q.dead_letter(a, vec![batch[1].id], "rejected", Some(400), "x".into()).await.expect("dead"), 0);
         assert_eq!(q.delete_delivered(a, batch[0].id, batch[4].id, Delivered::of(&batch)).await.expect("delete"), 0);
         let dead = dead_letters(&conn, &DeadLetterFilter::default(), 10).expect("dead letters");
         assert_eq!(dead.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), ["damaged"]);
         let g = q.gauges().await.expect("gauges");
         assert_eq!((g.points, g.bytes), (0, 0));
+        assert_eq!(g.dead_letter_bytes, dead_in_table(&conn).0);
     }
 
     /// The schema-1 queue: a row per point.
@@ -1952,6 +2397,7 @@ mod tests {
             [],
         )
         .expect("damage");
+        q.gauges().await.expect("gauges");
         let first = q.lease(a, 100, usize::MAX).await.expect("lease");
         assert_eq!(
             first.iter().map(|l| l.line.clone()).collect::<Vec<_>>(),
@@ -1968,6 +2414,7 @@ mod tests {
         assert!(dead[0].detail.contains("5 points") && dead[0].detail.contains("line cut short"), "{}", dead[0].detail);
         let g = q.gauges().await.expect("gauges");
         assert_eq!((g.points, g.bytes), (10, q.stats().await.expect("stats").bytes));
+        assert_eq!(g.dead_letter_bytes, dead_in_table(&conn).0, "the running figure counts the damaged segment");
     }
 
     #[tokio::test]
@@ -2073,6 +2520,268 @@ mod tests {
         assert_eq!(g.bytes, (0..10).map(|n| point(a, n).line.len() as u64 + 1).sum::<u64>());
     }
 
+    /// A closed queue in `dir` holding `commits` commits of five points each.
+    async fn closed_queue(dir: &Path, commits: usize) {
+        let (q, join) = QueueHandle::open(dir, Synchronous::Normal, Limits::default()).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        for c in 0..commits {
+            q.append((c * 5..c * 5 + 5).map(|n| point(a, n)).collect()).await.expect("append");
+        }
+        q.close().await.expect("close");
+        join.join().expect("thread");
+    }
+
+    /// Files in `dir` that a recovery moved aside.
+    fn moved_aside(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{DB_FILE}.damaged-")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_database_locked_during_the_start_up_check_is_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        closed_queue(dir.path(), 40).await;
+        let path = dir.path().join(DB_FILE);
+        // Another process keeps the database to itself (a second gateway, an operator command).
+        let holder = Connection::open(&path).expect("holder");
+        holder.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;").expect("lock");
+        let check =
+            StartupCheck { attempts: 2, retry_pause: std::time::Duration::from_millis(10), ..StartupCheck::default() };
+        let e = open_or_recover(&path, Synchronous::Normal, check).expect_err("refused while locked");
+        assert!(e.to_string().contains("left as it is") && e.to_string().contains("locked"), "{e}");
+        assert_eq!(moved_aside(dir.path()), Vec::<String>::new());
+        drop(holder);
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
+        let all = q.lease(1, usize::MAX, usize::MAX).await.expect("lease");
+        assert_eq!(
+            all.iter().map(|l| l.line.clone()).collect::<Vec<_>>(),
+            (0..200).map(|n| point(1, n).line).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_database_is_still_moved_aside() {
+        for damage in ["not a database", "damaged pages"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(DB_FILE);
+            match damage {
+                "not a database" => std::fs::write(&path, vec![0x5a; 64 * 1024]).expect("garbage"),
+                _ => {
+                    closed_queue(dir.path(), 40).await;
+                    // Every page but the first (the schema) overwritten.
+                    let len = std::fs::metadata(&path).expect("db").len() as usize;
+                    let mut bytes = std::fs::read(&path).expect("read");
+                    assert!(len > 3 * 4096, "{len}");
+                    bytes[4096..].fill(0x5a);
+                    std::fs::write(&path, bytes).expect("damage");
+                }
+            }
+            let (conn, checked) =
+                open_or_recover(&path, Synchronous::Normal, StartupCheck::default()).expect("a fresh database");
+            assert!(matches!(checked, Checked::MovedAside(_)), "{damage}: {checked:?}");
+            assert_eq!(moved_aside(dir.path()).len(), 1, "{damage}");
+            assert_eq!(stats(&conn, &path).expect("stats").points, 0, "{damage}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_up_check_over_its_budget_is_cut_short_and_the_queue_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        closed_queue(dir.path(), 300).await;
+        let path = dir.path().join(DB_FILE);
+        let tiny = StartupCheck { budget: std::time::Duration::ZERO, ..StartupCheck::default() };
+        let (conn, checked) = open_or_recover(&path, Synchronous::Normal, tiny).expect("opens");
+        assert_eq!(checked, Checked::CutShort);
+        assert_eq!(moved_aside(dir.path()), Vec::<String>::new());
+        assert_eq!(stats(&conn, &path).expect("stats").points, 1500);
+        drop(conn);
+        let (_conn, checked) = open_or_recover(&path, Synchronous::Normal, StartupCheck::default()).expect("opens");
+        assert_eq!(checked, Checked::Passed, "with time enough the check runs to its end");
+    }
+
+    /// A reading of device `serial` parked for `reason`, about 60 bytes.
+    fn parked(serial: &str, reason: &'static str, n: usize) -> NewParked {
+        NewParked {
+            serial: serial.into(),
+            ts_ns: n as i64,
+            reason,
+            body: format!(r#"{{"serial":"{serial}","ts_ns":{n},"fields":{{"spo2":97}}}}"#),
+            parked_ns: n as i64,
+        }
+    }
+
+    /// (bytes, rows) of the parked readings with `reason`, summed from the table.
+    fn parked_in_table(conn: &Connection, reason: &str) -> (u64, u64) {
+        conn.query_row(
+            "SELECT coalesce(sum(length(CAST(serial AS BLOB)) + length(CAST(body AS BLOB))), 0), count(*)
+             FROM parked WHERE reason = ?1",
+            [reason],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .expect("parked")
+    }
+
+    /// (bytes, rows) of the dead letters, summed from the table.
+    fn dead_in_table(conn: &Connection) -> (u64, u64) {
+        conn.query_row(
+            "SELECT coalesce(sum(length(CAST(line AS BLOB)) + length(CAST(detail AS BLOB))), 0), count(*) FROM dead_letters",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .expect("dead letters")
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unbound_readings_stays_within_its_cap_and_bound_points_are_still_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits {
+            max_bytes: 64 * 1024,
+            policy: FullPolicy::Backpressure,
+            max_parked_bytes: 16 * 1024,
+            max_dead_letter_bytes: 8 * 1024,
+            ..Limits::default()
+        };
+        let (q, join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        // Each commit: a bound device's point and twenty readings of random serials, in all
+        // about four times max_bytes of junk.
+        for c in 0..200 {
+            let junk = (0..20).map(|i| parked(&format!("JUNK-{c:03}-{i:02}"), PARKED_UNBOUND, c * 20 + i));
+            let batch = Batch { points: vec![point(a, c)], parked: junk.collect() };
+            q.append_shared(std::sync::Arc::new(batch)).await.expect("junk never stops intake");
+        }
+        let conn = open_read_only(dir.path()).expect("ro");
+        let (bytes, rows) = parked_in_table(&conn, PARKED_UNBOUND);
+        assert!(bytes <= 16 * 1024 && bytes > 15 * 1024, "{bytes}");
+        let serials: Vec<String> = conn
+            .prepare("SELECT serial FROM parked ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect();
+        assert_eq!(serials.last().map(String::as_str), Some("JUNK-199-19"), "the newest are kept");
+        let first_kept = 4000 - rows as usize;
+        assert_eq!(serials[0], format!("JUNK-{:03}-{:02}", first_kept / 20, first_kept % 20), "the oldest went");
+        let kept = q.lease(a, usize::MAX, usize::MAX).await.expect("lease");
+        assert_eq!(kept.len(), 200, "every bound point was taken");
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.parked_bytes, g.unbound_bytes, g.evicted_parked), (bytes, bytes, 4000 - rows));
+        q.close().await.expect("close");
+        join.join().expect("thread");
+
+        // A smaller cap applies from the next start on, and the running figures are the table's.
+        let limits = Limits { max_parked_bytes: 4 * 1024, ..limits };
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("reopen");
+        let g = q.gauges().await.expect("gauges");
+        let (bytes, rows) = parked_in_table(&conn, PARKED_UNBOUND);
+        assert!(bytes <= 4 * 1024 && rows > 0, "{bytes}");
+        assert_eq!((g.parked_bytes, g.unbound_bytes), (bytes, bytes));
+        assert_eq!(g.parked, vec![(PARKED_UNBOUND.to_owned(), rows)]);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_over_their_cap_lose_the_oldest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits { max_dead_letter_bytes: 300, ..Limits::default() };
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        q.append((0..40).map(|n| point(a, n)).collect()).await.expect("append");
+        let rows = q.lease(a, usize::MAX, usize::MAX).await.expect("lease");
+        for chunk in rows.chunks(10) {
+            let ids = chunk.iter().map(|r| r.id).collect();
+            q.dead_letter(a, ids, "rejected", Some(400), "x".into()).await.expect("dead letter");
+        }
+        let conn = open_read_only(dir.path()).expect("ro");
+        let (bytes, kept) = dead_in_table(&conn);
+        assert!(bytes <= 300 && bytes > 250, "{bytes}");
+        let dead = dead_letters(&conn, &DeadLetterFilter::default(), 100).expect("dead letters");
+        assert_eq!(
+            dead.iter().map(|d| d.line.clone()).collect::<Vec<_>>(),
+            (40 - kept as usize..40).map(|n| point(a, n).line).collect::<Vec<_>>(),
+            "the newest are kept"
+        );
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.dead_letter_bytes, g.evicted_dead_letters), (bytes, 40 - kept));
+
+        // Parked readings that expire into the dead letters are held to the same cap.
+        let junk = (0..10).map(|n| parked(&format!("JUNK-{n}"), PARKED_UNBOUND, n)).collect();
+        q.append_shared(std::sync::Arc::new(Batch { points: Vec::new(), parked: junk })).await.expect("park");
+        assert_eq!(q.expire_parked(i64::MAX).await.expect("expire"), 10);
+        let (bytes, kept) = dead_in_table(&conn);
+        assert!(bytes <= 300 && kept > 0, "{bytes}");
+        let dead = dead_letters(&conn, &DeadLetterFilter::default(), 100).expect("dead letters");
+        assert!(dead.last().expect("newest").line.contains("JUNK-9"), "{dead:?}");
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.dead_letter_bytes, g.parked_bytes), (bytes, 0));
+        assert_eq!(g.evicted_dead_letters, 50 - kept);
+    }
+
+    #[tokio::test]
+    async fn parked_readings_and_dead_letters_count_against_max_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits {
+            max_bytes: 2000,
+            policy: FullPolicy::DropOldest,
+            max_parked_bytes: 600,
+            max_dead_letter_bytes: 600,
+            ..Limits::default()
+        };
+        let (q, join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        q.append((0..100).map(|n| point(a, n)).collect()).await.expect("append");
+        let rows = q.lease(a, 60, usize::MAX).await.expect("lease");
+        q.dead_letter(a, rows.iter().map(|r| r.id).collect(), "rejected", Some(400), "x".into()).await.expect("dead");
+        let junk = (0..30).map(|n| parked(&format!("JUNK-{n}"), PARKED_UNBOUND, n)).collect();
+        q.append_shared(std::sync::Arc::new(Batch { points: Vec::new(), parked: junk })).await.expect("park");
+        // 11-byte lines, 2,200 bytes: more than max_bytes on their own.
+        let line = |n: usize| NewPoint { dest_id: a, line: format!("m v={n:03}i 1"), ..Default::default() };
+        q.append((0..200).map(line).collect()).await.expect("append");
+        let g = q.gauges().await.expect("gauges");
+        let conn = open_read_only(dir.path()).expect("ro");
+        let (parked_bytes, _) = parked_in_table(&conn, PARKED_UNBOUND);
+        let (dead_bytes, _) = dead_in_table(&conn);
+        assert!(parked_bytes > 500 && dead_bytes > 500, "{parked_bytes} {dead_bytes}");
+        let total = g.bytes + parked_bytes + dead_bytes;
+        assert!(total <= 2000, "waiting {} + parked {parked_bytes} + dead letters {dead_bytes}", g.bytes);
+        let kept = q.lease(a, usize::MAX, usize::MAX).await.expect("lease");
+        assert_eq!(kept.last().map(|l| l.line.as_str()), Some("m v=199i 1"), "the newest points are kept");
+        q.close().await.expect("close");
+        join.join().expect("thread");
+    }
+
+    #[tokio::test]
+    async fn readings_parked_fresh_are_never_deleted_for_the_cap_but_take_room() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits {
+            max_bytes: 2000,
+            policy: FullPolicy::Backpressure,
+            max_parked_bytes: 300,
+            max_dead_letter_bytes: 300,
+            ..Limits::default()
+        };
+        let (q, _join) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
+        let a = q.destination_id(dest("a")).await.expect("dest");
+        let fresh: Vec<NewParked> = (0..20).map(|n| parked(&format!("ABC-{n}"), PARKED_FRESH, n)).collect();
+        let fresh_bytes: u64 = fresh.iter().map(|p| (p.serial.len() + p.body.len()) as u64).sum();
+        assert!(fresh_bytes > 1000, "{fresh_bytes}");
+        q.append_shared(std::sync::Arc::new(Batch { points: Vec::new(), parked: fresh })).await.expect("park fresh");
+        let conn = open_read_only(dir.path()).expect("ro");
+        assert_eq!(parked_in_table(&conn, PARKED_FRESH), (fresh_bytes, 20), "all kept, over the cap");
+        // What is left of max_bytes, in two points: the second no longer fits.
+        let room = 2000 - fresh_bytes;
+        let sized = |len: u64| NewPoint { dest_id: a, line: "m".repeat(len as usize - 1), ..Default::default() };
+        q.append(vec![sized(room / 2)]).await.expect("fits");
+        let e = q.append(vec![sized(room - room / 2 + 1)]).await;
+        assert!(matches!(e, Err(QueueError::Full(_))), "{e:?}");
+        q.append(vec![sized(room - room / 2)]).await.expect("fits exactly");
+        let g = q.gauges().await.expect("gauges");
+        assert_eq!((g.parked_bytes, g.unbound_bytes, g.evicted_parked), (fresh_bytes, 0, 0));
+    }
+
     #[tokio::test]
     async fn concurrent_appends_are_all_committed() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -2095,7 +2804,9 @@ mod tests {
 mod model {
     //! Model-based test: random appends, leases, acks, dead letters and restarts against the
     //! real store and a `VecDeque` per destination. No loss, no phantom rows, order kept, also
-    //! where batches and dead letters cut segments apart.
+    //! where batches and dead letters cut segments apart. Parked readings come and go beside
+    //! them, and with caps on parked readings and dead letters the store's running byte
+    //! figures stay those of its tables and within the caps.
     use std::collections::VecDeque;
 
     use proptest::prelude::*;
@@ -2136,6 +2847,21 @@ mod model {
             n: usize,
             m: usize,
         },
+        /// Park `n` readings in one commit, `fresh` or `unbound`.
+        Park {
+            n: usize,
+            fresh: bool,
+        },
+        /// Look at up to `n` readings parked `fresh`: the picked ones are resolved (removed),
+        /// the others re-parked `unbound`.
+        Resolve {
+            n: usize,
+            pick: Vec<bool>,
+        },
+        /// Move every reading parked before the `before`-th one to the dead letters.
+        Expire {
+            before: u64,
+        },
         Restart,
     }
 
@@ -2148,6 +2874,9 @@ mod model {
                 .prop_map(|(dest, n, pick)| Op::DeadLetter { dest, n, pick }),
             1 => (0..2usize, 1..600usize, 1..600usize).prop_map(|(dest, n, m)| Op::ReadAhead { dest, n, m }),
             1 => (0..2usize, 1..15usize).prop_map(|(dest, n)| Op::Fail { dest, n }),
+            1 => (1..40usize, any::<bool>()).prop_map(|(n, fresh)| Op::Park { n, fresh }),
+            1 => (1..40usize, proptest::collection::vec(any::<bool>(), 40)).prop_map(|(n, pick)| Op::Resolve { n, pick }),
+            1 => (0..400u64).prop_map(|before| Op::Expire { before }),
             1 => Just(Op::Restart),
         ]
     }
@@ -2158,11 +2887,17 @@ mod model {
         fn store_matches_the_model(
             ops in proptest::collection::vec(op(), 1..40),
             segment_points in prop_oneof![Just(segment::MAX_POINTS), 1..20usize],
+            caps in prop_oneof![Just((u64::MAX, u64::MAX)), (0..3000u64, 0..3000u64)],
         ) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
             rt.block_on(async move {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let limits = Limits { segment_points, ..Limits::default() };
+                let limits = Limits {
+                    segment_points,
+                    max_parked_bytes: caps.0,
+                    max_dead_letter_bytes: caps.1,
+                    ..Limits::default()
+                };
                 let (mut q, _j) = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("open");
                 let mut ids = Vec::new();
                 for b in ["a", "b"] {
@@ -2171,6 +2906,10 @@ mod model {
                 let mut model: Vec<VecDeque<String>> = vec![VecDeque::new(), VecDeque::new()];
                 let mut seq = 0u64;
                 let mut dead = 0u64;
+                // Parked readings so far, and dead letters deleted over the cap (by earlier runs
+                // of the store: its count starts again with each).
+                let mut parked_seq = 0u64;
+                let mut evicted_before = 0u64;
                 for op in ops {
                     match op {
                         Op::Append { dests } => {
@@ -2223,7 +2962,36 @@ mod model {
                                 model[dest].drain(..got.len());
                             }
                         }
+                        Op::Park { n, fresh } => {
+                            let parked = (0..n).map(|_| {
+                                parked_seq += 1;
+                                NewParked {
+                                    serial: format!("S-{parked_seq}"),
+                                    ts_ns: parked_seq as i64,
+                                    reason: if fresh { PARKED_FRESH } else { PARKED_UNBOUND },
+                                    body: format!("reading {parked_seq}"),
+                                    parked_ns: parked_seq as i64,
+                                }
+                            }).collect();
+                            q.append_shared(std::sync::Arc::new(Batch { points: Vec::new(), parked })).await.expect("park");
+                        }
+                        Op::Resolve { n, pick } => {
+                            let rows = q.scan_parked(PARKED_FRESH, i64::MAX, 0, n).await.expect("scan");
+                            let (remove, repark): (Vec<_>, Vec<_>) = rows.iter().zip(&pick).partition(|(_, p)| **p);
+                            let remove = remove.into_iter().map(|(r, _)| r.id).collect();
+                            let repark = repark.into_iter().map(|(r, _)| (r.id, PARKED_UNBOUND)).collect();
+                            q.promote(Vec::new(), remove, repark).await.expect("promote");
+                        }
+                        Op::Expire { before } => {
+                            let conn = open_read_only(dir.path()).expect("ro");
+                            let expiring: i64 = conn
+                                .query_row("SELECT count(*) FROM parked WHERE parked_ns < ?1", [before as i64], |r| r.get(0))
+                                .expect("count");
+                            assert_eq!(q.expire_parked(before as i64).await.expect("expire"), expiring as u64);
+                            dead += expiring as u64;
+                        }
                         Op::Restart => {
+                            evicted_before += q.gauges().await.expect("gauges").evicted_dead_letters;
                             q.close().await.expect("close");
                             q = QueueHandle::open(dir.path(), Synchronous::Normal, limits).expect("reopen").0;
                         }
@@ -2234,10 +3002,18 @@ mod model {
                     assert_eq!(counts, model.iter().map(|m| m.len() as u64).collect::<Vec<_>>());
                     let bytes: u64 = model.iter().flatten().map(|l| l.len() as u64 + 1).sum();
                     assert_eq!(g.bytes, bytes);
+                    let conn = open_read_only(dir.path()).expect("ro");
+                    let counted = gauges(&conn, &dir.path().join(DB_FILE), None).expect("counted");
+                    assert_eq!(
+                        (g.parked_bytes, g.unbound_bytes, g.dead_letter_bytes),
+                        (counted.parked_bytes, counted.unbound_bytes, counted.dead_letter_bytes)
+                    );
+                    assert!(g.unbound_bytes <= caps.0 && g.dead_letter_bytes <= caps.1, "{g:?}");
                 }
                 let total: usize = model.iter().map(VecDeque::len).sum();
                 let stats = q.stats().await.expect("stats");
-                assert_eq!((stats.points as usize, stats.dead_letters), (total, dead));
+                let evicted = evicted_before + q.gauges().await.expect("gauges").evicted_dead_letters;
+                assert_eq!((stats.points as usize, stats.dead_letters + evicted), (total, dead));
                 // Everything left reads back in order, across segment boundaries.
                 for (dest, want) in model.iter().enumerate() {
                     let got = q.lease(ids[dest], usize::MAX, usize::MAX).await.expect("lease");

@@ -2,8 +2,8 @@
 //! (0.0.4), rendered with prometheus-client on each scrape.
 //!
 //! Names follow `heartguard_<stage>_<noun>_<unit|total>`; counters get their `_total` from the
-//! encoder. Labels are bounded: `source`, `protocol`, `reason`, `stage` come from code, and
-//! `destination` from the bindings' few InfluxDB destinations.
+//! encoder. Labels are bounded: `source`, `protocol`, `reason`, `kind`, `stage` come from code,
+//! and `destination` from the bindings' few InfluxDB destinations.
 
 use std::fmt;
 use std::sync::Arc;
@@ -326,6 +326,29 @@ impl Collector for Scrape {
                 MetricType::Gauge,
                 dead.iter().map(|(r, n)| ([("reason", r.as_str())], ConstGauge::new(*n))),
             )?;
+            let fresh = q.parked_bytes.saturating_sub(q.unbound_bytes);
+            family(
+                e,
+                "heartguard_queue_parked_bytes",
+                "Bytes of parked readings, per reason (unbound ones up to queue.max_parked_bytes).",
+                MetricType::Gauge,
+                [(crate::queue::PARKED_FRESH, fresh), (crate::queue::PARKED_UNBOUND, q.unbound_bytes)]
+                    .map(|(r, n)| ([("reason", r)], ConstGauge::new(n))),
+            )?;
+            gauge(
+                e,
+                "heartguard_queue_dead_letter_bytes",
+                "Bytes of dead letters (up to queue.max_dead_letter_bytes).",
+                q.dead_letter_bytes,
+            )?;
+            family(
+                e,
+                "heartguard_queue_evicted",
+                "Readings parked unbound and dead letters deleted over their caps (queue.max_parked_bytes, queue.max_dead_letter_bytes).",
+                MetricType::Counter,
+                [("parked", q.evicted_parked), ("dead_letter", q.evicted_dead_letters)]
+                    .map(|(k, n)| ([("kind", k)], ConstCounter::new(n))),
+            )?;
         }
 
         // Sink, per destination.
@@ -474,6 +497,11 @@ mod tests {
             destinations: vec![(Destination { org: String::new(), bucket: "heartguard_vitals".into() }, 3, None)],
             dead_letters: vec![("rejected".into(), 2)],
             parked: vec![("unbound".into(), 4)],
+            parked_bytes: 700,
+            unbound_bytes: 500,
+            dead_letter_bytes: 90,
+            evicted_parked: 6,
+            evicted_dead_letters: 1,
         };
         let text = render(
             &c,
@@ -505,6 +533,11 @@ mod tests {
         assert_eq!(v(r#"heartguard_queue_dead_letters{reason="too_large"}"#), 0.0);
         assert_eq!(v(r#"heartguard_queue_parked{reason="unbound"}"#), 4.0);
         assert_eq!(v(r#"heartguard_queue_parked{reason="fresh"}"#), 0.0);
+        assert_eq!(v(r#"heartguard_queue_parked_bytes{reason="unbound"}"#), 500.0);
+        assert_eq!(v(r#"heartguard_queue_parked_bytes{reason="fresh"}"#), 200.0);
+        assert_eq!(v("heartguard_queue_dead_letter_bytes"), 90.0);
+        assert_eq!(v(r#"heartguard_queue_evicted_total{kind="parked"}"#), 6.0);
+        assert_eq!(v(r#"heartguard_queue_evicted_total{kind="dead_letter"}"#), 1.0);
         assert_eq!(v(r#"heartguard_sink_points_delivered_total{destination="heartguard_vitals"}"#), 5.0);
         assert_eq!(
             v(r#"heartguard_sink_write_duration_seconds_bucket{destination="heartguard_vitals",le="0.025"}"#),

@@ -85,6 +85,18 @@ pub struct QueueStatus {
     pub dead_letters: Vec<(String, u64)>,
     /// Readings parked, waiting for a binding (or a current copy of the bindings).
     pub parked: u64,
+    /// Bytes of parked readings and of dead letters: with `bytes`, what counts against
+    /// `queue.max_bytes`. (Defaults: a status file of an older version has none.)
+    #[serde(default)]
+    pub parked_bytes: u64,
+    #[serde(default)]
+    pub dead_letter_bytes: u64,
+    /// Readings parked `unbound` and dead letters deleted over their caps since the daemon
+    /// started.
+    #[serde(default)]
+    pub evicted_parked: u64,
+    #[serde(default)]
+    pub evicted_dead_letters: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +163,18 @@ impl Status {
             let dead: u64 = q.dead_letters.iter().map(|(_, n)| n).sum();
             if dead > 0 {
                 w.push(format!("{dead} dead letter(s): see `heartguard-gateway dead-letters list`."));
+            }
+            if q.evicted_parked > 0 {
+                w.push(format!(
+                    "{} unbound parked reading(s) deleted since start: over queue.max_parked_bytes.",
+                    q.evicted_parked
+                ));
+            }
+            if q.evicted_dead_letters > 0 {
+                w.push(format!(
+                    "{} dead letter(s) deleted since start: over queue.max_dead_letter_bytes.",
+                    q.evicted_dead_letters
+                ));
             }
         }
         match &self.bindings {
@@ -259,11 +283,13 @@ pub fn render(s: &Status) -> String {
             let dead: u64 = q.dead_letters.iter().map(|(_, n)| n).sum();
             let _ = writeln!(
                 o,
-                "Queue        {} points waiting ({}){oldest}; {} parked; database {}; {dead} dead letter(s)",
+                "Queue        {} points waiting ({}){oldest}; {} parked ({}); database {}; {dead} dead letter(s) ({})",
                 q.points,
                 size(q.bytes),
                 q.parked,
-                size(q.db_file_bytes)
+                size(q.parked_bytes),
+                size(q.db_file_bytes),
+                size(q.dead_letter_bytes)
             );
         }
         None => {
@@ -427,6 +453,10 @@ pub fn from_database(cfg: &crate::config::Config) -> Result<Status, String> {
             db_file_bytes: g.db_file_bytes,
             dead_letters: g.dead_letters,
             parked: g.parked.iter().map(|(_, n)| n).sum(),
+            parked_bytes: g.parked_bytes,
+            dead_letter_bytes: g.dead_letter_bytes,
+            evicted_parked: 0,
+            evicted_dead_letters: 0,
         }),
         destinations: g
             .destinations
@@ -481,6 +511,10 @@ mod tests {
                 db_file_bytes: 1_300_000,
                 dead_letters: vec![],
                 parked: 0,
+                parked_bytes: 0,
+                dead_letter_bytes: 0,
+                evicted_parked: 0,
+                evicted_dead_letters: 0,
             }),
             destinations: vec![DestinationStatus {
                 name: "heartguard_vitals".into(),
@@ -516,7 +550,7 @@ mod tests {
             "\
 heartguard-gateway 0.1.0 — gateway ward3: running, ready, up 2 h 5 min
 Source       mqtt/json: connected; 1204 messages, 1200 readings, 4 rejected
-Queue        12 points waiting (3.4 KiB), oldest queued 2 s ago; 0 parked; database 1.2 MiB; 0 dead letter(s)
+Queue        12 points waiting (3.4 KiB), oldest queued 2 s ago; 0 parked (0 B); database 1.2 MiB; 0 dead letter(s) (0 B)
 Destination  heartguard_vitals: ok, 12 waiting, 1180 delivered, 0 failed attempts, last write 1 s ago
 Bindings     3 from file, version 1a2b, in force for 2 h 5 min; 0 sync error(s)
 Devices      1 seen in the last minute; 0 unbound reading(s) since start
@@ -536,6 +570,8 @@ Warnings     none
         if let Some(q) = &mut s.queue {
             q.oldest_enqueued_ns = Some(now - 200 * S);
             q.dead_letters = vec![("rejected".into(), 2)];
+            q.evicted_parked = 40;
+            q.evicted_dead_letters = 3;
         }
         s.stuck_stages = vec![("intake".into(), 14)];
         s.devices.push(DeviceStatus {
@@ -556,6 +592,8 @@ Warnings
   - Destination heartguard_vitals is failing (HTTP 404); its points wait in the queue.
   - The oldest waiting point was queued 3 min 20 s ago: delivery is behind or InfluxDB is unreachable.
   - 2 dead letter(s): see `heartguard-gateway dead-letters list`.
+  - 40 unbound parked reading(s) deleted since start: over queue.max_parked_bytes.
+  - 3 dead letter(s) deleted since start: over queue.max_dead_letter_bytes.
   - 1 device(s) seen in the last minute have no binding: X-9.
   - Device X-9: its newest reading is 10 min 0 s older than its arrival (device clock, or a backlog it is replaying).
 "
