@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds heartguard-gateway for ARM gateways with Debian's own toolchain, and runs the unit
 # tests (`--lib`) of each target under qemu-user. The recipe and its traps are in
-# ../shared/cross.md; in short: Debian's rustc-web/cargo-web (1.96, bookworm-security), its
+# docs/cross-build.md; in short: Debian's rustc-web/cargo-web (1.96, bookworm-security), its
 # standard library for the target, Debian's cross gcc, qemu-user-static.
 #
 #   scripts/cross-build.sh --install     # once, as root: the Debian packages (see below)
@@ -76,7 +76,7 @@ done
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 # -E LD_LIBRARY_PATH: the loader and libc.so.6 must come from the same glibc, or every
-# multi-threaded binary spins forever under qemu (cross.md, "Runner hangs").
+# multi-threaded binary spins forever under qemu (docs/cross-build.md, "Runner hangs").
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib"
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
 export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar

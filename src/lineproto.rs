@@ -2,7 +2,7 @@
 //!
 //! `measurement,tag_a=1,tag_b=2 field_a=72i,field_b=36.5 1700000000123000000`
 //!
-//! Rules (see `shared/influx.md` and the README, "How names and values are written"):
+//! Rules (see `docs/influxdb.md` §3 and the README, "How names and values are written"):
 //! - measurement: `,` and space are escaped with `\`; tag keys, tag values and field keys:
 //!   `,`, `=` and space. Tags are sorted by key; a tag with an empty value is omitted.
 //! - Backslashes are written as they are. InfluxDB 1.x/2.x treat a separator right after a

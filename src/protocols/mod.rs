@@ -1,7 +1,7 @@
 //! Bedside device protocols: bytes from a serial port or a TCP stream → [`Reading`]s.
 //!
 //! One file per device family, each pure (no I/O) and described byte by byte in
-//! `shared/protocols.md`:
+//! `docs/protocols.md` (the `protocols.md §n` references in this module's files are its sections):
 //! - [`nonin`]: Nonin pulse oximeters, serial data formats #8, #7 and #2;
 //! - [`masimo`]: Masimo SET oximeters, "ASCII 1" lines;
 //! - [`datex`]: GE Datex-Ohmeda S/5 and CARESCAPE displayed values (request and records);
