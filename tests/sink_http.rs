@@ -1,9 +1,16 @@
 //! The sink's HTTP behaviour against a scripted endpoint, for answers a real InfluxDB will not
-//! give on demand (503 with Retry-After, a 4xx for a good batch) and to see the exact request.
+//! give on demand (503 with Retry-After, a 4xx for a good batch, a proxy's error page, a
+//! redirect) and to see the exact request; against a real InfluxDB behind a fault-injecting
+//! proxy where the points must arrive once the way is clear.
+
+mod common;
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use common::{Fault, FaultProxy, Influx1, WAIT, empty_400, eventually, html_400};
 
 use heartguard_gateway::bindings::Destination;
 use heartguard_gateway::config::{Influx, InfluxApi};
@@ -110,6 +117,11 @@ async fn serve(answer: impl Fn(usize, &Seen) -> Answer + Send + Sync + 'static) 
     (url, seen)
 }
 
+/// The one destination of these tests: bucket (v1: database) "db".
+fn db() -> Destination {
+    Destination { org: String::new(), bucket: "db".into() }
+}
+
 /// A queue in `dir` holding `lines` for one destination, and the sinks running over it.
 async fn sinks_over(
     dir: &std::path::Path,
@@ -117,7 +129,7 @@ async fn sinks_over(
     lines: &[String],
 ) -> (QueueHandle, Arc<Counters>, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
     let (queue, _join) = QueueHandle::open(dir, Synchronous::Full, Limits::default()).expect("queue");
-    let dest_id = queue.destination_id(Destination { org: String::new(), bucket: "db".into() }).await.expect("dest");
+    let dest_id = queue.destination_id(db()).await.expect("dest");
     let points = lines.iter().map(|l| NewPoint { dest_id, line: l.clone(), ..Default::default() }).collect();
     queue.append(points).await.expect("append");
     let client = Arc::new(InfluxClient::new(&cfg).expect("client"));
@@ -134,7 +146,6 @@ async fn sinks_over(
     ));
     (queue, counters, stop, sinks)
 }
-
 async fn until_empty(queue: &QueueHandle) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while queue.stats().await.expect("stats").points > 0 {
@@ -149,7 +160,7 @@ fn fast(url: String) -> Influx {
 
 fn dead(dir: &std::path::Path) -> Vec<heartguard_gateway::queue::DeadLetter> {
     let conn = heartguard_gateway::queue::store::open_read_only(dir).expect("db");
-    heartguard_gateway::queue::store::dead_letters(&conn, &Default::default(), 100).expect("dead letters")
+    heartguard_gateway::queue::store::dead_letters(&conn, &Default::default(), 10_000).expect("dead letters")
 }
 
 #[tokio::test]
@@ -316,4 +327,166 @@ async fn retry_after_is_honoured_and_a_4xx_keeps_the_batch() {
     }
     assert!(seen[1].at - seen[0].at >= Duration::from_secs(1), "waited at least Retry-After");
     assert_eq!(counters.delivered_total(), 3);
+}
+
+/// `SELECT v FROM measurement` in database "db": each point's (time, v), by time.
+async fn stored(influx: &Influx1, measurement: &str) -> Vec<(i64, i64)> {
+    influx
+        .rows("db", measurement)
+        .await
+        .iter()
+        .map(|r| (r["time"].as_i64().expect("time"), r["v"].as_i64().expect("integer v")))
+        .collect()
+}
+
+/// Waits until `proxy` answered `n` requests, or the queue emptied (then nothing waits for
+/// the proxy any more, and the caller's assertions say what went wrong).
+async fn answered_or_emptied(proxy: &FaultProxy, queue: &QueueHandle, n: usize) {
+    eventually(WAIT, &format!("{n} requests answered by the proxy"), || async {
+        proxy.requests().len() >= n || queue.stats().await.expect("stats").points == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn influxdb_partial_writes_dead_letter_exactly_the_refused_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx1::start();
+    influx.create_db("db").await;
+    // `v` is an integer in this series from now on.
+    assert_eq!(influx.write("db", "m v=0i 0").await.0, 204);
+    let mut lines: Vec<String> = (1..=10).map(|i| format!("m v={i}i {i}")).collect();
+    // InfluxDB 1.x answers these with `partial write: unable to parse …` and
+    // `partial write: field type conflict: …`, storing the rest.
+    lines.insert(3, "m v= 100".into());
+    lines.insert(7, "m v=\"text\" 101".into());
+    let (queue, counters, stop, sinks) = sinks_over(dir.path(), fast(influx.url()), &lines).await;
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    assert_eq!(stored(&influx, "m").await, (0..=10).map(|i| (i, i)).collect::<Vec<_>>(), "every good line");
+    let d = dead(dir.path());
+    let mut refused: Vec<(&str, &str)> = d.iter().map(|d| (d.line.as_str(), d.reason.as_str())).collect();
+    refused.sort();
+    assert_eq!(refused, [("m v= 100", "rejected"), ("m v=\"text\" 101", "rejected")]);
+    assert!(d.iter().any(|d| d.detail.contains("unable to parse")), "{d:?}");
+    assert!(d.iter().any(|d| d.detail.contains("field type conflict")), "{d:?}");
+    assert_eq!(counters.delivered_total(), 10);
+}
+
+#[tokio::test]
+async fn influxdb_answer_made_unreadable_by_a_control_character_dead_letters_that_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx1::start();
+    influx.create_db("db").await;
+    // InfluxDB 1.x copies the line it cannot parse into the `X-Influxdb-Error` header, where the
+    // control character makes the whole answer unreadable. The encoder never writes such a
+    // line; a replayed `damaged` dead letter can hold one.
+    let mut lines: Vec<String> = (0..6).map(|i| format!("m v={i}i {i}")).collect();
+    lines.insert(2, "m v=\u{1} 99".into());
+    let (queue, _counters, stop, sinks) = sinks_over(dir.path(), fast(influx.url()), &lines).await;
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    assert_eq!(stored(&influx, "m").await, (0..6).map(|i| (i, i)).collect::<Vec<_>>());
+    let d = dead(dir.path());
+    assert_eq!(d.iter().map(|d| d.line.as_str()).collect::<Vec<_>>(), ["m v=\u{1} 99"]);
+}
+
+/// A 400 whose header InfluxDB 1.x would have made unreadable, for a batch without any line
+/// that could cause it.
+fn unreadable_400() -> Fault {
+    Fault::Answer(
+        "HTTP/1.1 400 Bad Request\r\nX-Influxdb-Error: unable to parse '\u{1}'\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            .into(),
+    )
+}
+
+#[tokio::test]
+async fn a_400_that_is_not_influxdbs_keeps_every_point_until_influxdb_takes_them() {
+    let influx = Influx1::start();
+    influx.create_db("db").await;
+    for (name, fault) in [("html", html_400()), ("empty", empty_400()), ("unreadable", unreadable_400())] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clear = Arc::new(AtomicBool::new(false));
+        let proxy = {
+            let clear = clear.clone();
+            FaultProxy::start(influx.port, move |_, _| if clear.load(SeqCst) { Fault::Forward } else { fault.clone() })
+                .await
+        };
+        let measurement = format!("m_{name}");
+        let lines: Vec<String> = (0..20).map(|i| format!("{measurement} v={i}i {i}")).collect();
+        let (queue, counters, stop, sinks) = sinks_over(dir.path(), fast(proxy.url()), &lines).await;
+        answered_or_emptied(&proxy, &queue, 3).await;
+        assert!(dead(dir.path()).is_empty(), "{name}: a 400 that is not InfluxDB's dead-letters nothing");
+        assert_eq!(queue.stats().await.expect("stats").points, 20, "{name}: every point still waits");
+        let why = counters.destination(&db()).last_error().unwrap_or_default();
+        let reason = if name == "unreadable" { "unreadable answer" } else { "HTTP 400" };
+        assert!(why.contains(reason), "{name}: status shows the reason: {why}");
+        assert!(counters.destination(&db()).failing.load(SeqCst), "{name}");
+
+        clear.store(true, SeqCst);
+        until_empty(&queue).await;
+        stop.cancel();
+        sinks.await.expect("sinks");
+        assert_eq!(stored(&influx, &measurement).await, (0..20).map(|i| (i, i)).collect::<Vec<_>>(), "{name}");
+        assert!(dead(dir.path()).is_empty(), "{name}");
+        assert_eq!(counters.delivered_total(), 20, "{name}");
+    }
+}
+
+/// A scripted InfluxDB 3 `write_lp`: stores every line but those holding `bad`, refuses those
+/// with a partial-write answer naming at most 100 of them (as the server does), and records
+/// what it stored.
+async fn v3_server() -> (String, Arc<Mutex<Vec<Seen>>>, Arc<Mutex<Vec<String>>>) {
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let log = stored.clone();
+    let (url, seen) = serve(move |_, req| {
+        let body = String::from_utf8_lossy(&req.body).into_owned();
+        let mut refused = Vec::new();
+        for (i, line) in body.lines().enumerate() {
+            if line.contains("bad") {
+                refused.push(serde_json::json!({
+                    "original_line": line, "line_number": i + 1, "error_message": "invalid column type"
+                }));
+            } else {
+                log.lock().expect("lock").push(line.to_owned());
+            }
+        }
+        refused.truncate(100);
+        if refused.is_empty() {
+            status("HTTP/1.1 204 No Content")
+        } else {
+            let answer = serde_json::json!({"error": "partial write of line protocol occurred", "data": refused});
+            Answer::Body("HTTP/1.1 400 Bad Request".into(), answer.to_string())
+        }
+    })
+    .await;
+    (url, seen, stored)
+}
+
+fn v3_cfg(dir: &std::path::Path, url: String) -> Influx {
+    let token = dir.join("token");
+    std::fs::write(&token, "t\n").expect("token");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
+    Influx { api: InfluxApi::V3, token_file: Some(token), ..fast(url) }
+}
+
+#[tokio::test]
+async fn a_v3_answer_that_cannot_name_every_refused_line_is_split_until_it_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, _seen, stored) = v3_server().await;
+    // 120 refused lines: the server names 100 of them, and says nothing of the others.
+    let lines: Vec<String> =
+        (0..160).map(|i| if i % 4 == 0 { format!("m v={i}i {i}") } else { format!("m,bad=1 v={i}i {i}") }).collect();
+    let (queue, _counters, stop, sinks) = sinks_over(dir.path(), v3_cfg(dir.path(), url), &lines).await;
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    let refused: std::collections::BTreeSet<String> = dead(dir.path()).into_iter().map(|d| d.line).collect();
+    let want: std::collections::BTreeSet<String> = lines.iter().filter(|l| l.contains("bad")).cloned().collect();
+    assert_eq!(refused.len(), 120, "every refused line is a dead letter");
+    assert_eq!(refused, want);
+    let stored = stored.lock().expect("lock").clone();
+    assert!(lines.iter().filter(|l| !l.contains("bad")).all(|l| stored.contains(l)));
 }

@@ -6,7 +6,8 @@
 //! - A batch is sent when `batch_max_lines` points wait or `flush_interval_ms` passed since the
 //!   last flush; a backlog drains batch after batch without waiting.
 //! - Retries never give up on data: network errors and 5xx back off (capped, with jitter,
-//!   at least `Retry-After`); 4xx keep the data and back off too, loudly.
+//!   at least `Retry-After`); 4xx keep the data and back off too, loudly, and so does any
+//!   answer that is not InfluxDB's (a redirect, a proxy's 400): see [`influx`].
 
 pub mod influx;
 
@@ -309,8 +310,12 @@ impl Worker {
                     tracing::debug!(destination = %self.dest, points = part.len(), ms = started.elapsed().as_millis() as u64, "Batch written.");
                     continue;
                 }
-                WriteOutcome::Partial { status, body, rejected: Some(lines) } => {
-                    // The server named the refused lines (v3): exactly those go.
+                // The server named every refused line (v3), counting the lines of the body: exactly
+                // those go, and the rest was stored. A leased line holding a line break (only a
+                // replayed `damaged` dead letter can) shifts that count: split instead.
+                WriteOutcome::Partial { status, body, rejected: Some(lines) }
+                    if part.iter().all(|l| !l.line.contains('\n')) =>
+                {
                     let ids: Vec<i64> = lines.iter().filter_map(|i| part.get(*i)).map(|l| l.id).collect();
                     self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await;
                     self.delete(part).await;
@@ -318,7 +323,7 @@ impl Worker {
                     self.stats.written(delivered as u64, crate::now_ns());
                     continue;
                 }
-                WriteOutcome::Partial { status, body, rejected: None } => {
+                WriteOutcome::Partial { status, body, .. } => {
                     if r.len() == 1 {
                         self.dead_letter(vec![part[0].id], REASON_REJECTED, Some(status), &body).await;
                     } else {
@@ -373,6 +378,14 @@ impl Worker {
                     self.stats.failed(short(&format!("HTTP {status}: {body}")));
                     if !st.failing || st.backoff.attempts.is_multiple_of(10) {
                         error!(destination = %self.dest, status, response = %body, "InfluxDB refused this destination (does the database or bucket exist?); keeping its points and retrying. Other destinations carry on.");
+                    }
+                    st.failing = true;
+                    st.backoff.next_delay()
+                }
+                WriteOutcome::Foreign { status, why } => {
+                    self.stats.failed(short(&why));
+                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                        error!(destination = %self.dest, status, error = %why, waiting = r.len(), "The answer is not InfluxDB's (a redirect, a proxy, another server?); keeping every point and retrying. Check influx.url and what stands between the gateway and InfluxDB.");
                     }
                     st.failing = true;
                     st.backoff.next_delay()
