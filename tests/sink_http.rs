@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Fault, FaultProxy, Influx1, WAIT, empty_400, eventually, html_400};
+use common::{Fault, FaultProxy, Influx1, WAIT, empty_400, eventually, html_400, redirect};
 
 use heartguard_gateway::bindings::Destination;
 use heartguard_gateway::config::{Influx, InfluxApi};
@@ -433,6 +433,42 @@ async fn a_400_that_is_not_influxdbs_keeps_every_point_until_influxdb_takes_them
         assert!(dead(dir.path()).is_empty(), "{name}");
         assert_eq!(counters.delivered_total(), 20, "{name}");
     }
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_nothing_is_deleted_before_influxdb_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx1::start();
+    influx.create_db("db").await;
+    // Each points at the real InfluxDB: /ping answers a GET with 204, /write takes the body.
+    let ping = format!("http://gw:s3cr3t@127.0.0.1:{}/ping", influx.port);
+    let write = format!("http://gw:s3cr3t@127.0.0.1:{}/write?db=db&precision=ns", influx.port);
+    let clear = Arc::new(AtomicBool::new(false));
+    let proxy = {
+        let clear = clear.clone();
+        FaultProxy::start(influx.port, move |n, _| match n % 4 {
+            _ if clear.load(SeqCst) => Fault::Forward,
+            0 => redirect(301, &ping),
+            1 => redirect(302, &ping),
+            2 => redirect(303, &ping),
+            _ => redirect(307, &write),
+        })
+        .await
+    };
+    let lines: Vec<String> = (0..20).map(|i| format!("m v={i}i {i}")).collect();
+    let (queue, counters, stop, sinks) = sinks_over(dir.path(), fast(proxy.url()), &lines).await;
+    answered_or_emptied(&proxy, &queue, 4).await;
+    assert_eq!(queue.stats().await.expect("stats").points, 20, "nothing deleted on a redirect");
+    let why = counters.destination(&db()).last_error().unwrap_or_default();
+    assert!(why.contains(&format!("127.0.0.1:{}/", influx.port)), "status shows where it pointed: {why}");
+    assert!(!why.contains("s3cr3t"), "without credentials: {why}");
+
+    clear.store(true, SeqCst);
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    assert_eq!(stored(&influx, "m").await, (0..20).map(|i| (i, i)).collect::<Vec<_>>());
+    assert!(dead(dir.path()).is_empty());
 }
 
 /// A scripted InfluxDB 3 `write_lp`: stores every line but those holding `bad`, refuses those

@@ -3,7 +3,9 @@
 //! Only InfluxDB's own word may send a line to the dead letters: a 400/422 whose body is one
 //! of its line-level errors ([`line_error`]). Whatever else can stand between the gateway and
 //! InfluxDB (a proxy, a load balancer, a server that is not InfluxDB) answers in other shapes,
-//! and those hold the destination instead ([`WriteOutcome::Foreign`]).
+//! and those hold the destination instead ([`WriteOutcome::Foreign`]). Redirects are never
+//! followed: a client follows a 301/302/303 with a GET without the body, and a 2xx to that is
+//! no proof that anything was stored.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -32,8 +34,8 @@ pub enum WriteOutcome {
     Auth { status: u16, body: String },
     /// Other 4xx (unknown database/bucket): keep the data, back off, report.
     Rejected { status: u16, body: String },
-    /// An answer that is not InfluxDB's: a 400/422 without InfluxDB's line-level error (a
-    /// proxy's error page, an empty body), an answer that cannot be read. It says
+    /// An answer that is not InfluxDB's: a redirect, a 400/422 without InfluxDB's line-level
+    /// error (a proxy's error page, an empty body), an answer that cannot be read. It says
     /// nothing about the lines: keep everything, back off, alert. `status` is None for an
     /// unreadable answer.
     Foreign { status: Option<u16>, why: String },
@@ -95,6 +97,8 @@ impl InfluxClient {
             let tls = crate::tls::client_config(ca, client).map_err(|e| format!("influx.ca_file: {e}"))?;
             builder = builder.tls_backend_preconfigured(tls);
         }
+        // Never follow a redirect: see the module docs.
+        builder = builder.redirect(reqwest::redirect::Policy::none());
         let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self { http, endpoint, api: cfg.api, auth, gzip: cfg.gzip })
     }
@@ -129,10 +133,11 @@ impl InfluxClient {
 
     /// Posts `body` (lines separated by `\n`) to `dest`.
     pub async fn write(&self, dest: &Destination, body: Vec<u8>) -> WriteOutcome {
+        let url = self.url_for(dest);
         let lines =
             body.iter().filter(|&&b| b == b'\n').count() + usize::from(body.last().is_some_and(|&b| b != b'\n'));
         let uncarriable = body.iter().any(|&b| b.is_ascii_control() && b != b'\t' && b != b'\n');
-        let mut req = self.http.post(self.url_for(dest)).header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        let mut req = self.http.post(url.clone()).header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
         req = match &self.auth {
             Auth::None => req,
             Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
@@ -175,6 +180,16 @@ impl InfluxClient {
             }
         };
         let status = resp.status();
+        if status.is_redirection() {
+            let to = redirect_target(&url, resp.headers().get(header::LOCATION));
+            return WriteOutcome::Foreign {
+                status: Some(status.as_u16()),
+                why: format!(
+                    "HTTP {} redirect to {to}; writes never follow redirects: set influx.url to where InfluxDB answers",
+                    status.as_u16()
+                ),
+            };
+        }
         let retry_after =
             resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
         let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -197,6 +212,36 @@ fn unreadable_answer(e: &reqwest::Error) -> bool {
         src = inner.source();
     }
     false
+}
+
+/// Where a redirect pointed, fit for logs and `status`: resolved against the request's URL,
+/// without user name, password or password parameters.
+fn redirect_target(from: &Url, location: Option<&header::HeaderValue>) -> String {
+    let Some(location) = location.and_then(|v| v.to_str().ok()) else {
+        return "nowhere (no readable Location)".into();
+    };
+    let Ok(mut to) = from.join(location) else {
+        return "an unreadable Location".into();
+    };
+    let _ = to.set_username("");
+    let _ = to.set_password(None);
+    to.set_fragment(None);
+    if to.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+        let pairs: Vec<(String, String)> = to
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_param(&k) { "redacted".to_owned() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        to.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    short_text(to.as_str(), 200)
+}
+
+/// Query parameters that carry credentials (InfluxDB 1.x takes `p`, others a token).
+fn is_secret_param(k: &str) -> bool {
+    matches!(k.to_ascii_lowercase().as_str(), "p" | "password" | "token" | "access_token")
 }
 
 /// The 0-based numbers of the lines the `data` of a v3 partial-write answer names, if it names
@@ -484,6 +529,18 @@ mod tests {
         ] {
             assert_eq!(le(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_redirect_shows_where_it_pointed_without_credentials() {
+        let from = Url::parse("http://10.0.0.1:8086/write?db=x&precision=ns").expect("url");
+        let loc = |s: &str| header::HeaderValue::from_str(s).expect("header");
+        assert_eq!(
+            redirect_target(&from, Some(&loc("https://gw:secret@influx.example/write?db=x&p=hunter2#f"))),
+            "https://influx.example/write?db=x&p=redacted"
+        );
+        assert_eq!(redirect_target(&from, Some(&loc("/login"))), "http://10.0.0.1:8086/login");
+        assert_eq!(redirect_target(&from, None), "nowhere (no readable Location)");
     }
 
     #[test]
