@@ -526,3 +526,39 @@ async fn a_v3_answer_that_cannot_name_every_refused_line_is_split_until_it_does(
     let stored = stored.lock().expect("lock").clone();
     assert!(lines.iter().filter(|l| !l.contains("bad")).all(|l| stored.contains(l)));
 }
+
+#[tokio::test]
+async fn a_huge_answer_is_read_only_as_far_as_needed() {
+    use std::sync::atomic::AtomicUsize;
+    // A 400 whose body never ends (a proxy streaming something else), sent at a pace the
+    // client always keeps up with: how much went out before the client hung up is how much
+    // the client read.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = sock.read(&mut buf).await;
+            let head = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n";
+            sock.write_all(head.as_bytes()).await.expect("head");
+            let chunk = format!("2000\r\n{}\r\n", "<p>".repeat(0x2000 / 3 + 1).get(..0x2000).expect("chunk"));
+            while sent.load(SeqCst) < 64 * 1024 * 1024 {
+                if sock.write_all(chunk.as_bytes()).await.is_err() || sock.flush().await.is_err() {
+                    return;
+                }
+                sent.fetch_add(0x2000, SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let client =
+        InfluxClient::new(&Influx { url, gzip: false, request_timeout_ms: 3000, ..Influx::default() }).expect("client");
+    let out = client.write(&db(), b"m v=1i 1\n".to_vec()).await;
+    assert!(format!("{out:?}").contains("400"), "{out:?}");
+    server.await.expect("server");
+    let sent = sent.load(SeqCst);
+    assert!(sent < 1024 * 1024, "the client read {sent} bytes of an endless answer");
+}

@@ -5,7 +5,7 @@
 //! InfluxDB (a proxy, a load balancer, a server that is not InfluxDB) answers in other shapes,
 //! and those hold the destination instead ([`WriteOutcome::Foreign`]). Redirects are never
 //! followed: a client follows a 301/302/303 with a GET without the body, and a 2xx to that is
-//! no proof that anything was stored.
+//! no proof that anything was stored. Answers are read at most [`MAX_BODY_READ`] bytes far.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -57,6 +57,13 @@ pub struct InfluxClient {
 
 /// Longest error body kept for logs.
 const MAX_BODY_IN_LOG: usize = 512;
+
+/// Most bytes of an answer's body read; the rest is never fetched. InfluxDB's error bodies
+/// are smaller (a v3 partial-write answer names at most [`V3_MAX_NAMED`] lines, each cut
+/// short), except a v1 answer listing many unparsable lines, which is still recognised by its
+/// opening; whatever else answers (a proxy streaming a page, a misdirected download) must not
+/// grow memory.
+pub const MAX_BODY_READ: usize = 64 * 1024;
 
 /// Most refused lines an InfluxDB 3 partial-write answer names; when it names this many,
 /// others may have been refused too.
@@ -154,7 +161,7 @@ impl InfluxClient {
         } else {
             body
         };
-        let resp = match req.body(body).send().await {
+        let mut resp = match req.body(body).send().await {
             Ok(r) => r,
             // InfluxDB 1.x copies a line it cannot parse into the `X-Influxdb-Error` header,
             // where a control character makes the whole answer unreadable. Anything else in
@@ -193,8 +200,8 @@ impl InfluxClient {
         let retry_after =
             resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
         let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let text = resp.text().await.unwrap_or_default();
-        classify(status, retry_after, text, content_type.as_deref(), lines)
+        let (text, cut) = read_body(&mut resp).await;
+        classify(status, retry_after, text, cut, content_type.as_deref(), lines)
     }
 
     pub fn api(&self) -> InfluxApi {
@@ -212,6 +219,27 @@ fn unreadable_answer(e: &reqwest::Error) -> bool {
         src = inner.source();
     }
     false
+}
+
+/// The body of an answer, at most [`MAX_BODY_READ`] bytes of it, read as it streams in; and
+/// whether it was cut there (or broke off).
+async fn read_body(resp: &mut reqwest::Response) -> (String, bool) {
+    let mut buf: Vec<u8> = Vec::new();
+    let cut = loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_BODY_READ - buf.len();
+                if chunk.len() >= room {
+                    buf.extend_from_slice(&chunk[..room]);
+                    break true;
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    (String::from_utf8_lossy(&buf).into_owned(), cut)
 }
 
 /// Where a redirect pointed, fit for logs and `status`: resolved against the request's URL,
@@ -270,7 +298,7 @@ pub enum LineError {
 
 /// Whether `body`, the answer to a 400/422, is one of InfluxDB's line-level errors, and what
 /// it says; None for anything else (an HTML page, an empty or plain-text body, other JSON).
-/// `lines` is how many lines were sent.
+/// `lines` is how many lines were sent; `cut`, whether the body was cut at [`MAX_BODY_READ`].
 ///
 /// - v1 (and the `/api/v2/write` of 1.8+): `{"error":"partial write: … dropped=N"}`,
 ///   `{"error":"unable to parse '…': …"}`, a field type conflict.
@@ -279,8 +307,19 @@ pub enum LineError {
 /// - v3: `{"error":"partial write of line protocol occurred","data":[…]}` naming the refused
 ///   lines, and `{"error":"parsing failed for write_lp endpoint","data":{…"line_number":N…}}`
 ///   when the whole batch was refused for one line.
-pub fn line_error(body: &str, lines: usize) -> Option<LineError> {
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+pub fn line_error(body: &str, lines: usize, cut: bool) -> Option<LineError> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        // Cut short (a v1 answer lists every unparsable line in its one message): only the
+        // opening can be read, in InfluxDB's own compact form.
+        let opens = |p: &str| body.starts_with(p);
+        let line_level = opens(r#"{"error":"partial write"#)
+            || opens(r#"{"error":"unable to parse"#)
+            || opens(r#"{"error":"parsing failed for write_lp"#)
+            || (opens(r#"{"code":"invalid","#)
+                && (body.contains("failed to parse line protocol") || body.contains("unable to parse")))
+            || (opens(r#"{"code":"unprocessable entity","#) && body.contains("partial write"));
+        return (cut && line_level).then_some(LineError::Unnamed);
+    };
     let text = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
     if let Some(e) = text("error") {
         if e == "partial write of line protocol occurred" {
@@ -337,18 +376,20 @@ fn describe_foreign(body: &str, content_type: Option<&str>) -> String {
     }
 }
 
-/// The outcome of an answer with `status` and `body` to a batch of `lines` lines.
+/// The outcome of an answer with `status`, `body` (and whether it was cut at
+/// [`MAX_BODY_READ`]) to a batch of `lines` lines.
 fn classify(
     status: StatusCode,
     retry_after: Option<Duration>,
     body: String,
+    cut: bool,
     content_type: Option<&str>,
     lines: usize,
 ) -> WriteOutcome {
     let code = status.as_u16();
     let body = body.trim();
-    // Recognised on the whole body; logs get its first MAX_BODY_IN_LOG bytes.
-    let line_error = matches!(code, 400 | 422).then(|| line_error(body, lines)).flatten();
+    // Recognised on the whole body read; logs get its first MAX_BODY_IN_LOG bytes.
+    let line_error = matches!(code, 400 | 422).then(|| line_error(body, lines, cut)).flatten();
     let mut body = body.to_owned();
     if body.len() > MAX_BODY_IN_LOG {
         let mut cut = MAX_BODY_IN_LOG;
@@ -462,7 +503,7 @@ mod tests {
     #[test]
     fn classification_follows_the_write_semantics() {
         let answer =
-            |s: u16, body: &str| classify(StatusCode::from_u16(s).expect("status"), None, body.into(), None, 4);
+            |s: u16, body: &str| classify(StatusCode::from_u16(s).expect("status"), None, body.into(), false, None, 4);
         let c = |s: u16| answer(s, "x");
         assert_eq!(c(204), WriteOutcome::Written);
         assert_eq!(c(413), WriteOutcome::TooLarge);
@@ -474,7 +515,7 @@ mod tests {
         assert!(matches!(answer(422, v2), WriteOutcome::Partial { status: 422, rejected: None, .. }));
         let v3 = r#"{"error":"partial write of line protocol occurred","data":[{"original_line":"x","line_number":2,"error_message":"bad"}]}"#;
         assert!(matches!(answer(400, v3), WriteOutcome::Partial { rejected: Some(ref l), .. } if l == &[1]));
-        assert_eq!(line_error(v3, 1), Some(LineError::Unnamed), "a line that was not sent");
+        assert_eq!(line_error(v3, 1, false), Some(LineError::Unnamed), "a line that was not sent");
         assert!(matches!(c(400), WriteOutcome::Foreign { status: Some(400), .. }));
         assert!(matches!(c(422), WriteOutcome::Foreign { status: Some(422), .. }));
         assert!(matches!(c(503), WriteOutcome::Retry { .. }));
@@ -486,7 +527,7 @@ mod tests {
 
     #[test]
     fn only_influxdbs_own_line_errors_are_line_errors() {
-        let le = |body: &str| line_error(body, 10);
+        let le = |body: &str| line_error(body, 10, false);
         // v1, as InfluxDB 1.6 answers.
         assert_eq!(le(r#"{"error":"unable to parse 'm v= 2': missing field value"}"#), Some(LineError::Unnamed));
         assert_eq!(
@@ -510,8 +551,8 @@ mod tests {
                 .collect();
             format!(r#"{{"error":"partial write of line protocol occurred","data":[{}]}}"#, data.join(","))
         };
-        assert_eq!(line_error(&named(3), 200), Some(LineError::Named(vec![0, 1, 2])));
-        assert_eq!(line_error(&named(V3_MAX_NAMED), 200), Some(LineError::Unnamed), "maybe more refused");
+        assert_eq!(line_error(&named(3), 200, false), Some(LineError::Named(vec![0, 1, 2])));
+        assert_eq!(line_error(&named(V3_MAX_NAMED), 200, false), Some(LineError::Unnamed), "maybe more refused");
         assert_eq!(
             le(
                 r#"{"error":"parsing failed for write_lp endpoint","data":{"original_line":"x","line_number":1,"error_message":"No fields were provided"}}"#
@@ -529,6 +570,11 @@ mod tests {
         ] {
             assert_eq!(le(other), None, "{other}");
         }
+        // Cut at MAX_BODY_READ: recognised by its opening, and only then.
+        let long = format!(r#"{{"error":"partial write: unable to parse '{}"#, "m v= 1".repeat(100));
+        assert_eq!(line_error(&long, 10, true), Some(LineError::Unnamed));
+        assert_eq!(line_error(&long, 10, false), None, "a whole body must parse");
+        assert_eq!(line_error(r#"{"error":"bad gat"#, 10, true), None);
     }
 
     #[test]
