@@ -128,10 +128,25 @@ async fn sinks_over(
     cfg: Influx,
     lines: &[String],
 ) -> (QueueHandle, Arc<Counters>, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
+    let queue = queue_holding(dir, lines).await;
+    let (counters, stop, sinks) = start_sinks(&queue, cfg);
+    (queue, counters, stop, sinks)
+}
+
+/// A queue in `dir` holding `lines` for [`db`].
+async fn queue_holding(dir: &std::path::Path, lines: &[String]) -> QueueHandle {
     let (queue, _join) = QueueHandle::open(dir, Synchronous::Full, Limits::default()).expect("queue");
     let dest_id = queue.destination_id(db()).await.expect("dest");
     let points = lines.iter().map(|l| NewPoint { dest_id, line: l.clone(), ..Default::default() }).collect();
     queue.append(points).await.expect("append");
+    queue
+}
+
+/// The sinks running over `queue`.
+fn start_sinks(
+    queue: &QueueHandle,
+    cfg: Influx,
+) -> (Arc<Counters>, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
     let client = Arc::new(InfluxClient::new(&cfg).expect("client"));
     let counters = Arc::new(Counters::default());
     let stop = tokio_util::sync::CancellationToken::new();
@@ -144,8 +159,9 @@ async fn sinks_over(
         rx,
         stop.clone(),
     ));
-    (queue, counters, stop, sinks)
+    (counters, stop, sinks)
 }
+
 async fn until_empty(queue: &QueueHandle) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while queue.stats().await.expect("stats").points > 0 {
@@ -506,6 +522,49 @@ fn v3_cfg(dir: &std::path::Path, url: String) -> Influx {
     std::fs::write(&token, "t\n").expect("token");
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     Influx { api: InfluxApi::V3, token_file: Some(token), ..fast(url) }
+}
+
+#[tokio::test]
+async fn v3_refused_lines_stay_queued_while_the_dead_letters_cannot_be_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, seen, stored) = v3_server().await;
+    let lines: Vec<String> =
+        (0..12).map(|i| if i % 5 == 3 { format!("m,bad=1 v={i}i {i}") } else { format!("m v={i}i {i}") }).collect();
+    let queue = queue_holding(dir.path(), &lines).await;
+    // Another connection to the queue database makes every move to the dead letters fail,
+    // as a full disk or a long operator transaction would.
+    let other = rusqlite::Connection::open(dir.path().join(heartguard_gateway::queue::store::DB_FILE)).expect("db");
+    other.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    other
+        .execute_batch(
+            "CREATE TRIGGER refuse_dead_letters BEFORE INSERT ON dead_letters BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        )
+        .expect("trigger");
+    let (counters, stop, sinks) = start_sinks(&queue, v3_cfg(dir.path(), url));
+    eventually(WAIT, "the partial write answered twice", || async {
+        let answered = seen.lock().expect("lock").len();
+        answered >= 2 || queue.stats().await.expect("stats").points == 0
+    })
+    .await;
+    assert_eq!(
+        queue.stats().await.expect("stats").points,
+        12,
+        "nothing deleted while its refused lines could not move"
+    );
+    assert!(dead(dir.path()).is_empty());
+
+    other.execute_batch("DROP TRIGGER refuse_dead_letters;").expect("drop trigger");
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    let mut refused: Vec<String> = dead(dir.path()).into_iter().map(|d| d.line).collect();
+    refused.sort();
+    assert_eq!(refused, ["m,bad=1 v=3i 3", "m,bad=1 v=8i 8"], "exactly the refused lines");
+    let stored = stored.lock().expect("lock").clone();
+    for l in lines.iter().filter(|l| !l.contains("bad")) {
+        assert!(stored.contains(l), "{l} stored");
+    }
+    assert_eq!(counters.delivered_total(), 10);
 }
 
 #[tokio::test]

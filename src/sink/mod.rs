@@ -8,6 +8,9 @@
 //! - Retries never give up on data: network errors and 5xx back off (capped, with jitter,
 //!   at least `Retry-After`); 4xx keep the data and back off too, loudly, and so does any
 //!   answer that is not InfluxDB's (a redirect, a proxy's 400): see [`influx`].
+//! - A point leaves the queue only as written (a 2xx, or the part of a partial write InfluxDB
+//!   did not refuse) or dead-lettered. A range is deleted only once everything refused in it
+//!   is in the dead letters; if moving it there fails, the range stays and is sent again.
 
 pub mod influx;
 
@@ -317,33 +320,39 @@ impl Worker {
                     if part.iter().all(|l| !l.line.contains('\n')) =>
                 {
                     let ids: Vec<i64> = lines.iter().filter_map(|i| part.get(*i)).map(|l| l.id).collect();
-                    self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await;
+                    // Deleting the range before its refused lines are safe in the dead letters
+                    // would lose them: if they cannot move, all of it is sent again later.
+                    if !self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await {
+                        return Flow::Retry(st.backoff.next_delay());
+                    }
                     self.delete(part).await;
                     let delivered = part.len().saturating_sub(lines.len());
                     self.stats.written(delivered as u64, crate::now_ns());
                     continue;
                 }
                 WriteOutcome::Partial { status, body, .. } => {
-                    if r.len() == 1 {
-                        self.dead_letter(vec![part[0].id], REASON_REJECTED, Some(status), &body).await;
-                    } else {
+                    if r.len() > 1 {
                         split(&mut todo, r.clone());
+                    } else if !self.dead_letter(vec![part[0].id], REASON_REJECTED, Some(status), &body).await {
+                        return Flow::Retry(st.backoff.next_delay());
                     }
                     continue;
                 }
                 WriteOutcome::TooLarge => {
-                    if r.len() == 1 {
-                        self.dead_letter(
+                    if r.len() > 1 {
+                        st.max_lines = (r.len() / 2).max(1);
+                        warn!(destination = %self.dest, points = r.len(), new_batch_max_lines = st.max_lines, "InfluxDB refused the batch as too large (413); splitting and sending smaller batches from now on.");
+                        split(&mut todo, r.clone());
+                    } else if !self
+                        .dead_letter(
                             vec![part[0].id],
                             REASON_TOO_LARGE,
                             Some(413),
                             "one line is larger than InfluxDB accepts",
                         )
-                        .await;
-                    } else {
-                        st.max_lines = (r.len() / 2).max(1);
-                        warn!(destination = %self.dest, points = r.len(), new_batch_max_lines = st.max_lines, "InfluxDB refused the batch as too large (413); splitting and sending smaller batches from now on.");
-                        split(&mut todo, r.clone());
+                        .await
+                    {
+                        return Flow::Retry(st.backoff.next_delay());
                     }
                     continue;
                 }
@@ -421,18 +430,22 @@ impl Worker {
         let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
     }
 
-    async fn dead_letter(&self, ids: Vec<i64>, reason: &'static str, status: Option<u16>, detail: &str) {
+    /// Moves refused points to the dead letters; false if that failed (they stay queued, and
+    /// nothing around them may be deleted as written).
+    async fn dead_letter(&self, ids: Vec<i64>, reason: &'static str, status: Option<u16>, detail: &str) -> bool {
         let n = ids.len() as u64;
         match self.queue.dead_letter(self.id, ids, reason, status, detail.to_owned()).await {
             Ok(moved) => {
                 self.stats.dead_lettered(reason, moved);
                 error!(destination = %self.dest, points = moved, reason, status, response = %detail, "InfluxDB refused points for good; moved them to the dead letters (see `heartguard-gateway dead-letters list`).");
+                let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
+                true
             }
             Err(e) => {
-                error!(destination = %self.dest, points = n, error = %e, "Could not move refused points to the dead letters; they stay queued.")
+                error!(destination = %self.dest, points = n, error = %e, "Could not move refused points to the dead letters; they stay queued and are sent again.");
+                false
             }
         }
-        let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
     }
 }
 
