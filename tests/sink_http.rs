@@ -621,3 +621,61 @@ async fn a_huge_answer_is_read_only_as_far_as_needed() {
     let sent = sent.load(SeqCst);
     assert!(sent < 1024 * 1024, "the client read {sent} bytes of an endless answer");
 }
+
+/// A `tracing` writer into a shared buffer: what the sinks logged, as the daemon prints it.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Captures what this thread logs until the guard drops (a current-thread runtime runs
+    /// every task on it).
+    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let c = Captured::default();
+        let w = c.clone();
+        let sub = tracing_subscriber::fmt().with_ansi(false).with_writer(move || w.clone()).finish();
+        (c, tracing::subscriber::set_default(sub))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn batches_grow_back_after_413s_once_larger_bodies_are_accepted() {
+    let (log, _guard) = Captured::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A limit of 10 lines for the first 60 requests, then none.
+    let (url, seen) = serve(|n, req| {
+        if n < 60 && String::from_utf8_lossy(&req.body).lines().count() > 10 {
+            status("HTTP/1.1 413 Request Entity Too Large")
+        } else {
+            status("HTTP/1.1 204 No Content")
+        }
+    })
+    .await;
+    let lines: Vec<String> = (0..6000).map(|i| format!("m v={i}i {i}")).collect();
+    let cfg = Influx { batch_max_lines: 64, ..fast(url) };
+    let (queue, counters, stop, sinks) = sinks_over(dir.path(), cfg, &lines).await;
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    let sizes: Vec<usize> =
+        seen.lock().expect("lock").iter().map(|r| String::from_utf8_lossy(&r.body).lines().count()).collect();
+    assert!(sizes[..60].iter().all(|&n| n <= 64), "{sizes:?}");
+    assert!(sizes[..60].iter().filter(|&&n| n <= 10).count() > 30, "smaller batches while refused: {sizes:?}");
+    let back = sizes[60..].iter().position(|&n| n == 64).unwrap_or_else(|| panic!("never 64 again: {sizes:?}"));
+    assert!(sizes[60 + back..sizes.len() - 1].iter().all(|&n| n == 64), "and 64 from then on: {sizes:?}");
+    assert_eq!(counters.delivered_total(), 6000);
+    assert_eq!(log.text().matches("back to the configured size").count(), 1, "{}", log.text());
+}

@@ -11,6 +11,9 @@
 //! - A point leaves the queue only as written (a 2xx, or the part of a partial write InfluxDB
 //!   did not refuse) or dead-lettered. A range is deleted only once everything refused in it
 //!   is in the dead letters; if moving it there fails, the range stays and is sent again.
+//! - A batch refused as too large (413) is split and later batches are smaller; after a run
+//!   of full batches written at the smaller size, the size doubles back up to
+//!   `batch_max_lines` ([`BatchSize`]).
 
 pub mod influx;
 
@@ -171,7 +174,74 @@ struct Retry {
     backoff: Backoff,
     failing: bool,
     breaks: u32,
-    max_lines: usize,
+    size: BatchSize,
+}
+
+/// Full batches to write at a reduced size before doubling it.
+const GROW_AFTER: u32 = 8;
+/// The longest run asked for before growing again (see [`BatchSize`]).
+const GROW_AFTER_MAX: u32 = 1024;
+
+/// The batch size of one destination: `batch_max_lines`, unless the server refused a batch
+/// as too large (413) or kept breaking the connection on it; then half that batch. After a
+/// run of [`GROW_AFTER`] full batches written at the smaller size it doubles, up to
+/// `batch_max_lines`. A size refused on its first try after growing is tried again only after
+/// twice as long a run (up to [`GROW_AFTER_MAX`]): a server with a hard limit below
+/// `batch_max_lines` then sees one refused request in ever longer intervals.
+#[derive(Debug)]
+struct BatchSize {
+    configured: usize,
+    current: usize,
+    /// Full batches written since the size last changed.
+    run: u32,
+    /// Full batches to write at `current` before doubling it.
+    needed: u32,
+    /// `current` was reached by growing and no full batch was written at it yet.
+    untried: bool,
+}
+
+impl BatchSize {
+    fn new(configured: usize) -> Self {
+        BatchSize { configured, current: configured, run: 0, needed: GROW_AFTER, untried: false }
+    }
+
+    fn current(&self) -> usize {
+        self.current
+    }
+
+    /// A batch of `lines` lines was too large: from now on at most half of it.
+    fn shrink(&mut self, lines: usize) {
+        if self.untried {
+            self.needed = (self.needed * 2).min(GROW_AFTER_MAX);
+        }
+        self.current = (lines / 2).min(self.current).max(1);
+        self.run = 0;
+        self.untried = false;
+    }
+
+    /// A batch of `lines` lines was written. True when this brought the size back to
+    /// `configured`.
+    fn written(&mut self, lines: usize) -> bool {
+        if lines < self.current {
+            return false;
+        }
+        self.untried = false;
+        if self.current >= self.configured {
+            return false;
+        }
+        self.run += 1;
+        if self.run < self.needed {
+            return false;
+        }
+        self.current = (self.current * 2).min(self.configured);
+        self.run = 0;
+        self.untried = true;
+        let back = self.current == self.configured;
+        if back {
+            self.needed = GROW_AFTER;
+        }
+        back
+    }
 }
 
 impl Worker {
@@ -189,12 +259,12 @@ impl Worker {
             ),
             failing: false,
             breaks: 0,
-            max_lines: self.cfg.batch_max_lines,
+            size: BatchSize::new(self.cfg.batch_max_lines),
         };
         // Start with a flush: whatever waits from before the start goes out now.
         let mut deadline = Instant::now();
         loop {
-            while self.wake.pending.load(Relaxed) < st.max_lines as u64 && Instant::now() < deadline {
+            while self.wake.pending.load(Relaxed) < st.size.current() as u64 && Instant::now() < deadline {
                 self.heartbeat.beat();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -215,7 +285,7 @@ impl Worker {
                 }
                 let rows = match next.take() {
                     Some(rows) => rows,
-                    None => match self.queue.lease(self.id, st.max_lines, self.cfg.batch_max_bytes).await {
+                    None => match self.queue.lease(self.id, st.size.current(), self.cfg.batch_max_bytes).await {
                         Ok(r) => r,
                         Err(e) => {
                             error!(destination = %self.dest, error = %e, "Could not read the queue; retrying.");
@@ -232,7 +302,7 @@ impl Worker {
                     self.wake.pending.store(0, Relaxed);
                     break;
                 }
-                let (full, max_lines) = (rows.len() >= st.max_lines, st.max_lines);
+                let (full, max_lines) = (rows.len() >= st.size.current(), st.size.current());
                 let mut done_before = std::mem::take(&mut written);
                 let read_next = async {
                     // Only a full batch suggests more is waiting.
@@ -310,6 +380,9 @@ impl Worker {
                     st.failing = false;
                     st.breaks = 0;
                     st.backoff.reset();
+                    if st.size.written(part.len()) {
+                        info!(destination = %self.dest, batch_max_lines = st.size.current(), "InfluxDB takes full batches again; back to the configured size.");
+                    }
                     tracing::debug!(destination = %self.dest, points = part.len(), ms = started.elapsed().as_millis() as u64, "Batch written.");
                     continue;
                 }
@@ -340,8 +413,8 @@ impl Worker {
                 }
                 WriteOutcome::TooLarge => {
                     if r.len() > 1 {
-                        st.max_lines = (r.len() / 2).max(1);
-                        warn!(destination = %self.dest, points = r.len(), new_batch_max_lines = st.max_lines, "InfluxDB refused the batch as too large (413); splitting and sending smaller batches from now on.");
+                        st.size.shrink(r.len());
+                        warn!(destination = %self.dest, points = r.len(), new_batch_max_lines = st.size.current(), "InfluxDB refused the batch as too large (413); splitting, and sending smaller batches until full ones are written again.");
                         split(&mut todo, r.clone());
                     } else if !self
                         .dead_letter(
@@ -362,7 +435,7 @@ impl Worker {
                         st.breaks += 1;
                         if st.breaks >= BREAKS_BEFORE_SPLIT {
                             st.breaks = 0;
-                            st.max_lines = (r.len() / 2).max(1);
+                            st.size.shrink(r.len());
                             warn!(destination = %self.dest, points = r.len(), error = %why, "The connection broke mid-request repeatedly; sending smaller batches.");
                             split(&mut todo, r.clone());
                             continue;
@@ -484,5 +557,63 @@ fn short(why: &str) -> String {
     match one_line.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{}…", &one_line[..cut]),
         None => one_line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `n` full batches at the current size; whether the last brought it back.
+    fn write_full(b: &mut BatchSize, n: u32) -> bool {
+        (0..n).map(|_| b.written(b.current())).last().unwrap_or(false)
+    }
+
+    #[test]
+    fn batch_size_grows_back_after_runs_of_full_batches() {
+        let mut b = BatchSize::new(64);
+        assert!(!b.written(64), "at the configured size nothing changes");
+        b.shrink(64);
+        assert_eq!(b.current(), 32);
+        b.shrink(32);
+        assert_eq!(b.current(), 16);
+        assert!(!write_full(&mut b, GROW_AFTER - 1));
+        assert!(!b.written(15), "a batch that is not full proves nothing");
+        assert_eq!(b.current(), 16);
+        assert!(!b.written(16));
+        assert_eq!(b.current(), 32, "doubled after a run");
+        assert!(write_full(&mut b, GROW_AFTER), "back to the configured size, said once");
+        assert_eq!(b.current(), 64);
+        assert!(!write_full(&mut b, 3 * GROW_AFTER));
+        b.shrink(64);
+        assert_eq!(b.needed, GROW_AFTER, "64 had been written: a later 413 is no relapse");
+    }
+
+    #[test]
+    fn batch_size_refused_right_after_growing_waits_twice_as_long() {
+        let mut b = BatchSize::new(64);
+        b.shrink(16);
+        assert_eq!(b.current(), 8);
+        write_full(&mut b, GROW_AFTER);
+        assert_eq!(b.current(), 16);
+        b.shrink(16);
+        assert_eq!(b.current(), 8, "16 was refused at once");
+        write_full(&mut b, GROW_AFTER);
+        assert_eq!(b.current(), 8, "not yet");
+        write_full(&mut b, GROW_AFTER);
+        assert_eq!(b.current(), 16, "after twice the run");
+        b.written(16);
+        b.shrink(16);
+        write_full(&mut b, 2 * GROW_AFTER);
+        assert_eq!(b.current(), 16, "16 had worked once: no longer a relapse");
+        for _ in 0..20 {
+            write_full(&mut b, GROW_AFTER_MAX);
+            b.shrink(b.current());
+        }
+        assert!(b.needed <= GROW_AFTER_MAX);
+        assert_eq!(BatchSize::new(1).current(), 1);
+        let mut one = BatchSize::new(4);
+        one.shrink(1);
+        assert_eq!(one.current(), 1, "never below one line");
     }
 }
