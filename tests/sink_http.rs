@@ -652,6 +652,37 @@ impl Captured {
 }
 
 #[tokio::test]
+async fn every_change_of_the_failure_reason_is_logged() {
+    let (log, _guard) = Captured::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let answer = |s: &str| Fault::Answer(format!("HTTP/1.1 {s}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+    let script = [
+        answer("503 Service Unavailable"),
+        answer("503 Service Unavailable"),
+        answer("404 Not Found"),
+        answer("404 Not Found"),
+        html_400(),
+        html_400(),
+        redirect(302, "https://influx.example/write"),
+        redirect(302, "https://influx.example/write"),
+        answer("204 No Content"),
+    ];
+    // Nothing is forwarded: port 9 (discard) is never dialled.
+    let proxy = FaultProxy::start(9, move |n, _| script[n.min(script.len() - 1)].clone()).await;
+    let lines: Vec<String> = (0..3).map(|i| format!("m v={i}i {i}")).collect();
+    let (queue, _counters, stop, sinks) = sinks_over(dir.path(), fast(proxy.url()), &lines).await;
+    until_empty(&queue).await;
+    stop.cancel();
+    sinks.await.expect("sinks");
+    let text = log.text();
+    let at = |what: &str| text.find(what).unwrap_or_else(|| panic!("{what:?} logged:\n{text}"));
+    assert!(at("HTTP 503") < at("status=404"), "{text}");
+    assert!(at("status=404") < at("status=400"), "{text}");
+    assert!(at("status=400") < at("https://influx.example/write"), "{text}");
+    assert!(at("https://influx.example/write") < at("InfluxDB accepts writes again."), "{text}");
+}
+
+#[tokio::test]
 async fn batches_grow_back_after_413s_once_larger_bodies_are_accepted() {
     let (log, _guard) = Captured::start();
     let dir = tempfile::tempdir().expect("tempdir");

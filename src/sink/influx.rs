@@ -21,8 +21,9 @@ pub enum WriteOutcome {
     /// 2xx: every line is stored; delete the batch.
     Written,
     /// Worth retrying as it is: network errors, timeouts, 5xx, 429. `after` is the server's
-    /// `Retry-After`, to be waited at least.
-    Retry { after: Option<Duration>, why: String, mid_request: bool },
+    /// `Retry-After`, to be waited at least. `cause` is `why` without the details that change
+    /// from one attempt to the next (`HTTP 503`, `timeout`, `connection failed`).
+    Retry { after: Option<Duration>, why: String, cause: String, mid_request: bool },
     /// 413: the body is too large; split the batch.
     TooLarge,
     /// 400/422 with InfluxDB's own line-level error: some lines cannot be written (syntax,
@@ -37,8 +38,8 @@ pub enum WriteOutcome {
     /// An answer that is not InfluxDB's: a redirect, a 400/422 without InfluxDB's line-level
     /// error (a proxy's error page, an empty body), an answer that cannot be read. It says
     /// nothing about the lines: keep everything, back off, alert. `status` is None for an
-    /// unreadable answer.
-    Foreign { status: Option<u16>, why: String },
+    /// unreadable answer; `cause` as for `Retry` (a redirect's names where it pointed).
+    Foreign { status: Option<u16>, why: String, cause: String },
 }
 
 enum Auth {
@@ -179,11 +180,12 @@ impl InfluxClient {
                 return WriteOutcome::Foreign {
                     status: None,
                     why: format!("unreadable answer (not InfluxDB's?): {}", innermost(&e)),
+                    cause: "unreadable answer".into(),
                 };
             }
             Err(e) => {
                 let mid_request = !e.is_connect() && !e.is_timeout();
-                return WriteOutcome::Retry { after: None, why: describe(&e), mid_request };
+                return WriteOutcome::Retry { after: None, why: describe(&e), cause: kind(&e).into(), mid_request };
             }
         };
         let status = resp.status();
@@ -195,6 +197,7 @@ impl InfluxClient {
                     "HTTP {} redirect to {to}; writes never follow redirects: set influx.url to where InfluxDB answers",
                     status.as_u16()
                 ),
+                cause: format!("HTTP {} to {to}", status.as_u16()),
             };
         }
         let retry_after =
@@ -411,12 +414,21 @@ fn classify(
                     "HTTP {code} that is not InfluxDB's line-level error ({})",
                     describe_foreign(&body, content_type)
                 ),
+                cause: format!("HTTP {code} not from InfluxDB"),
             },
         },
-        429 | 500..=599 => {
-            WriteOutcome::Retry { after: retry_after, why: format!("HTTP {code}: {body}"), mid_request: false }
-        }
-        408 => WriteOutcome::Retry { after: retry_after, why: "HTTP 408".into(), mid_request: false },
+        429 | 500..=599 => WriteOutcome::Retry {
+            after: retry_after,
+            why: format!("HTTP {code}: {body}"),
+            cause: format!("HTTP {code}"),
+            mid_request: false,
+        },
+        408 => WriteOutcome::Retry {
+            after: retry_after,
+            why: "HTTP 408".into(),
+            cause: "HTTP 408".into(),
+            mid_request: false,
+        },
         _ => WriteOutcome::Rejected { status: code, body },
     }
 }

@@ -11,6 +11,8 @@
 //! - A point leaves the queue only as written (a 2xx, or the part of a partial write InfluxDB
 //!   did not refuse) or dead-lettered. A range is deleted only once everything refused in it
 //!   is in the dead letters; if moving it there fails, the range stays and is sent again.
+//! - While a destination fails, a log line marks the first failure, every change of its
+//!   cause, and every 10th attempt.
 //! - A batch refused as too large (413) is split and later batches are smaller; after a run
 //!   of full batches written at the smaller size, the size doubles back up to
 //!   `batch_max_lines` ([`BatchSize`]).
@@ -173,8 +175,24 @@ enum Flow {
 struct Retry {
     backoff: Backoff,
     failing: bool,
+    /// The cause of the last failure (`WriteOutcome`'s `cause`), to log when it changes.
+    cause: Option<String>,
     breaks: u32,
     size: BatchSize,
+}
+
+impl Retry {
+    /// Records a failed attempt with `cause`; true if it deserves a log line: the first
+    /// failure, a cause other than the last one, and every 10th attempt of the same.
+    fn failed(&mut self, cause: &str) -> bool {
+        let changed = self.cause.as_deref() != Some(cause);
+        let log = !self.failing || changed || self.backoff.attempts.is_multiple_of(10);
+        if changed {
+            self.cause = Some(cause.to_owned());
+        }
+        self.failing = true;
+        log
+    }
 }
 
 /// Full batches to write at a reduced size before doubling it.
@@ -258,6 +276,7 @@ impl Worker {
                 Duration::from_millis(self.cfg.retry_max_ms),
             ),
             failing: false,
+            cause: None,
             breaks: 0,
             size: BatchSize::new(self.cfg.batch_max_lines),
         };
@@ -378,6 +397,7 @@ impl Worker {
                         info!(destination = %self.dest, "InfluxDB accepts writes again.");
                     }
                     st.failing = false;
+                    st.cause = None;
                     st.breaks = 0;
                     st.backoff.reset();
                     if st.size.written(part.len()) {
@@ -429,7 +449,7 @@ impl Worker {
                     }
                     continue;
                 }
-                WriteOutcome::Retry { after, why, mid_request } => {
+                WriteOutcome::Retry { after, why, cause, mid_request } => {
                     self.stats.failed(short(&why));
                     if mid_request && r.len() > 1 {
                         st.breaks += 1;
@@ -441,35 +461,32 @@ impl Worker {
                             continue;
                         }
                     }
+                    let log = st.failed(&cause);
                     let step = st.backoff.next_delay();
-                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                    if log {
                         warn!(destination = %self.dest, error = %why, waiting = r.len(), attempt = st.backoff.attempts, "InfluxDB write failed; keeping the points and retrying.");
                     }
-                    st.failing = true;
                     after.map_or(step, |a| a.max(step))
                 }
                 WriteOutcome::Auth { status, body } => {
                     self.stats.failed(format!("HTTP {status}: credentials refused"));
-                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                    if st.failed(&format!("HTTP {status}")) {
                         error!(destination = %self.dest, status, response = %body, "InfluxDB refused the credentials; keeping every point. Fix the token or password file.");
                     }
-                    st.failing = true;
                     st.backoff.next_delay()
                 }
                 WriteOutcome::Rejected { status, body } => {
                     self.stats.failed(short(&format!("HTTP {status}: {body}")));
-                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                    if st.failed(&format!("HTTP {status}")) {
                         error!(destination = %self.dest, status, response = %body, "InfluxDB refused this destination (does the database or bucket exist?); keeping its points and retrying. Other destinations carry on.");
                     }
-                    st.failing = true;
                     st.backoff.next_delay()
                 }
-                WriteOutcome::Foreign { status, why } => {
+                WriteOutcome::Foreign { status, why, cause } => {
                     self.stats.failed(short(&why));
-                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                    if st.failed(&cause) {
                         error!(destination = %self.dest, status, error = %why, waiting = r.len(), "The answer is not InfluxDB's (a redirect, a proxy, another server?); keeping every point and retrying. Check influx.url and what stands between the gateway and InfluxDB.");
                     }
-                    st.failing = true;
                     st.backoff.next_delay()
                 }
             };
@@ -615,5 +632,22 @@ mod tests {
         let mut one = BatchSize::new(4);
         one.shrink(1);
         assert_eq!(one.current(), 1, "never below one line");
+    }
+
+    #[test]
+    fn every_change_of_cause_is_worth_a_log_line() {
+        let mut st = Retry {
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
+            failing: false,
+            cause: None,
+            breaks: 0,
+            size: BatchSize::new(10),
+        };
+        let mut logged = Vec::new();
+        for cause in ["HTTP 503", "HTTP 503", "HTTP 404", "HTTP 404", "HTTP 400 not from InfluxDB", "HTTP 503"] {
+            logged.push(st.failed(cause));
+            st.backoff.next_delay();
+        }
+        assert_eq!(logged, [true, false, true, false, true, true]);
     }
 }
