@@ -1,6 +1,7 @@
 //! Delivery hardening against real servers: partial writes and type conflicts, unknown
 //! databases, wrong credentials, the queue's size limit and both policies, the free-disk
-//! floor, a damaged database, and a torture run of outages and SIGKILLs.
+//! floor, a damaged database, and torture runs of outages and SIGKILLs, once straight to
+//! InfluxDB and once through a proxy that answers with HTML 400s and redirects now and then.
 
 mod common;
 
@@ -8,8 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    DB, Gateway, Influx1, Mosquitto, Victoria, WAIT, eventually, gateway_cli, gateway_toml, gateway_toml_with_queue,
-    ms, msg, publish_qos1, start_gateway, wait_count, wait_for_log,
+    DB, Fault, FaultProxy, Gateway, Influx1, Mosquitto, Victoria, WAIT, empty_400, eventually, gateway_cli,
+    gateway_toml, gateway_toml_with_queue, html_400, ms, msg, publish_qos1, redirect, start_gateway, wait_count,
+    wait_for_log,
 };
 use serde_json::json;
 
@@ -334,11 +336,51 @@ async fn damaged_database_is_moved_aside_and_the_gateway_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torture_outages_and_sigkills_lose_nothing_and_add_nothing() {
+    torture(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torture_with_proxy_400s_and_redirects_loses_nothing_and_dead_letters_nothing() {
+    torture(true).await;
+}
+
+/// A proxy in front of `influx` that answers about one request in three itself: an HTML 400
+/// or an empty one (what a load balancer or a TLS port says), a 302 to InfluxDB's `/ping`
+/// (which answers a GET with 204), a 307 to InfluxDB's own write URL.
+async fn faulty_proxy(influx: &Influx1) -> FaultProxy {
+    let ping = format!("http://127.0.0.1:{}/ping", influx.port);
+    let write = format!("http://127.0.0.1:{}/write?db={DB}&precision=ns", influx.port);
+    // Seeded like the schedule below: the same faults every run.
+    let rng = std::sync::Mutex::new(fastrand::Rng::with_seed(0x5052_4f58_5934_3030));
+    FaultProxy::start(influx.port, move |_, _| match rng.lock().expect("rng").u8(0..16) {
+        0 | 1 => html_400(),
+        2 => empty_400(),
+        3 | 4 => redirect(302, &ping),
+        5 => redirect(307, &write),
+        _ => Fault::Forward,
+    })
+    .await
+}
+
+/// Readings flow while the gateway is SIGKILLed and InfluxDB stopped, on a fixed schedule;
+/// `faults`: the gateway writes through [`faulty_proxy`]. Every reading arrives exactly, and
+/// nothing is dead-lettered.
+async fn torture(faults: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mqtt = Mosquitto::start();
     let mut influx = Influx1::start();
     influx.create_db(DB).await;
-    let toml = gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &common::example_bindings(), "");
+    let proxy = if faults { Some(faulty_proxy(&influx).await) } else { None };
+    let url = proxy.as_ref().map_or_else(|| influx.url(), FaultProxy::url);
+    let mut toml = gateway_toml(dir.path(), &mqtt.url(), &url, "v1", &common::example_bindings(), "");
+    if faults {
+        // Smaller batches, so more requests meet a fault; shorter waits after one, so the run
+        // stays short.
+        toml = toml
+            .replace("retry_initial_ms = 100\nretry_max_ms = 1000", "retry_initial_ms = 10\nretry_max_ms = 100")
+            .replace("[influx]\n", "[influx]\nbatch_max_lines = 50\n");
+        assert!(toml.contains("retry_max_ms = 100\n") && toml.contains("batch_max_lines = 50"), "{toml}");
+    }
     let mut gw = start_gateway(dir.path(), &toml).await;
 
     const CHUNKS: i64 = 8;
@@ -382,4 +424,12 @@ async fn torture_outages_and_sigkills_lose_nothing_and_add_nothing() {
     let row = &r["results"][0]["series"][0]["values"][0];
     let want_sum: i64 = (0..n).map(|i| 60 + i % 40).sum();
     assert_eq!((row[1].clone(), row[2].clone(), row[3].clone()), (json!(n), json!(want_sum), json!(n)), "{r}");
+    let (code, out, err) = gateway_cli(&["dead-letters", "export", "--config", &config_arg(&gw)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "", "nothing dead-lettered");
+    if let Some(proxy) = proxy {
+        let answered: Vec<String> = proxy.requests().into_iter().map(|r| r.answered).collect();
+        let seen = |statuses: &[&str]| answered.iter().any(|a| statuses.iter().any(|s| a.contains(s)));
+        assert!(seen(&[" 400 "]) && seen(&[" 302 ", " 307 "]), "faults were answered: {answered:?}");
+    }
 }

@@ -6,7 +6,16 @@
 //! - A batch is sent when `batch_max_lines` points wait or `flush_interval_ms` passed since the
 //!   last flush; a backlog drains batch after batch without waiting.
 //! - Retries never give up on data: network errors and 5xx back off (capped, with jitter,
-//!   at least `Retry-After`); 4xx keep the data and back off too, loudly.
+//!   at least `Retry-After`); 4xx keep the data and back off too, loudly, and so does any
+//!   answer that is not InfluxDB's (a redirect, a proxy's 400): see [`influx`].
+//! - A point leaves the queue only as written (a 2xx, or the part of a partial write InfluxDB
+//!   did not refuse) or dead-lettered. A range is deleted only once everything refused in it
+//!   is in the dead letters; if moving it there fails, the range stays and is sent again.
+//! - While a destination fails, a log line marks the first failure, every change of its
+//!   cause, and every 10th attempt.
+//! - A batch refused as too large (413) is split and later batches are smaller; after a run
+//!   of full batches written at the smaller size, the size doubles back up to
+//!   `batch_max_lines` ([`BatchSize`]).
 
 pub mod influx;
 
@@ -166,8 +175,91 @@ enum Flow {
 struct Retry {
     backoff: Backoff,
     failing: bool,
+    /// The cause of the last failure (`WriteOutcome`'s `cause`), to log when it changes.
+    cause: Option<String>,
     breaks: u32,
-    max_lines: usize,
+    size: BatchSize,
+}
+
+impl Retry {
+    /// Records a failed attempt with `cause`; true if it deserves a log line: the first
+    /// failure, a cause other than the last one, and every 10th attempt of the same.
+    fn failed(&mut self, cause: &str) -> bool {
+        let changed = self.cause.as_deref() != Some(cause);
+        let log = !self.failing || changed || self.backoff.attempts.is_multiple_of(10);
+        if changed {
+            self.cause = Some(cause.to_owned());
+        }
+        self.failing = true;
+        log
+    }
+}
+
+/// Full batches to write at a reduced size before doubling it.
+const GROW_AFTER: u32 = 8;
+/// The longest run asked for before growing again (see [`BatchSize`]).
+const GROW_AFTER_MAX: u32 = 1024;
+
+/// The batch size of one destination: `batch_max_lines`, unless the server refused a batch
+/// as too large (413) or kept breaking the connection on it; then half that batch. After a
+/// run of [`GROW_AFTER`] full batches written at the smaller size it doubles, up to
+/// `batch_max_lines`. A size refused on its first try after growing is tried again only after
+/// twice as long a run (up to [`GROW_AFTER_MAX`]): a server with a hard limit below
+/// `batch_max_lines` then sees one refused request in ever longer intervals.
+#[derive(Debug)]
+struct BatchSize {
+    configured: usize,
+    current: usize,
+    /// Full batches written since the size last changed.
+    run: u32,
+    /// Full batches to write at `current` before doubling it.
+    needed: u32,
+    /// `current` was reached by growing and no full batch was written at it yet.
+    untried: bool,
+}
+
+impl BatchSize {
+    fn new(configured: usize) -> Self {
+        BatchSize { configured, current: configured, run: 0, needed: GROW_AFTER, untried: false }
+    }
+
+    fn current(&self) -> usize {
+        self.current
+    }
+
+    /// A batch of `lines` lines was too large: from now on at most half of it.
+    fn shrink(&mut self, lines: usize) {
+        if self.untried {
+            self.needed = (self.needed * 2).min(GROW_AFTER_MAX);
+        }
+        self.current = (lines / 2).min(self.current).max(1);
+        self.run = 0;
+        self.untried = false;
+    }
+
+    /// A batch of `lines` lines was written. True when this brought the size back to
+    /// `configured`.
+    fn written(&mut self, lines: usize) -> bool {
+        if lines < self.current {
+            return false;
+        }
+        self.untried = false;
+        if self.current >= self.configured {
+            return false;
+        }
+        self.run += 1;
+        if self.run < self.needed {
+            return false;
+        }
+        self.current = (self.current * 2).min(self.configured);
+        self.run = 0;
+        self.untried = true;
+        let back = self.current == self.configured;
+        if back {
+            self.needed = GROW_AFTER;
+        }
+        back
+    }
 }
 
 impl Worker {
@@ -184,13 +276,14 @@ impl Worker {
                 Duration::from_millis(self.cfg.retry_max_ms),
             ),
             failing: false,
+            cause: None,
             breaks: 0,
-            max_lines: self.cfg.batch_max_lines,
+            size: BatchSize::new(self.cfg.batch_max_lines),
         };
         // Start with a flush: whatever waits from before the start goes out now.
         let mut deadline = Instant::now();
         loop {
-            while self.wake.pending.load(Relaxed) < st.max_lines as u64 && Instant::now() < deadline {
+            while self.wake.pending.load(Relaxed) < st.size.current() as u64 && Instant::now() < deadline {
                 self.heartbeat.beat();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -211,7 +304,7 @@ impl Worker {
                 }
                 let rows = match next.take() {
                     Some(rows) => rows,
-                    None => match self.queue.lease(self.id, st.max_lines, self.cfg.batch_max_bytes).await {
+                    None => match self.queue.lease(self.id, st.size.current(), self.cfg.batch_max_bytes).await {
                         Ok(r) => r,
                         Err(e) => {
                             error!(destination = %self.dest, error = %e, "Could not read the queue; retrying.");
@@ -228,7 +321,7 @@ impl Worker {
                     self.wake.pending.store(0, Relaxed);
                     break;
                 }
-                let (full, max_lines) = (rows.len() >= st.max_lines, st.max_lines);
+                let (full, max_lines) = (rows.len() >= st.size.current(), st.size.current());
                 let mut done_before = std::mem::take(&mut written);
                 let read_next = async {
                     // Only a full batch suggests more is waiting.
@@ -304,77 +397,96 @@ impl Worker {
                         info!(destination = %self.dest, "InfluxDB accepts writes again.");
                     }
                     st.failing = false;
+                    st.cause = None;
                     st.breaks = 0;
                     st.backoff.reset();
+                    if st.size.written(part.len()) {
+                        info!(destination = %self.dest, batch_max_lines = st.size.current(), "InfluxDB takes full batches again; back to the configured size.");
+                    }
                     tracing::debug!(destination = %self.dest, points = part.len(), ms = started.elapsed().as_millis() as u64, "Batch written.");
                     continue;
                 }
-                WriteOutcome::Partial { status, body, rejected: Some(lines) } => {
-                    // The server named the refused lines (v3): exactly those go.
+                // The server named every refused line (v3), counting the lines of the body: exactly
+                // those go, and the rest was stored. A leased line holding a line break (only a
+                // replayed `damaged` dead letter can) shifts that count: split instead.
+                WriteOutcome::Partial { status, body, rejected: Some(lines) }
+                    if part.iter().all(|l| !l.line.contains('\n')) =>
+                {
                     let ids: Vec<i64> = lines.iter().filter_map(|i| part.get(*i)).map(|l| l.id).collect();
-                    self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await;
+                    // Deleting the range before its refused lines are safe in the dead letters
+                    // would lose them: if they cannot move, all of it is sent again later.
+                    if !self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await {
+                        return Flow::Retry(st.backoff.next_delay());
+                    }
                     self.delete(part).await;
                     let delivered = part.len().saturating_sub(lines.len());
                     self.stats.written(delivered as u64, crate::now_ns());
                     continue;
                 }
-                WriteOutcome::Partial { status, body, rejected: None } => {
-                    if r.len() == 1 {
-                        self.dead_letter(vec![part[0].id], REASON_REJECTED, Some(status), &body).await;
-                    } else {
+                WriteOutcome::Partial { status, body, .. } => {
+                    if r.len() > 1 {
                         split(&mut todo, r.clone());
+                    } else if !self.dead_letter(vec![part[0].id], REASON_REJECTED, Some(status), &body).await {
+                        return Flow::Retry(st.backoff.next_delay());
                     }
                     continue;
                 }
                 WriteOutcome::TooLarge => {
-                    if r.len() == 1 {
-                        self.dead_letter(
+                    if r.len() > 1 {
+                        st.size.shrink(r.len());
+                        warn!(destination = %self.dest, points = r.len(), new_batch_max_lines = st.size.current(), "InfluxDB refused the batch as too large (413); splitting, and sending smaller batches until full ones are written again.");
+                        split(&mut todo, r.clone());
+                    } else if !self
+                        .dead_letter(
                             vec![part[0].id],
                             REASON_TOO_LARGE,
                             Some(413),
                             "one line is larger than InfluxDB accepts",
                         )
-                        .await;
-                    } else {
-                        st.max_lines = (r.len() / 2).max(1);
-                        warn!(destination = %self.dest, points = r.len(), new_batch_max_lines = st.max_lines, "InfluxDB refused the batch as too large (413); splitting and sending smaller batches from now on.");
-                        split(&mut todo, r.clone());
+                        .await
+                    {
+                        return Flow::Retry(st.backoff.next_delay());
                     }
                     continue;
                 }
-                WriteOutcome::Retry { after, why, mid_request } => {
+                WriteOutcome::Retry { after, why, cause, mid_request } => {
                     self.stats.failed(short(&why));
                     if mid_request && r.len() > 1 {
                         st.breaks += 1;
                         if st.breaks >= BREAKS_BEFORE_SPLIT {
                             st.breaks = 0;
-                            st.max_lines = (r.len() / 2).max(1);
+                            st.size.shrink(r.len());
                             warn!(destination = %self.dest, points = r.len(), error = %why, "The connection broke mid-request repeatedly; sending smaller batches.");
                             split(&mut todo, r.clone());
                             continue;
                         }
                     }
+                    let log = st.failed(&cause);
                     let step = st.backoff.next_delay();
-                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                    if log {
                         warn!(destination = %self.dest, error = %why, waiting = r.len(), attempt = st.backoff.attempts, "InfluxDB write failed; keeping the points and retrying.");
                     }
-                    st.failing = true;
                     after.map_or(step, |a| a.max(step))
                 }
                 WriteOutcome::Auth { status, body } => {
                     self.stats.failed(format!("HTTP {status}: credentials refused"));
-                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                    if st.failed(&format!("HTTP {status}")) {
                         error!(destination = %self.dest, status, response = %body, "InfluxDB refused the credentials; keeping every point. Fix the token or password file.");
                     }
-                    st.failing = true;
                     st.backoff.next_delay()
                 }
                 WriteOutcome::Rejected { status, body } => {
                     self.stats.failed(short(&format!("HTTP {status}: {body}")));
-                    if !st.failing || st.backoff.attempts.is_multiple_of(10) {
+                    if st.failed(&format!("HTTP {status}")) {
                         error!(destination = %self.dest, status, response = %body, "InfluxDB refused this destination (does the database or bucket exist?); keeping its points and retrying. Other destinations carry on.");
                     }
-                    st.failing = true;
+                    st.backoff.next_delay()
+                }
+                WriteOutcome::Foreign { status, why, cause } => {
+                    self.stats.failed(short(&why));
+                    if st.failed(&cause) {
+                        error!(destination = %self.dest, status, error = %why, waiting = r.len(), "The answer is not InfluxDB's (a redirect, a proxy, another server?); keeping every point and retrying. Check influx.url and what stands between the gateway and InfluxDB.");
+                    }
                     st.backoff.next_delay()
                 }
             };
@@ -408,18 +520,22 @@ impl Worker {
         let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
     }
 
-    async fn dead_letter(&self, ids: Vec<i64>, reason: &'static str, status: Option<u16>, detail: &str) {
+    /// Moves refused points to the dead letters; false if that failed (they stay queued, and
+    /// nothing around them may be deleted as written).
+    async fn dead_letter(&self, ids: Vec<i64>, reason: &'static str, status: Option<u16>, detail: &str) -> bool {
         let n = ids.len() as u64;
         match self.queue.dead_letter(self.id, ids, reason, status, detail.to_owned()).await {
             Ok(moved) => {
                 self.stats.dead_lettered(reason, moved);
                 error!(destination = %self.dest, points = moved, reason, status, response = %detail, "InfluxDB refused points for good; moved them to the dead letters (see `heartguard-gateway dead-letters list`).");
+                let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
+                true
             }
             Err(e) => {
-                error!(destination = %self.dest, points = n, error = %e, "Could not move refused points to the dead letters; they stay queued.")
+                error!(destination = %self.dest, points = n, error = %e, "Could not move refused points to the dead letters; they stay queued and are sent again.");
+                false
             }
         }
-        let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
     }
 }
 
@@ -458,5 +574,80 @@ fn short(why: &str) -> String {
     match one_line.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{}…", &one_line[..cut]),
         None => one_line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `n` full batches at the current size; whether the last brought it back.
+    fn write_full(b: &mut BatchSize, n: u32) -> bool {
+        (0..n).map(|_| b.written(b.current())).last().unwrap_or(false)
+    }
+
+    #[test]
+    fn batch_size_grows_back_after_runs_of_full_batches() {
+        let mut b = BatchSize::new(64);
+        assert!(!b.written(64), "at the configured size nothing changes");
+        b.shrink(64);
+        assert_eq!(b.current(), 32);
+        b.shrink(32);
+        assert_eq!(b.current(), 16);
+        assert!(!write_full(&mut b, GROW_AFTER - 1));
+        assert!(!b.written(15), "a batch that is not full proves nothing");
+        assert_eq!(b.current(), 16);
+        assert!(!b.written(16));
+        assert_eq!(b.current(), 32, "doubled after a run");
+        assert!(write_full(&mut b, GROW_AFTER), "back to the configured size, said once");
+        assert_eq!(b.current(), 64);
+        assert!(!write_full(&mut b, 3 * GROW_AFTER));
+        b.shrink(64);
+        assert_eq!(b.needed, GROW_AFTER, "64 had been written: a later 413 is no relapse");
+    }
+
+    #[test]
+    fn batch_size_refused_right_after_growing_waits_twice_as_long() {
+        let mut b = BatchSize::new(64);
+        b.shrink(16);
+        assert_eq!(b.current(), 8);
+        write_full(&mut b, GROW_AFTER);
+        assert_eq!(b.current(), 16);
+        b.shrink(16);
+        assert_eq!(b.current(), 8, "16 was refused at once");
+        write_full(&mut b, GROW_AFTER);
+        assert_eq!(b.current(), 8, "not yet");
+        write_full(&mut b, GROW_AFTER);
+        assert_eq!(b.current(), 16, "after twice the run");
+        b.written(16);
+        b.shrink(16);
+        write_full(&mut b, 2 * GROW_AFTER);
+        assert_eq!(b.current(), 16, "16 had worked once: no longer a relapse");
+        for _ in 0..20 {
+            write_full(&mut b, GROW_AFTER_MAX);
+            b.shrink(b.current());
+        }
+        assert!(b.needed <= GROW_AFTER_MAX);
+        assert_eq!(BatchSize::new(1).current(), 1);
+        let mut one = BatchSize::new(4);
+        one.shrink(1);
+        assert_eq!(one.current(), 1, "never below one line");
+    }
+
+    #[test]
+    fn every_change_of_cause_is_worth_a_log_line() {
+        let mut st = Retry {
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
+            failing: false,
+            cause: None,
+            breaks: 0,
+            size: BatchSize::new(10),
+        };
+        let mut logged = Vec::new();
+        for cause in ["HTTP 503", "HTTP 503", "HTTP 404", "HTTP 404", "HTTP 400 not from InfluxDB", "HTTP 503"] {
+            logged.push(st.failed(cause));
+            st.backoff.next_delay();
+        }
+        assert_eq!(logged, [true, false, true, false, true, true]);
     }
 }
