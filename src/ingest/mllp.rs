@@ -29,8 +29,8 @@ use super::{Ack, Envelope, RateLimited};
 use crate::config::Hl7;
 use crate::decode::RejectReason;
 use crate::model::loggable;
+use crate::protocols::Framer;
 use crate::protocols::hl7::{self, AckCode, Header};
-use crate::protocols::{Framer, Scan};
 use crate::telemetry::{Counters, PROTOCOL_HL7, SOURCE_MLLP, SourceCounters};
 
 /// Retries remembered per gateway (sender, control id), oldest forgotten first.
@@ -169,11 +169,7 @@ impl Connection {
                 },
             };
             framer.push(&buf[..n]);
-            while let Some(frame) = framer.next(|b| match hl7::scan_mllp(b) {
-                Scan::Incomplete if b.len() > max + 2 => Scan::Skip(b.len(), RejectReason::Oversized),
-                Scan::Frame(m, _) if m.len() > max => Scan::Skip(m.len() + 3, RejectReason::Oversized),
-                s => s,
-            }) {
+            while let Some(frame) = framer.next(|b| hl7::scan_mllp_within(b, max)) {
                 let reply = match frame {
                     Ok(msg) => match self.handle(&msg, &tx, &mut reject_log).await {
                         Some(reply) => reply,

@@ -1,8 +1,9 @@
 //! HL7 v2 ORU^R01 (IHE PCD-01) messages over MLLP, and their ACKs (protocols.md §3).
 //!
 //! - **MLLP**: `0B` + message + `1C 0D`. Garbage before `0B` is skipped; a new `0B` before
-//!   the end of a message means the message was cut short; messages are capped at
-//!   [`MAX_MESSAGE`]. Segments end with CR, LF or CR LF.
+//!   the end of a message means the message was cut short; messages are capped at the
+//!   caller's limit ([`scan_mllp_within`]; the listener's is `hl7.max_message_bytes`).
+//!   Segments end with CR, LF or CR LF.
 //! - **Read**: MSH (delimiters from MSH-1/2, sending application MSH-3, message type
 //!   MSH-9, control id MSH-10, processing id MSH-11), OBR-7 and OBX. **PID and PV1 are
 //!   never read**: no name, no MRN, nothing about the patient is decoded, logged or
@@ -34,26 +35,37 @@ use crate::fields::{self, FieldSpec};
 
 pub const START_BLOCK: u8 = 0x0B;
 pub const END_BLOCK: [u8; 2] = [0x1C, 0x0D];
-/// Largest message accepted.
+/// Largest message [`scan_mllp`] accepts (the simulator's and the tests' limit; the listener
+/// takes `hl7.max_message_bytes`).
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 
-/// Finds an MLLP-framed message at the front of `b`.
+/// Finds an MLLP-framed message of at most [`MAX_MESSAGE`] bytes at the front of `b`.
 pub fn scan_mllp(b: &[u8]) -> Scan<Vec<u8>> {
+    scan_mllp_within(b, MAX_MESSAGE)
+}
+
+/// Finds an MLLP-framed message of at most `max` bytes at the front of `b`; a longer one is
+/// skipped as [`RejectReason::Oversized`] once more than `max` bytes of it are in.
+pub fn scan_mllp_within(b: &[u8], max: usize) -> Scan<Vec<u8>> {
     if b[0] != START_BLOCK {
         let skip = b.iter().position(|&c| c == START_BLOCK).unwrap_or(b.len());
         return Scan::Skip(skip, RejectReason::Noise);
     }
-    let window = &b[1..b.len().min(MAX_MESSAGE + 3)];
-    for (i, w) in window.windows(2).enumerate() {
-        if w == END_BLOCK {
+    let window = &b[1..b.len().min(max.saturating_add(3))];
+    let mut from = 0;
+    while let Some(i) = window[from..].iter().position(|&c| c == END_BLOCK[0]) {
+        let i = from + i;
+        if window.get(i + 1) == Some(&END_BLOCK[1]) {
             return Scan::Frame(window[..i].to_vec(), i + 3);
         }
+        from = i + 1;
     }
     // A new start block before the end: this message was cut short.
     if let Some(next) = window.iter().position(|&c| c == START_BLOCK) {
         return Scan::Skip(next + 1, RejectReason::BadFrame);
     }
-    if b.len() > MAX_MESSAGE + 2 { Scan::Skip(MAX_MESSAGE + 2, RejectReason::Oversized) } else { Scan::Incomplete }
+    let most = max.saturating_add(2);
+    if b.len() > most { Scan::Skip(most, RejectReason::Oversized) } else { Scan::Incomplete }
 }
 
 /// Wraps a message in MLLP framing.
@@ -669,6 +681,18 @@ mod tests {
         assert_eq!(frames, [msg.clone(), msg]);
         assert_eq!(rejected, [RejectReason::BadFrame]);
         assert_eq!(f.take_noise(), 7);
+    }
+
+    #[test]
+    fn the_message_limit_is_the_callers() {
+        let mut msg = example();
+        msg.resize(2 * MAX_MESSAGE, b'x');
+        let wire = frame_mllp(&msg);
+        assert_eq!(scan_mllp_within(&wire, 4 * MAX_MESSAGE), Scan::Frame(msg.clone(), wire.len()));
+        assert_eq!(scan_mllp(&wire), Scan::Skip(MAX_MESSAGE + 2, RejectReason::Oversized));
+        assert_eq!(scan_mllp_within(&wire[..wire.len() - 1], 4 * MAX_MESSAGE), Scan::Incomplete);
+        assert_eq!(scan_mllp_within(&wire, msg.len()), Scan::Frame(msg.clone(), wire.len()));
+        assert_eq!(scan_mllp_within(&wire, msg.len() - 1), Scan::Skip(msg.len() + 1, RejectReason::Oversized));
     }
 
     #[test]

@@ -1,0 +1,155 @@
+//! HL7 over MLLP against the gateway process and a real InfluxDB 1.x. Each test is an MLLP
+//! client of its own gateway.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{DB, Gateway, Influx1, WAIT, eventually, free_port, wait_count, wait_for_log};
+use heartguard_gateway::protocols::hl7;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DEV_A: &str = "00A0B1FFFEC2D301";
+const DEV_B: &str = "00A0B1FFFEC2D302";
+const DEV_C: &str = "00A0B1FFFEC2D303";
+
+/// 2024-05-17T10:30:15Z, and that time as HL7 writes it.
+const T0_NS: i64 = 1_715_941_815_000_000_000;
+const T0: &str = "20240517103015+0000";
+
+fn patient_of(serial: &str) -> String {
+    format!("patient-of-{serial}")
+}
+
+/// A bindings file for the test devices (no start or end: every reading time is covered).
+fn bindings(dir: &Path) -> PathBuf {
+    let mut text = String::new();
+    for s in [DEV_A, DEV_B, DEV_C] {
+        text.push_str(&format!(
+            "[[binding]]\nserial = \"{s}\"\ndevice_id = \"dev-{s}\"\nstream_id = \"stream-{s}\"\npatient_id = \"{p}\"\norg_id = \"org-1\"\nsignal_type = \"vital_signs\"\ninflux_org = \"heartguard\"\ninflux_bucket = \"{DB}\"\nmeasurement = \"vital_signs\"\n\n",
+            p = patient_of(s)
+        ));
+    }
+    let path = dir.join("bindings.toml");
+    std::fs::write(&path, text).expect("write bindings");
+    path
+}
+
+/// A gateway with MQTT off, the HL7 listener on a free port (`hl7` lines go into `[hl7]`,
+/// `extra` after it), and a real InfluxDB.
+struct Setup {
+    influx: Influx1,
+    gw: Gateway,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn start(hl7: &str) -> Self {
+        Self::start_with(hl7, "", &[]).await
+    }
+
+    async fn start_with(hl7: &str, extra: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let influx = Influx1::start();
+        influx.create_db(DB).await;
+        let port = free_port();
+        let toml = format!(
+            "[gateway]\nid = \"mllp-test\"\ndata_dir = \"{data}\"\nshutdown_grace_ms = 5000\n\n[mqtt]\nenabled = false\n\n[influx]\nurl = \"{url}\"\napi = \"v1\"\nflush_interval_ms = 100\nretry_initial_ms = 100\nretry_max_ms = 1000\n\n[bindings]\nfile = \"{b}\"\n\n[hl7]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n{hl7}\n\n{extra}\n",
+            data = dir.path().join("data").display(),
+            url = influx.url(),
+            b = bindings(dir.path()).display(),
+        );
+        let gw = Gateway::start_with_env(dir.path(), &toml, env);
+        wait_for_log(&gw, "HL7 MLLP listener ready.").await;
+        Self { influx, gw, port, _dir: dir }
+    }
+
+    async fn connect(&self) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect to the MLLP listener")
+    }
+
+    async fn rows(&self) -> Vec<Map<String, Value>> {
+        self.influx.rows(DB, "vital_signs").await
+    }
+
+    /// The gateway's `/metrics` text.
+    async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.gw.http_url().await);
+        common::http_client().get(&url).send().await.expect("GET /metrics").text().await.expect("body")
+    }
+
+    /// The value of one sample (`name{labels}` exactly as rendered); 0 when absent.
+    async fn metric(&self, series: &str) -> f64 {
+        sample(&self.metrics().await, series).unwrap_or(0.0)
+    }
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Sends one MLLP-framed message and returns the (code, control id) of its ACK.
+async fn send(stream: &mut TcpStream, msg: &[u8]) -> (String, String) {
+    stream.write_all(&hl7::frame_mllp(msg)).await.expect("send HL7");
+    read_ack(stream).await
+}
+
+async fn read_ack<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (String, String) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !got.ends_with(&[0x1C, 0x0D]) {
+            let n = stream.read(&mut buf).await.expect("read ACK");
+            assert!(n > 0, "connection closed without an ACK");
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.expect("an ACK within the patience");
+    hl7::parse_ack(&got[1..got.len() - 2]).expect("an MSA segment")
+}
+
+/// An ORU of one device with a heart rate, all its times `time`.
+fn oru(serial: &str, control: &str, time: &str, heart_rate: u16) -> Vec<u8> {
+    hl7::build_oru(serial, control, time, time, &hl7::Vitals { heart_rate: Some(heart_rate), ..Default::default() })
+}
+
+fn aa(control: &str) -> (String, String) {
+    ("AA".into(), control.into())
+}
+
+/// (time, heart rate) of every stored point of `serial`, by time.
+fn heart_rates(rows: &[Map<String, Value>], serial: &str) -> Vec<(i64, i64)> {
+    let mut v: Vec<(i64, i64)> = rows
+        .iter()
+        .filter(|r| r["device_id"] == json!(format!("dev-{serial}")))
+        .filter_map(|r| Some((r["time"].as_i64()?, r["heart_rate"].as_i64()?)))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_one_mib_is_taken_when_the_limit_allows_it() {
+    let s = Setup::start("max_message_bytes = 4194304").await;
+    let mut c = s.connect().await;
+    // A 2 MiB message: a long NTE (free text, never read) after the observations.
+    let mut big = oru(DEV_A, "BIG1", T0, 72);
+    big.extend_from_slice(b"NTE|1||");
+    big.resize(2 * 1024 * 1024 - 1, b'x');
+    big.push(b'\r');
+    assert_eq!(send(&mut c, &big).await, aa("BIG1"));
+    wait_count(&s.influx, "vital_signs", 1).await;
+    assert_eq!(heart_rates(&s.rows().await, DEV_A), [(T0_NS, 72)]);
+    // Past the limit it is still refused.
+    let mut huge = big.clone();
+    huge.resize(5 * 1024 * 1024, b'x');
+    let (code, _) = send(&mut c, &huge).await;
+    assert_eq!(code, "AR");
+    eventually(WAIT, "the oversized message is counted", || async {
+        s.metric(r#"heartguard_decode_rejected_total{protocol="hl7",reason="oversized"}"#).await == 1.0
+    })
+    .await;
+}
