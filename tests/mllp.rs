@@ -1,5 +1,5 @@
-//! HL7 over MLLP against the gateway process and a real InfluxDB 1.x. Each test is an MLLP
-//! client of its own gateway.
+//! HL7 over MLLP against the gateway process and a real InfluxDB 1.x: retries, message size.
+//! Each test is an MLLP client of its own gateway.
 
 mod common;
 
@@ -116,6 +116,12 @@ fn oru(serial: &str, control: &str, time: &str, heart_rate: u16) -> Vec<u8> {
     hl7::build_oru(serial, control, time, time, &hl7::Vitals { heart_rate: Some(heart_rate), ..Default::default() })
 }
 
+/// HL7 time of `T0` plus `secs`.
+fn t(secs: i64) -> String {
+    let at = chrono::DateTime::from_timestamp_nanos(T0_NS + secs * 1_000_000_000);
+    at.format("%Y%m%d%H%M%S+0000").to_string()
+}
+
 fn aa(control: &str) -> (String, String) {
     ("AA".into(), control.into())
 }
@@ -129,6 +135,58 @@ fn heart_rates(rows: &[Map<String, Value>], serial: &str) -> Vec<(i64, i64)> {
         .collect();
     v.sort();
     v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_message_that_reuses_a_control_id_is_stored() {
+    let s = Setup::start("").await;
+    let mut c = s.connect().await;
+    // The monitor rebooted and its MSH-10 counter started again: same MSH-3, same MSH-10,
+    // a new observation.
+    assert_eq!(send(&mut c, &oru(DEV_A, "1", &t(0), 72)).await, aa("1"));
+    assert_eq!(send(&mut c, &oru(DEV_A, "1", &t(60), 80)).await, aa("1"));
+    wait_count(&s.influx, "vital_signs", 2).await;
+    assert_eq!(heart_rates(&s.rows().await, DEV_A), [(T0_NS, 72), (T0_NS + 60_000_000_000, 80)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_cycling_through_its_control_ids_has_every_message_stored() {
+    let s = Setup::start("").await;
+    let mut c = s.connect().await;
+    let mut expected = Vec::new();
+    for round in 0..2 {
+        for id in 1..=3 {
+            let secs = (round * 3 + id) * 60;
+            let hr = 60 + secs / 60;
+            assert_eq!(send(&mut c, &oru(DEV_A, &id.to_string(), &t(secs), hr as u16)).await, aa(&id.to_string()));
+            expected.push((T0_NS + secs * 1_000_000_000, hr));
+        }
+    }
+    wait_count(&s.influx, "vital_signs", 6).await;
+    assert_eq!(heart_rates(&s.rows().await, DEV_A), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_resend_is_acknowledged_again_and_stored_once() {
+    let s = Setup::start("").await;
+    let mut c = s.connect().await;
+    let first = oru(DEV_A, "MSG7", T0, 72);
+    // The same message sent again by a monitor that got no ACK, once as it was and once with a
+    // new MSH-7 (some senders stamp the message when they send it, not when they build it).
+    let mut restamped = String::from_utf8(first.clone()).expect("utf8");
+    let msh7 = format!("|{T0}||ORU^R01");
+    assert!(restamped.contains(&msh7));
+    restamped = restamped.replacen(&msh7, &format!("|{}||ORU^R01", t(90)), 1);
+    for m in [&first, &first, &restamped.into_bytes()] {
+        assert_eq!(send(&mut c, m).await, aa("MSG7"));
+    }
+    wait_count(&s.influx, "vital_signs", 1).await;
+    assert_eq!(heart_rates(&s.rows().await, DEV_A), [(T0_NS, 72)]);
+    eventually(WAIT, "two retries counted", || async {
+        s.metric("heartguard_ingest_hl7_duplicates_total").await == 2.0
+    })
+    .await;
+    assert_eq!(s.metric("heartguard_queue_appended_total").await, 1.0, "stored once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

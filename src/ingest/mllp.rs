@@ -5,8 +5,11 @@
 //!   message's readings are committed** (intake completes an [`Ack::Mllp`]); a monitor such
 //!   as the GE B40 resends a message that got no ACK, so a gateway crash before the commit
 //!   loses nothing. AE/AR carry a fixed reason in MSA-3 (protocols.md §3.3).
-//! - **Retries** are recognised by (MSH-3 sending application, MSH-10 control id): a message
-//!   already committed is answered AA again without being stored twice.
+//! - **Retries** are recognised by their content ([`hl7::retry_key`]: the message without
+//!   MSH-7, and the times of its readings), never by MSH-10 alone, whose counters restart and
+//!   wrap: a message already committed is answered AA again without being stored twice. When
+//!   in doubt it is stored: a second copy of a point overwrites the first in InfluxDB, a
+//!   dropped one is lost.
 //! - Connections are capped (`hl7.max_connections`, mini-redis' semaphore); messages are
 //!   capped (`hl7.max_message_bytes`, answered AR). Nothing from a message — no field, no
 //!   patient data — goes into a log line: only the peer address, control id and reason.
@@ -33,7 +36,7 @@ use crate::protocols::Framer;
 use crate::protocols::hl7::{self, AckCode, Header};
 use crate::telemetry::{Counters, PROTOCOL_HL7, SOURCE_MLLP, SourceCounters};
 
-/// Retries remembered per gateway (sender, control id), oldest forgotten first.
+/// Messages remembered (their retry keys) to recognise resends, oldest forgotten first.
 const DEDUPE_CAPACITY: usize = 10_000;
 /// Longest time an ACK may take to write before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,20 +51,20 @@ pub struct MllpSource {
     seen: Arc<Mutex<Seen>>,
 }
 
-/// (sender, control id) of messages committed recently.
+/// Retry keys of messages committed recently.
 #[derive(Default)]
 struct Seen {
-    set: HashSet<(String, String)>,
-    order: VecDeque<(String, String)>,
+    set: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
 }
 
 impl Seen {
-    fn contains(&self, k: &(String, String)) -> bool {
+    fn contains(&self, k: &[u8; 32]) -> bool {
         self.set.contains(k)
     }
 
-    fn insert(&mut self, k: (String, String)) {
-        if self.set.insert(k.clone()) {
+    fn insert(&mut self, k: [u8; 32]) {
+        if self.set.insert(k) {
             self.order.push_back(k);
             if self.order.len() > DEDUPE_CAPACITY
                 && let Some(old) = self.order.pop_front()
@@ -211,7 +214,7 @@ impl Connection {
         }
         self.stats.dropped_fields.fetch_add(u64::from(m.decoded.dropped_fields), Relaxed);
         self.stats.readings.fetch_add(m.decoded.readings.len() as u64, Relaxed);
-        let key = m.header.as_ref().map(|h| (h.sending_app.clone(), h.control_id.clone()));
+        let key = m.retry_key;
         if m.ack != AckCode::Accept || m.decoded.readings.is_empty() {
             return Some(ack_bytes(m.header.as_ref(), m.ack, m.reason));
         }

@@ -130,13 +130,16 @@ pub struct Message {
     pub ack: AckCode,
     /// MSA-3 for AE/AR: a fixed text, never message content.
     pub reason: Option<&'static str>,
+    /// Tells a resend of this message from a new one ([`retry_key`]); `None` when nothing is
+    /// to be stored.
+    pub retry_key: Option<[u8; 32]>,
 }
 
 impl Message {
     fn refuse(header: Option<Header>, ack: AckCode, reason: RejectReason, text: &'static str) -> Self {
         let mut decoded = Decoded::default();
         decoded.rejected.push(Rejection::new(reason, text));
-        Self { header, decoded, ack, reason: Some(text) }
+        Self { header, decoded, ack, reason: Some(text), retry_key: None }
     }
 }
 
@@ -413,7 +416,43 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
         }
         set.into_reading(Some(&serial), &id, ts, &mut out);
     }
-    Message { header: Some(header), decoded: out, ack: AckCode::Accept, reason: None }
+    // MSH-7's place in `msg`: `text` borrows `msg` unless the message is not UTF-8.
+    let msh7 = match (&text, msh.get(6)) {
+        (std::borrow::Cow::Borrowed(t), Some(f7)) => {
+            (f7.as_ptr() as usize).checked_sub(t.as_ptr() as usize).map(|start| start..start + f7.len())
+        }
+        _ => None,
+    };
+    let retry_key = (!out.readings.is_empty()).then(|| retry_key(msg, msh7, &out.readings));
+    Message { header: Some(header), decoded: out, ack: AckCode::Accept, reason: None, retry_key }
+}
+
+/// What tells a resend from a new message: SHA-256 over the message without MSH-7 (a sender
+/// may stamp a message anew each time it sends it) and over the times of its readings. MSH-10
+/// alone cannot: monitors number messages with counters that restart after a reboot or wrap,
+/// and two monitors may share MSH-3. The reading times keep apart two messages alike in every
+/// byte but whose readings took their time from MSH-7 or from the receipt. `msh7` is the byte
+/// range of MSH-7 in `msg`, when known; without it the whole message counts (a restamped resend
+/// is then stored again, which InfluxDB takes as an overwrite of the same point).
+pub fn retry_key(msg: &[u8], msh7: Option<std::ops::Range<usize>>, readings: &[crate::model::Reading]) -> [u8; 32] {
+    let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+    match msh7.filter(|r| r.start <= r.end && r.end <= msg.len()) {
+        Some(r) => {
+            d.update(&((msg.len() - r.len()) as u64).to_be_bytes());
+            d.update(&msg[..r.start]);
+            d.update(&msg[r.end..]);
+        }
+        None => {
+            d.update(&(msg.len() as u64).to_be_bytes());
+            d.update(msg);
+        }
+    }
+    for r in readings {
+        d.update(&r.ts_ns.to_be_bytes());
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(d.finish().as_ref());
+    key
 }
 
 /// An original-mode ACK for `header` (or for an unreadable message), MLLP-framed.
@@ -681,6 +720,30 @@ mod tests {
         assert_eq!(frames, [msg.clone(), msg]);
         assert_eq!(rejected, [RejectReason::BadFrame]);
         assert_eq!(f.take_noise(), 7);
+    }
+
+    #[test]
+    fn resends_share_a_retry_key_and_new_messages_do_not() {
+        let key = |m: &str, now: i64| decode_message(m.as_bytes(), now).retry_key.expect("readings, so a key");
+        let v = Vitals { heart_rate: Some(72), ..Default::default() };
+        let text = |control: &str, time: &str, v: &Vitals| {
+            String::from_utf8(build_oru("0123456789ABCDEF", control, time, time, v)).expect("utf8")
+        };
+        let first = text("7", "20240517103015+0000", &v);
+        assert_eq!(key(&first, NOW), key(&first, NOW + 5_000_000_000), "an exact resend");
+        let restamped = first.replacen("|20240517103015+0000||ORU", "|20240517103115+0000||ORU", 1);
+        assert_ne!(restamped, first);
+        assert_eq!(key(&restamped, NOW), key(&first, NOW), "a resend stamped anew in MSH-7");
+        let reused = text("7", "20240517103115+0000", &Vitals { heart_rate: Some(80), ..Default::default() });
+        assert_ne!(key(&reused, NOW), key(&first, NOW), "a new message under a control id seen before");
+
+        // Readings that take their time from MSH-7 or from the receipt are never merged.
+        let no_times = "MSH|^~\\&|MON^0123456789ABCDEF^EUI-64|A|GW|H|{msh7}||ORU^R01|7|P|2.6\r\
+            OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72|/min|||||R\r";
+        let at = |msh7: &str| no_times.replace("{msh7}", msh7);
+        assert_ne!(key(&at("20240517103015"), NOW), key(&at("20240517103115"), NOW));
+        assert_ne!(key(&at(""), NOW), key(&at(""), NOW + 1));
+        assert_eq!(key(&at(""), NOW), key(&at(""), NOW));
     }
 
     #[test]
