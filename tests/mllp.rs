@@ -1,5 +1,5 @@
-//! HL7 over MLLP against the gateway process and a real InfluxDB 1.x: retries, message size.
-//! Each test is an MLLP client of its own gateway.
+//! HL7 over MLLP against the gateway process and a real InfluxDB 1.x: retries, attribution of
+//! multi-device messages, message size. Each test is an MLLP client of its own gateway.
 
 mod common;
 
@@ -187,6 +187,65 @@ async fn an_exact_resend_is_acknowledged_again_and_stored_once() {
     })
     .await;
     assert_eq!(s.metric("heartguard_queue_appended_total").await, 1.0, "stored once");
+}
+
+/// A central station's message with the observations of several devices.
+fn multi_device_oru(control: &str) -> Vec<u8> {
+    let obx = |n: u32, code: &str, sub: &str, value: u32, unit: &str, obx18: &str| {
+        format!("OBX|{n}|NM|{code}^MDC|{sub}|{value}|{unit}^MDC|||||R|||{T0}||||{obx18}\r")
+    };
+    let mds = |n: u32, sub: &str, dev: &str| {
+        format!(
+            "OBX|{n}||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|{sub}|||||||X|||||||{dev}^ACME_MON^{dev}^EUI-64\r"
+        )
+    };
+    let mut s = format!(
+        "MSH|^~\\&|CMS^CENTRAL^L|WARD3|GW|HOSP|{T0}||ORU^R01^ORU_R01|{control}|P|2.6\rPID|||\rOBR|1|{control}^CMS|{control}^CMS|182777000^monitoring of patient^SCT|||{T0}\r"
+    );
+    // Monitor A: its MDS row names it; its heart rate says nothing itself.
+    s.push_str(&mds(1, "1.0.0.0", DEV_A));
+    s.push_str(&obx(2, "147842^MDC_ECG_HEART_RATE", "1.1.1.1", 72, "264864^MDC_DIM_BEAT_PER_MIN", ""));
+    // Monitor B likewise, for another patient.
+    s.push_str("PID|||\rOBR|2|||182777000^monitoring of patient^SCT\r");
+    s.push_str(&mds(3, "2.0.0.0", DEV_B));
+    s.push_str(&obx(4, "147842^MDC_ECG_HEART_RATE", "2.1.1.1", 88, "264864^MDC_DIM_BEAT_PER_MIN", ""));
+    // A pulse oximeter that names itself in its own OBX-18, inside B's containment tree.
+    s.push_str(&obx(
+        5,
+        "150456^MDC_PULS_OXIM_SAT_O2",
+        "2.2.1.1",
+        95,
+        "262688^MDC_DIM_PERCENT",
+        &format!("{DEV_C}^OXI^{DEV_C}^EUI-64"),
+    ));
+    // An observation that neither names a device nor sits under an MDS: not any one device's.
+    s.push_str(&obx(6, "151562^MDC_RESP_RATE", "", 18, "264928^MDC_DIM_RESP_PER_MIN", ""));
+    s.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_observation_of_a_multi_device_message_goes_to_its_own_device() {
+    let s = Setup::start("").await;
+    let mut c = s.connect().await;
+    assert_eq!(send(&mut c, &multi_device_oru("CMS1")).await, aa("CMS1"));
+    wait_count(&s.influx, "vital_signs", 3).await;
+    let rows = s.rows().await;
+    let of = |serial: &str| {
+        rows.iter()
+            .find(|r| r["device_id"] == json!(format!("dev-{serial}")))
+            .unwrap_or_else(|| panic!("no point of {serial}: {rows:#?}"))
+    };
+    let (a, b, c) = (of(DEV_A), of(DEV_B), of(DEV_C));
+    assert_eq!((&a["heart_rate"], &a["spo2"], &a["patient_id"]), (&json!(72), &Value::Null, &json!(patient_of(DEV_A))));
+    assert_eq!((&b["heart_rate"], &b["spo2"], &b["patient_id"]), (&json!(88), &Value::Null, &json!(patient_of(DEV_B))));
+    assert_eq!((&c["spo2"], &c["heart_rate"], &c["patient_id"]), (&json!(95), &Value::Null, &json!(patient_of(DEV_C))));
+    for r in &rows {
+        assert!(r.get("resp_rate").is_none_or(Value::is_null), "the unattributed respiration rate is stored: {r:#?}");
+    }
+    eventually(WAIT, "the unattributed observation is counted", || async {
+        s.metric(r#"heartguard_decode_rejected_total{protocol="hl7",reason="ambiguous_device"}"#).await == 1.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

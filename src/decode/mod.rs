@@ -30,10 +30,13 @@ pub enum RejectReason {
     DemoData,
     /// A message type the gateway does not take (HL7: anything but ORU^R01).
     Unsupported,
+    /// HL7: an observation of a multi-device message that names no device of its own and
+    /// belongs to no row that does (never given to a guessed device).
+    AmbiguousDevice,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 17] = [
         Self::Oversized,
         Self::Empty,
         Self::InvalidJson,
@@ -50,6 +53,7 @@ impl RejectReason {
         Self::Noise,
         Self::DemoData,
         Self::Unsupported,
+        Self::AmbiguousDevice,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +74,7 @@ impl RejectReason {
             Self::Noise => "noise",
             Self::DemoData => "demo_data",
             Self::Unsupported => "unsupported_message",
+            Self::AmbiguousDevice => "ambiguous_device",
         }
     }
 }

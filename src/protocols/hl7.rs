@@ -8,8 +8,14 @@
 //!   MSH-9, control id MSH-10, processing id MSH-11), OBR-7 and OBX. **PID and PV1 are
 //!   never read**: no name, no MRN, nothing about the patient is decoded, logged or
 //!   written — the binding says which patient a device belongs to.
-//! - **Identity**: the first OBX-18 (equipment instance, the device's EUI-64), else the
-//!   EUI-64 in MSH-3 (`APP^<EUI-64>^EUI-64`), else MSH-3's first component.
+//! - **Identity**, per observation, since a central station's message carries several
+//!   devices: the OBX's own OBX-18 (equipment instance, the device's EUI-64); else the
+//!   nearest row above it in the OBX-4 containment tree that names a device in its OBX-18
+//!   (`2.1.1.1` belongs to the MDS row `2.0.0.0`, or to a VMD row `2.1.0.0` naming its own);
+//!   else the message's device when its OBX-18s name exactly one; without any OBX-18, the
+//!   EUI-64 in MSH-3 (`APP^<EUI-64>^EUI-64`), else MSH-3's first component. An observation
+//!   that cannot be tied to one device of a multi-device message is refused
+//!   ([`RejectReason::AmbiguousDevice`]), never guessed.
 //! - **Values**: numeric OBX (`NM`) whose OBX-3 carries an IEEE 11073 (MDC) code the
 //!   canonical field table knows ([`crate::fields::by_mdc`]; code first, the `MDC_…` name
 //!   second; LOINC-first rows use the MDC alternate). OBX-11 `X`, `D` or `W`, an empty
@@ -26,7 +32,7 @@
 //!   cannot fix (not HL7, not ORU^R01, no control id, no device identity); AE for an ORU
 //!   without any OBX. MSA-3 carries a fixed reason text, never message content.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Decoded, FieldSet, PortIdentity, Scan};
 use crate::decode::json::{MAX_FUTURE_NS, MIN_TS_NS};
@@ -301,17 +307,78 @@ fn convert(spec: &FieldSpec, v: f64, obx6: &str, d: Delims) -> Option<f64> {
     }
 }
 
-/// The device serial of a message (module docs, "Identity").
-fn identity(obx18s: &[&str], msh3: &str, d: Delims) -> Option<String> {
-    let ok = |s: &str| {
-        let s = unescape(s.trim(), d);
-        crate::model::valid_serial(&s).then_some(s)
-    };
-    obx18s
-        .iter()
-        .find_map(|f| ok(part(f, d.component, 0)))
-        .or_else(|| (part(msh3, d.component, 2) == "EUI-64").then(|| ok(part(msh3, d.component, 1))).flatten())
-        .or_else(|| ok(part(msh3, d.component, 0)))
+/// Which device each observation of a message belongs to (module docs, "Identity").
+struct Devices {
+    /// OBX-4 of the rows whose OBX-18 names a device (`2.0.0.0` for an MDS), and that device;
+    /// `None` where rows of the same place name different devices.
+    rows: HashMap<String, Option<String>>,
+    /// The device of the whole message: the only one its OBX-18s name, else MSH-3's; `None`
+    /// when its OBX-18s name several.
+    message: Option<String>,
+    /// How many devices the OBX-18s name.
+    named: usize,
+}
+
+impl Devices {
+    fn of(obx: &[Vec<&str>], msh3: &str, d: Delims) -> Self {
+        let mut rows: HashMap<String, Option<String>> = HashMap::new();
+        let mut named: BTreeSet<String> = BTreeSet::new();
+        for f in obx {
+            let Some(serial) = obx18_serial(f, d) else { continue };
+            let place = f.get(4).copied().unwrap_or("").trim();
+            if !place.is_empty() {
+                let row = rows.entry(place.to_owned()).or_insert_with(|| Some(serial.clone()));
+                if row.as_ref().is_some_and(|s| *s != serial) {
+                    *row = None;
+                }
+            }
+            named.insert(serial);
+        }
+        let ok = |s: &str| {
+            let s = unescape(s.trim(), d);
+            crate::model::valid_serial(&s).then_some(s)
+        };
+        let count = named.len();
+        let message = match count {
+            0 => (part(msh3, d.component, 2) == "EUI-64")
+                .then(|| ok(part(msh3, d.component, 1)))
+                .flatten()
+                .or_else(|| ok(part(msh3, d.component, 0))),
+            1 => named.pop_first(),
+            _ => None,
+        };
+        Self { rows, message, named: count }
+    }
+
+    /// The device of one OBX: its own OBX-18, else the nearest row above it in the containment
+    /// tree of OBX-4 (channel `2.1.1.0`, VMD `2.1.0.0`, MDS `2.0.0.0`) that names one, else
+    /// the message's. `None`: the observation cannot be tied to one device.
+    fn of_obx(&self, f: &[&str], d: Delims) -> Option<String> {
+        if let Some(own) = obx18_serial(f, d) {
+            return Some(own);
+        }
+        let place: Vec<&str> = f.get(4).copied().unwrap_or("").trim().split('.').collect();
+        // PCD containment has four levels; a deeper OBX-4 is no tree to walk (and walking
+        // one of thousands of levels would cost their square).
+        let depths = if place.len() <= MAX_CONTAINMENT_LEVELS { 1..place.len() } else { 0..0 };
+        for depth in depths.rev() {
+            let mut above = place[..depth].to_vec();
+            above.resize(place.len(), "0");
+            if let Some(row) = self.rows.get(&above.join(".")) {
+                return row.clone();
+            }
+        }
+        self.message.clone()
+    }
+}
+
+/// Most OBX-4 levels looked up in the containment tree (MDS.VMD.CHAN.METRIC, and some room).
+const MAX_CONTAINMENT_LEVELS: usize = 8;
+
+/// The device an OBX names in OBX-18 (equipment instance identifier), if a valid serial.
+fn obx18_serial(f: &[&str], d: Delims) -> Option<String> {
+    let s = unescape(part(f.get(18).copied().unwrap_or(""), d.component, 0).trim(), d);
+    crate::model::valid_serial(&s).then_some(s)
 }
 
 /// Decodes one message (without MLLP framing). `now_ns` is the receive time.
@@ -371,8 +438,8 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
         m.reason = None;
         return m;
     }
-    let obx18: Vec<&str> = obx.iter().filter_map(|f| f.get(18).copied()).filter(|s| !s.trim().is_empty()).collect();
-    let Some(serial) = identity(&obx18, f(3), d) else {
+    let devices = Devices::of(&obx, f(3), d);
+    if devices.named == 0 && devices.message.is_none() {
         return Message::refuse(
             Some(header),
             AckCode::Reject,
@@ -382,7 +449,7 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
     };
 
     let msh_time = parse_time(f(7));
-    let mut groups: BTreeMap<i64, FieldSet> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, i64), FieldSet> = BTreeMap::new();
     let mut out = Decoded::default();
     for o in &obx {
         if get(o, 2) != "NM" || matches!(get(o, 11).as_str(), "X" | "D" | "W") {
@@ -391,8 +458,15 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
         let Some(spec) = field_of(&get(o, 3), d) else {
             continue;
         };
+        let Some(serial) = devices.of_obx(o, d) else {
+            out.rejected.push(Rejection::new(
+                RejectReason::AmbiguousDevice,
+                "observation not tied to one device of a multi-device message",
+            ));
+            continue;
+        };
         let ts = parse_time(&get(o, 14)).or(msh_time).unwrap_or(now_ns);
-        let set = groups.entry(ts).or_default();
+        let set = groups.entry((serial, ts)).or_default();
         let value = get(o, 5).parse::<f64>().ok().and_then(|v| convert(spec, v, &get(o, 6), d));
         match value {
             Some(v) => set.number(spec, v),
@@ -401,7 +475,7 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
     }
     out.frames = 1;
     let id = PortIdentity { serial: None, signal_type: None };
-    for (ts, set) in groups {
+    for ((serial, ts), set) in groups {
         if !(MIN_TS_NS..=now_ns.saturating_add(MAX_FUTURE_NS)).contains(&ts) {
             out.dropped_fields += set.dropped;
             out.rejected.push(Rejection::new(
@@ -744,6 +818,62 @@ mod tests {
         assert_ne!(key(&at("20240517103015"), NOW), key(&at("20240517103115"), NOW));
         assert_ne!(key(&at(""), NOW), key(&at(""), NOW + 1));
         assert_eq!(key(&at(""), NOW), key(&at(""), NOW));
+    }
+
+    #[test]
+    fn each_observation_belongs_to_the_device_that_names_it_or_its_containment() {
+        let msg = |rows: &[&str]| {
+            let mut m = String::from("MSH|^~\\&|CMS^CENTRAL^L|W|GW|H|20240517103015+0000||ORU^R01|C1|P|2.6\r");
+            for r in rows {
+                m.push_str(r);
+                m.push('\r');
+            }
+            decode_message(m.as_bytes(), NOW)
+        };
+        let mds = |place: &str, dev: &str| {
+            format!("OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|{place}|||||||X|||||||{dev}^M^{dev}^EUI-64")
+        };
+        let hr = |place: &str, v: u32, dev: &str| {
+            format!("OBX|2|NM|147842^MDC_ECG_HEART_RATE^MDC|{place}|{v}|/min|||||R|||||||{dev}")
+        };
+        let serials = |m: &Message| {
+            let mut v: Vec<(String, Option<FieldValue>)> =
+                m.decoded.readings.iter().map(|r| (r.serial.clone(), field(r, "heart_rate"))).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let reasons = |m: &Message| m.decoded.rejected.iter().map(|r| r.reason).collect::<Vec<_>>();
+
+        // Two monitors: each heart rate goes to its MDS's device; one under neither is refused.
+        let m = msg(&[
+            &mds("1.0.0.0", "A1"),
+            &hr("1.1.1.1", 71, ""),
+            &mds("2.0.0.0", "B2"),
+            &hr("2.1.1.1", 82, ""),
+            &hr("", 90, ""),
+        ]);
+        assert_eq!(serials(&m), [("A1".into(), Some(FieldValue::Int(71))), ("B2".into(), Some(FieldValue::Int(82)))]);
+        assert_eq!(reasons(&m), [RejectReason::AmbiguousDevice]);
+        assert_eq!(m.ack, AckCode::Accept);
+
+        // An OBX-18 of its own wins; a VMD row naming a module is nearer than the MDS.
+        let m =
+            msg(&[&mds("1.0.0.0", "A1"), &mds("1.2.0.0", "OX3"), &hr("1.2.1.1", 73, ""), &hr("1.1.1.1", 74, "OWN4")]);
+        assert_eq!(
+            serials(&m),
+            [("OWN4".into(), Some(FieldValue::Int(74))), ("OX3".into(), Some(FieldValue::Int(73)))]
+        );
+
+        // Two rows of one place naming different devices: what sits below them is nobody's.
+        let m = msg(&[&mds("1.0.0.0", "A1"), &mds("1.0.0.0", "B2"), &hr("1.1.1.1", 75, "")]);
+        assert!(m.decoded.readings.is_empty());
+        assert_eq!(reasons(&m), [RejectReason::AmbiguousDevice]);
+
+        // One device named: everything of the message is its, OBX-4 or not.
+        let m = msg(&[&mds("1.0.0.0", "A1"), &hr("", 76, "")]);
+        assert_eq!(serials(&m), [("A1".into(), Some(FieldValue::Int(76)))]);
+        // None named: MSH-3's first component.
+        assert_eq!(serials(&msg(&[&hr("1.1.1.1", 77, "")])), [("CMS".into(), Some(FieldValue::Int(77)))]);
     }
 
     #[test]
