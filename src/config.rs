@@ -23,6 +23,8 @@ pub struct Config {
     pub serial: Vec<SerialPort>,
     /// HL7 v2 (IHE PCD-01) over MLLP.
     pub hl7: Hl7,
+    /// The gateway clock against the devices' clocks.
+    pub clock: Clock,
     pub http: Http,
     pub log: Log,
     /// The file this configuration was read from (SIGHUP reads it again); not a key.
@@ -314,6 +316,9 @@ pub struct Hl7 {
     pub max_message_bytes: usize,
     /// Signal type given to HL7 readings (routes devices with several streams).
     pub signal_type: Option<String>,
+    /// How times without a zone offset are read: `local` (the gateway's zone), `UTC` or a
+    /// fixed offset such as `+01:00` ([`crate::protocols::hl7::Zone`]).
+    pub time_zone: String,
 }
 
 impl Default for Hl7 {
@@ -324,7 +329,30 @@ impl Default for Hl7 {
             max_connections: 64,
             max_message_bytes: 1024 * 1024,
             signal_type: None,
+            time_zone: "local".into(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Clock {
+    /// A device time further ahead of the gateway clock than this is a device clock that is
+    /// wrong, not a reading from the future: refused (HL7 and MQTT JSON), counted and logged
+    /// with the device. Small, because a reading stamped ahead would also be resolved against
+    /// a binding that is not yet in force.
+    pub future_tolerance_ms: u64,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self { future_tolerance_ms: 120_000 }
+    }
+}
+
+impl Clock {
+    pub fn future_tolerance_ns(&self) -> i64 {
+        i64::try_from(self.future_tolerance_ms).unwrap_or(i64::MAX / 1_000_000).saturating_mul(1_000_000)
     }
 }
 
@@ -638,6 +666,12 @@ impl Config {
             if h.signal_type.as_deref().is_some_and(|s| !valid_signal_type(s)) {
                 bad("hl7.signal_type", "1 to 60 characters without control characters".into());
             }
+            if let Err(e) = crate::protocols::hl7::Zone::parse(&h.time_zone) {
+                bad("hl7.time_zone", e);
+            }
+        }
+        if !(1_000..=86_400_000).contains(&self.clock.future_tolerance_ms) {
+            bad("clock.future_tolerance_ms", "between 1000 and 86400000 (24 h)".into());
         }
 
         if m.enabled
@@ -893,13 +927,28 @@ stop_bits = 3
 [hl7]
 enabled = true
 listen = "localhost"
+time_zone = "CET"
+
+[clock]
+future_tolerance_ms = 0
 "#,
         )
         .expect("parses");
         assert_eq!(cfg.serial[0].line().baud, 9600);
         assert_eq!(cfg.serial[2].line().parity, Parity::Even);
         let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
-        assert_eq!(keys, ["serial[2].path", "serial[2].baud", "serial[2].stop_bits", "serial[2].serial", "hl7.listen"]);
+        assert_eq!(
+            keys,
+            [
+                "serial[2].path",
+                "serial[2].baud",
+                "serial[2].stop_bits",
+                "serial[2].serial",
+                "hl7.listen",
+                "hl7.time_zone",
+                "clock.future_tolerance_ms"
+            ]
+        );
         let e = Config::parse("[[serial]]\npath = \"/dev/x\"\nprotocol = \"nonin_df9\"\n").expect_err("bad protocol");
         assert!(e[0].key.starts_with("serial"), "{e:?}");
     }

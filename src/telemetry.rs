@@ -12,6 +12,7 @@
 //! Logs carry ids (device serial, stream id, destination), reasons and counts — never a
 //! payload's contents or anything about a patient but the patient id.
 
+pub mod clocks;
 pub mod devices;
 pub mod health;
 pub mod http;
@@ -91,6 +92,8 @@ pub struct Counters {
     pub health: health::Health,
     /// Devices seen recently, for `status` (never a metric label).
     pub devices: devices::DevicesSeen,
+    /// The clock tolerance the decoders apply, and the devices whose clocks are ahead.
+    pub clocks: clocks::DeviceClocks,
 }
 
 /// What `status` shows of one serial port.

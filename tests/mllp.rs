@@ -1,5 +1,5 @@
 //! HL7 over MLLP against the gateway process and a real InfluxDB 1.x: retries, attribution of
-//! multi-device messages, message size. Each test is an MLLP client of its own gateway.
+//! multi-device messages, time zones, message size. Each test is an MLLP client of its own gateway.
 
 mod common;
 
@@ -244,6 +244,41 @@ async fn each_observation_of_a_multi_device_message_goes_to_its_own_device() {
     }
     eventually(WAIT, "the unattributed observation is counted", || async {
         s.metric(r#"heartguard_decode_rejected_total{protocol="hl7",reason="ambiguous_device"}"#).await == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_without_an_offset_are_read_in_the_configured_zone() {
+    let s = Setup::start("time_zone = \"+02:00\"").await;
+    let mut c = s.connect().await;
+    assert_eq!(send(&mut c, &oru(DEV_A, "Z1", "20240517123015", 72)).await, aa("Z1"));
+    // A time with its offset is read as it says.
+    assert_eq!(send(&mut c, &oru(DEV_A, "Z2", &t(60), 73)).await, aa("Z2"));
+    wait_count(&s.influx, "vital_signs", 2).await;
+    assert_eq!(heart_rates(&s.rows().await, DEV_A), [(T0_NS, 72), (T0_NS + 60_000_000_000, 73)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_times_are_read_in_the_gateways_zone_and_daylight_saving_gaps_and_repeats_are_refused() {
+    // The default time_zone is the gateway's own, here Berlin's.
+    let s = Setup::start_with("", "", &[("TZ", "Europe/Berlin")]).await;
+    let mut c = s.connect().await;
+    // Summer time: 12:30:15 in Berlin is 10:30:15 UTC.
+    assert_eq!(send(&mut c, &oru(DEV_A, "L1", "20240517123015", 72)).await, aa("L1"));
+    // 02:30 on 2024-03-31 does not exist there (clocks jump from 02:00 to 03:00)…
+    assert_eq!(send(&mut c, &oru(DEV_A, "L2", "20240331023000", 80)).await, aa("L2"));
+    // …and 02:30 on 2024-10-27 happens twice (03:00 goes back to 02:00): which one is unknown.
+    assert_eq!(send(&mut c, &oru(DEV_A, "L3", "20241027023000", 81)).await, aa("L3"));
+    // With its offset, the repeated hour is no riddle.
+    assert_eq!(send(&mut c, &oru(DEV_A, "L4", "20241027023000+0100", 82)).await, aa("L4"));
+    wait_count(&s.influx, "vital_signs", 2).await;
+    assert_eq!(heart_rates(&s.rows().await, DEV_A), [(T0_NS, 72), (1_729_992_600_000_000_000, 82)]);
+    eventually(WAIT, "both refusals counted by reason", || async {
+        let m = s.metrics().await;
+        sample(&m, r#"heartguard_decode_rejected_total{protocol="hl7",reason="nonexistent_local_time"}"#) == Some(1.0)
+            && sample(&m, r#"heartguard_decode_rejected_total{protocol="hl7",reason="ambiguous_local_time"}"#)
+                == Some(1.0)
     })
     .await;
 }

@@ -33,7 +33,7 @@ use crate::config::Hl7;
 use crate::decode::RejectReason;
 use crate::model::loggable;
 use crate::protocols::Framer;
-use crate::protocols::hl7::{self, AckCode, Header};
+use crate::protocols::hl7::{self, AckCode, Header, Zone};
 use crate::telemetry::{Counters, PROTOCOL_HL7, SOURCE_MLLP, SourceCounters};
 
 /// Messages remembered (their retry keys) to recognise resends, oldest forgotten first.
@@ -47,6 +47,7 @@ pub struct MllpSource {
     limit: Arc<Semaphore>,
     max_message: usize,
     signal_type: Option<String>,
+    zone: Zone,
     counters: Arc<Counters>,
     seen: Arc<Mutex<Seen>>,
 }
@@ -78,6 +79,7 @@ impl Seen {
 impl MllpSource {
     /// Binds the listen address of a validated configuration.
     pub async fn bind(cfg: &Hl7, counters: Arc<Counters>) -> Result<Self, String> {
+        let zone = Zone::parse(&cfg.time_zone).map_err(|e| format!("hl7.time_zone: {e}"))?;
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| format!("hl7.listen {}: cannot listen: {e}", cfg.listen))?;
@@ -86,6 +88,7 @@ impl MllpSource {
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
             max_message: cfg.max_message_bytes,
             signal_type: cfg.signal_type.clone(),
+            zone,
             counters,
             seen: Arc::new(Mutex::new(Seen::default())),
         })
@@ -121,6 +124,7 @@ impl MllpSource {
                 peer,
                 max_message: self.max_message,
                 signal_type: self.signal_type.clone(),
+                zone: self.zone,
                 counters: self.counters.clone(),
                 stats: self.counters.source(SOURCE_MLLP, PROTOCOL_HL7),
                 seen: self.seen.clone(),
@@ -142,6 +146,7 @@ struct Connection {
     peer: SocketAddr,
     max_message: usize,
     signal_type: Option<String>,
+    zone: Zone,
     counters: Arc<Counters>,
     /// Messages, readings and rejections of the `mllp`/`hl7` source.
     stats: Arc<SourceCounters>,
@@ -204,7 +209,8 @@ impl Connection {
     async fn handle(&self, msg: &[u8], tx: &mpsc::Sender<Envelope>, reject_log: &mut RateLimited) -> Option<Vec<u8>> {
         self.counters.hl7_messages.fetch_add(1, Relaxed);
         self.stats.messages.fetch_add(1, Relaxed);
-        let mut m = hl7::decode_message(msg, crate::now_ns());
+        let mut m = hl7::decode_message(msg, self.counters.clocks.now(), self.zone);
+        self.counters.clocks.report(PROTOCOL_HL7, &m.decoded.clock_ahead);
         let control = m.header.as_ref().map(|h| loggable(&h.control_id)).unwrap_or_default();
         for r in &m.decoded.rejected {
             self.stats.reject(r.reason.as_str());

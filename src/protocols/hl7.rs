@@ -21,10 +21,16 @@
 //!   second; LOINC-first rows use the MDC alternate). OBX-11 `X`, `D` or `W`, an empty
 //!   OBX-5, a non-number, a vendor sentinel (`-999`, `-100`: negative, so out of every
 //!   range) and a unit the field cannot be converted from are not written. °F is converted.
-//! - **Time**: OBX-14, else OBR-7, else MSH-7 (IHE PCD requires synchronized clocks and the
-//!   zone offset; a time without offset is taken as UTC). Observations are grouped into one
-//!   reading per time, so NIBP measured earlier is written at its own time and a repeat of
-//!   it in a later message overwrites the same point in InfluxDB.
+//! - **Time**: OBX-14, else OBR-7, else MSH-7, else the receipt. IHE PCD requires
+//!   synchronized clocks and the zone offset; a time without offset is read in
+//!   `hl7.time_zone` ([`Zone`]: the gateway's own by default). A local time that its zone
+//!   skips (the change to daylight saving time) is refused; one it has twice (the repeated
+//!   hour) is refused unless the later instant is still ahead of the gateway clock ([`instant`]
+//!   says why). A time further ahead of the gateway clock than `clock.future_tolerance_ms` is
+//!   a device clock that is wrong: refused, and its device reported (`clock_ahead`).
+//!   Observations are grouped into one reading per device and time, so NIBP measured earlier
+//!   is written at its own time and a repeat of it in a later message overwrites the same
+//!   point in InfluxDB.
 //! - **Demo and test data**: MSH-11 `T` (training) or `D` (debugging), or `DEMO` in any
 //!   OBX-8, drops the whole message ([`RejectReason::DemoData`]); it is still acknowledged
 //!   (AA), so the sender does not retry.
@@ -35,8 +41,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Decoded, FieldSet, PortIdentity, Scan};
-use crate::decode::json::{MAX_FUTURE_NS, MIN_TS_NS};
-use crate::decode::{RejectReason, Rejection};
+use chrono::{Offset, TimeZone};
+
+use crate::decode::json::MIN_TS_NS;
+use crate::decode::{ClockAhead, Now, RejectReason, Rejection};
 use crate::fields::{self, FieldSpec};
 
 pub const START_BLOCK: u8 = 0x0B;
@@ -205,8 +213,66 @@ fn parse_msh(seg: &str) -> Option<(Delims, Vec<&str>)> {
     Some((d, seg.split(field).collect()))
 }
 
-/// Parses an HL7 time (`YYYY[MM[DD[HH[MM[SS[.ffff]]]]]][+/-ZZZZ]`) to ns since the epoch.
-pub fn parse_time(s: &str) -> Option<i64> {
+/// How times without a zone offset are read (`hl7.time_zone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    /// The gateway's zone (`TZ`, else `/etc/localtime`), daylight saving time included.
+    Local,
+    /// A fixed offset from UTC.
+    Fixed(chrono::FixedOffset),
+}
+
+impl Zone {
+    pub fn utc() -> Self {
+        Self::Fixed(chrono::Utc.fix())
+    }
+
+    /// Reads `"local"`, `"UTC"` or a fixed offset such as `"+01:00"` or `"-0330"`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("local") {
+            return Ok(Self::Local);
+        }
+        if s.eq_ignore_ascii_case("UTC") {
+            return Ok(Self::utc());
+        }
+        let bad = || format!("{s:?} is neither \"local\", \"UTC\" nor an offset such as \"+01:00\"");
+        let (sign, hhmm) = match s.as_bytes().first() {
+            Some(b'+') => (1, &s[1..]),
+            Some(b'-') => (-1, &s[1..]),
+            _ => return Err(bad()),
+        };
+        let digits = match (hhmm.len(), hhmm.get(2..3)) {
+            (5, Some(":")) => format!("{}{}", &hhmm[..2], &hhmm[3..]),
+            (4, _) => hhmm.to_owned(),
+            _ => return Err(bad()),
+        };
+        if !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let (h, m) = (digits[..2].parse::<i32>().map_err(|_| bad())?, digits[2..].parse::<i32>().map_err(|_| bad())?);
+        if h > 23 || m > 59 {
+            return Err(bad());
+        }
+        chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60)).map(Self::Fixed).ok_or_else(bad)
+    }
+}
+
+/// A time read from a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// ns since the epoch.
+    At(i64),
+    /// A local time its zone skips (the hour a change to daylight saving time jumps over).
+    Skipped,
+    /// A local time its zone has twice (the hour repeated when daylight saving time ends):
+    /// the earlier and the later instant.
+    Twice(i64, i64),
+}
+
+/// Parses an HL7 time (`YYYY[MM[DD[HH[MM[SS[.ffff]]]]]][+/-ZZZZ]`); a time without offset is
+/// read in `zone`. `None`: not a time.
+pub fn parse_time(s: &str, zone: Zone) -> Option<Stamp> {
     let s = s.trim();
     let (main, offset_secs) = match s.find(['+', '-']) {
         Some(i) => {
@@ -216,9 +282,9 @@ pub fn parse_time(s: &str) -> Option<i64> {
             }
             let mins = z[..2].parse::<i64>().ok()? * 60 + z[2..].parse::<i64>().ok()?;
             let sign = if s.as_bytes()[i] == b'-' { -1 } else { 1 };
-            (&s[..i], sign * mins * 60)
+            (&s[..i], Some(sign * mins * 60))
         }
-        None => (s, 0),
+        None => (s, None),
     };
     let (digits, frac) = main.split_once('.').unwrap_or((main, ""));
     if digits.len() < 8
@@ -234,8 +300,43 @@ pub fn parse_time(s: &str) -> Option<i64> {
     let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(4..6)?, num(6..8)?)?;
     let time = chrono::NaiveTime::from_hms_opt(num(8..10)?, num(10..12)?, num(12..14)?)?;
     let frac_ns = if frac.is_empty() { 0 } else { frac.parse::<i64>().ok()? * 10i64.pow(9 - frac.len() as u32) };
-    let secs = date.and_time(time).and_utc().timestamp() - offset_secs;
-    secs.checked_mul(1_000_000_000)?.checked_add(frac_ns)
+    let local = date.and_time(time);
+    let ns = |utc_secs: i64| utc_secs.checked_mul(1_000_000_000)?.checked_add(frac_ns);
+    let offset = match (offset_secs, zone) {
+        (Some(o), _) => o,
+        (None, Zone::Fixed(o)) => i64::from(o.local_minus_utc()),
+        (None, Zone::Local) => {
+            return match chrono::Local.from_local_datetime(&local) {
+                chrono::MappedLocalTime::Single(t) => Some(Stamp::At(ns(t.timestamp())?)),
+                chrono::MappedLocalTime::None => Some(Stamp::Skipped),
+                chrono::MappedLocalTime::Ambiguous(a, b) => {
+                    let (a, b) = (ns(a.timestamp())?, ns(b.timestamp())?);
+                    Some(Stamp::Twice(a.min(b), a.max(b)))
+                }
+            };
+        }
+    };
+    Some(Stamp::At(ns(local.and_utc().timestamp() - offset)?))
+}
+
+/// The instant of an observation's time, or why it has none. In the repeated hour, the later
+/// instant is ruled out while it still lies further ahead of the gateway clock than a device
+/// clock may be; otherwise either may be meant and the time is refused: taking the earlier
+/// would write the readings of the second pass an hour early, over the first pass's points
+/// (same series and time) and perhaps to the patient who had the bed an hour before.
+fn instant(stamp: Stamp, now: Now) -> Result<i64, Rejection> {
+    match stamp {
+        Stamp::At(t) => Ok(t),
+        Stamp::Skipped => Err(Rejection::new(
+            RejectReason::NonexistentLocalTime,
+            "local time skipped by a change to daylight saving time (hl7.time_zone)",
+        )),
+        Stamp::Twice(earlier, later) if now.too_far_ahead(later).is_some() => Ok(earlier),
+        Stamp::Twice(..) => Err(Rejection::new(
+            RejectReason::AmbiguousLocalTime,
+            "local time repeated when daylight saving time ends (hl7.time_zone)",
+        )),
+    }
 }
 
 /// MDC reference ids the gateway knows, for OBX-3 rows that name the code only.
@@ -381,8 +482,9 @@ fn obx18_serial(f: &[&str], d: Delims) -> Option<String> {
     crate::model::valid_serial(&s).then_some(s)
 }
 
-/// Decodes one message (without MLLP framing). `now_ns` is the receive time.
-pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
+/// Decodes one message (without MLLP framing). `now` is the receive time; times without an
+/// offset are read in `zone`.
+pub fn decode_message(msg: &[u8], now: Now, zone: Zone) -> Message {
     let text = String::from_utf8_lossy(msg);
     let mut segments = text.split(['\r', '\n']).filter(|s| !s.trim().is_empty());
     let Some((d, msh)) = segments.next().and_then(parse_msh) else {
@@ -448,7 +550,7 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
         );
     };
 
-    let msh_time = parse_time(f(7));
+    let msh_time = parse_time(f(7), zone);
     let mut groups: BTreeMap<(String, i64), FieldSet> = BTreeMap::new();
     let mut out = Decoded::default();
     for o in &obx {
@@ -465,7 +567,14 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
             ));
             continue;
         };
-        let ts = parse_time(&get(o, 14)).or(msh_time).unwrap_or(now_ns);
+        let stamp = parse_time(&get(o, 14), zone).or(msh_time).unwrap_or(Stamp::At(now.ns));
+        let ts = match instant(stamp, now) {
+            Ok(ts) => ts,
+            Err(rejection) => {
+                out.rejected.push(rejection);
+                continue;
+            }
+        };
         let set = groups.entry((serial, ts)).or_default();
         let value = get(o, 5).parse::<f64>().ok().and_then(|v| convert(spec, v, &get(o, 6), d));
         match value {
@@ -476,12 +585,20 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
     out.frames = 1;
     let id = PortIdentity { serial: None, signal_type: None };
     for ((serial, ts), set) in groups {
-        if !(MIN_TS_NS..=now_ns.saturating_add(MAX_FUTURE_NS)).contains(&ts) {
+        let ahead = now.too_far_ahead(ts);
+        if ts < MIN_TS_NS || ahead.is_some() {
             out.dropped_fields += set.dropped;
             out.rejected.push(Rejection::new(
                 RejectReason::TimestampOutOfRange,
-                "observation time before 2000 or more than a day ahead",
+                if ahead.is_some() {
+                    "observation time ahead of the gateway clock by more than clock.future_tolerance_ms"
+                } else {
+                    "observation time before 2000"
+                },
             ));
+            if let Some(ahead_ns) = ahead {
+                out.clock_ahead.push(ClockAhead { serial, ahead_ns });
+            }
             continue;
         }
         if set.is_empty() {
@@ -639,6 +756,15 @@ mod tests {
     const T_VITALS: i64 = 1_715_941_815_000_000_000; // 2024-05-17T10:30:15Z
     const T_NIBP: i64 = 1_715_941_740_000_000_000; // 2024-05-17T10:29:00Z
 
+    /// Decodes as received at `ns`, times without offset in UTC, a 2 min clock tolerance.
+    fn decode(msg: &[u8], ns: i64) -> Message {
+        decode_message(msg, now(ns), Zone::utc())
+    }
+
+    fn now(ns: i64) -> Now {
+        Now { ns, future_tolerance_ns: 120_000_000_000 }
+    }
+
     fn example() -> Vec<u8> {
         EXAMPLE.iter().flat_map(|s| s.bytes().chain([b'\r'])).collect()
     }
@@ -656,7 +782,7 @@ mod tests {
         assert_eq!(&wire[..8], [0x0B, 0x4D, 0x53, 0x48, 0x7C, 0x5E, 0x7E, 0x5C]);
         assert_eq!(&wire[wire.len() - 6..], [0x30, 0x30, 0x30, 0x0D, 0x1C, 0x0D]);
 
-        let m = decode_message(&msg, NOW + 1_000_000_000);
+        let m = decode(&msg, NOW + 1_000_000_000);
         assert_eq!(m.ack, AckCode::Accept);
         assert!(m.decoded.rejected.is_empty(), "{:?}", m.decoded.rejected);
         let h = m.header.as_ref().expect("header");
@@ -684,7 +810,7 @@ mod tests {
 
     #[test]
     fn ack_is_byte_exact() {
-        let m = decode_message(&example(), NOW);
+        let m = decode(&example(), NOW);
         let ack = build_ack(m.header.as_ref(), AckCode::Accept, None, "ACK00001", "20240517103016+0000");
         let expected = b"\x0bMSH|^~\\&|GW|HOSP|MON^0123456789ABCDEF^EUI-64|ACME|20240517103016+0000||ACK^R01^ACK|ACK00001|P|2.6\rMSA|AA|MSG00001\r\x1c\r";
         assert_eq!(String::from_utf8_lossy(&ack), String::from_utf8_lossy(expected));
@@ -694,36 +820,36 @@ mod tests {
 
     #[test]
     fn rejections_carry_a_reason() {
-        let m = decode_message(b"garbage", NOW);
+        let m = decode(b"garbage", NOW);
         assert_eq!((m.ack, m.reason.is_some()), (AckCode::Reject, true));
         let ack = build_ack(m.header.as_ref(), m.ack, m.reason, "A1", "20240517103016+0000");
         assert!(String::from_utf8_lossy(&ack).contains("MSA|AR||not an HL7 message"));
 
         let adt = b"MSH|^~\\&|X|Y|GW|HOSP|20240517103015||ADT^A01|C1|P|2.6\rPID|||1^^^H^MR||DOE^JANE\r";
-        let m = decode_message(adt, NOW);
+        let m = decode(adt, NOW);
         assert_eq!(m.ack, AckCode::Reject);
         assert_eq!(m.decoded.rejected[0].reason, RejectReason::Unsupported);
         assert_eq!(m.header.map(|h| h.control_id), Some("C1".into()));
 
         let no_obx = b"MSH|^~\\&|X^AB^EUI-64|Y|GW|HOSP|20240517103015||ORU^R01|C2|P|2.6\rPID|||\r";
-        assert_eq!(decode_message(no_obx, NOW).ack, AckCode::Error);
+        assert_eq!(decode(no_obx, NOW).ack, AckCode::Error);
         let no_id =
             b"MSH|^~\\&|||GW|HOSP|20240517103015||ORU^R01|C3|P|2.6\rOBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||60\r";
-        assert_eq!(decode_message(no_id, NOW).ack, AckCode::Reject);
+        assert_eq!(decode(no_id, NOW).ack, AckCode::Reject);
         let no_ctrl = b"MSH|^~\\&|X|Y|GW|HOSP|20240517103015||ORU^R01||P|2.6\r";
-        assert_eq!(decode_message(no_ctrl, NOW).ack, AckCode::Reject);
+        assert_eq!(decode(no_ctrl, NOW).ack, AckCode::Reject);
     }
 
     #[test]
     fn demo_and_test_data_is_acknowledged_but_not_stored() {
         let text = String::from_utf8(example()).expect("utf8");
         let training = text.replace("|MSG00001|P|2.6|", "|MSG00001|T|2.6|");
-        let m = decode_message(training.as_bytes(), NOW);
+        let m = decode(training.as_bytes(), NOW);
         assert_eq!(m.ack, AckCode::Accept);
         assert!(m.decoded.readings.is_empty());
         assert_eq!(m.decoded.rejected[0].reason, RejectReason::DemoData);
         let demo = text.replace("|72|264864^MDC_DIM_BEAT_PER_MIN^MDC||", "|72|264864^MDC_DIM_BEAT_PER_MIN^MDC||DEMO|");
-        assert!(decode_message(demo.as_bytes(), NOW).decoded.readings.is_empty());
+        assert!(decode(demo.as_bytes(), NOW).decoded.readings.is_empty());
     }
 
     #[test]
@@ -737,7 +863,7 @@ mod tests {
             OBX|5|NM|150301^MDC_PRESS_CUFF_SYS^MDC|1.3.1.1|118|mm[Hg]^^UCUM|||||F\r\
             OBX|6|NM|150302^MDC_PRESS_CUFF_DIA^MDC|1.3.1.2|76|kPa^^UCUM|||||F\r\
             OBX|7|NM|151562^MDC_RESP_RATE^MDC|1.5.1.1|NaN|/min|||||F\r";
-        let m = decode_message(msg.as_bytes(), NOW);
+        let m = decode(msg.as_bytes(), NOW);
         assert_eq!(m.ack, AckCode::Accept);
         let r = &m.decoded.readings[0];
         assert_eq!(r.serial, "00A0B1FFFEC2D3E4", "EUI-64 from MSH-3");
@@ -754,14 +880,68 @@ mod tests {
 
     #[test]
     fn times_parse_with_offsets_and_precision() {
-        assert_eq!(parse_time("20240517103015+0000"), Some(T_VITALS));
-        assert_eq!(parse_time("20240517103015"), Some(T_VITALS));
-        assert_eq!(parse_time("20240517123015.25+0200"), Some(T_VITALS + 250_000_000));
-        assert_eq!(parse_time("202405171030"), Some(T_VITALS - 15_000_000_000));
-        assert_eq!(parse_time("2024051710301"), None);
-        assert_eq!(parse_time("20241317103015"), None);
-        assert_eq!(parse_time("20240517103015+00"), None);
-        assert_eq!(parse_time(""), None);
+        let utc = |s: &str| parse_time(s, Zone::utc());
+        assert_eq!(utc("20240517103015+0000"), Some(Stamp::At(T_VITALS)));
+        assert_eq!(utc("20240517103015"), Some(Stamp::At(T_VITALS)));
+        assert_eq!(utc("20240517123015.25+0200"), Some(Stamp::At(T_VITALS + 250_000_000)));
+        assert_eq!(utc("202405171030"), Some(Stamp::At(T_VITALS - 15_000_000_000)));
+        assert_eq!(utc("2024051710301"), None);
+        assert_eq!(utc("20241317103015"), None);
+        assert_eq!(utc("20240517103015+00"), None);
+        assert_eq!(utc(""), None);
+        // Without an offset, the configured zone's; with one, its own.
+        let plus2 = Zone::parse("+02:00").expect("offset");
+        assert_eq!(parse_time("20240517123015", plus2), Some(Stamp::At(T_VITALS)));
+        assert_eq!(parse_time("20240517103015+0000", plus2), Some(Stamp::At(T_VITALS)));
+        let minus0330 = Zone::parse("-0330").expect("offset");
+        assert_eq!(parse_time("20240517070015", minus0330), Some(Stamp::At(T_VITALS)));
+    }
+
+    #[test]
+    fn time_zones_are_named_local_utc_or_an_offset() {
+        assert_eq!(Zone::parse("local"), Ok(Zone::Local));
+        assert_eq!(Zone::parse("UTC"), Ok(Zone::utc()));
+        assert_eq!(Zone::parse("+00:00"), Ok(Zone::utc()));
+        assert_eq!(Zone::parse("+05:30"), Ok(Zone::Fixed(chrono::FixedOffset::east_opt(19_800).expect("offset"))));
+        for bad in ["Europe/Berlin", "+1", "+01:60", "+24:00", "01:00", "+01:00:00", "", "+:0100"] {
+            assert!(Zone::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_repeated_hour_is_refused_unless_its_later_instant_is_still_ahead() {
+        let hour = 3_600_000_000_000;
+        let twice = Stamp::Twice(T_VITALS, T_VITALS + hour);
+        // During the first pass the later instant lies an hour ahead: no device clock is there.
+        assert_eq!(instant(twice, now(T_VITALS + 5_000_000_000)), Ok(T_VITALS));
+        // During the second pass (or after) either could be meant.
+        let r = instant(twice, now(T_VITALS + hour + 5_000_000_000)).expect_err("ambiguous");
+        assert_eq!(r.reason, RejectReason::AmbiguousLocalTime);
+        assert_eq!(
+            instant(Stamp::Skipped, now(T_VITALS)).map_err(|r| r.reason),
+            Err(RejectReason::NonexistentLocalTime)
+        );
+    }
+
+    #[test]
+    fn observations_stamped_ahead_of_the_gateway_clock_are_refused_and_reported() {
+        let v = Vitals { heart_rate: Some(72), ..Default::default() };
+        let m = decode(
+            &build_oru("0123456789ABCDEF", "C1", "20240517103015+0000", "20240517103015+0000", &v),
+            T_VITALS - 180_000_000_000,
+        );
+        assert!(m.decoded.readings.is_empty());
+        assert_eq!(m.decoded.rejected[0].reason, RejectReason::TimestampOutOfRange);
+        assert_eq!(
+            m.decoded.clock_ahead,
+            [ClockAhead { serial: "0123456789ABCDEF".into(), ahead_ns: 180_000_000_000 }]
+        );
+        assert_eq!(m.ack, AckCode::Accept, "nothing a resend could fix");
+        let m = decode(
+            &build_oru("0123456789ABCDEF", "C1", "20240517103015+0000", "20240517103015+0000", &v),
+            T_VITALS - 60_000_000_000,
+        );
+        assert_eq!((m.decoded.readings.len(), m.decoded.clock_ahead.len()), (1, 0));
     }
 
     #[test]
@@ -798,7 +978,7 @@ mod tests {
 
     #[test]
     fn resends_share_a_retry_key_and_new_messages_do_not() {
-        let key = |m: &str, now: i64| decode_message(m.as_bytes(), now).retry_key.expect("readings, so a key");
+        let key = |m: &str, now: i64| decode(m.as_bytes(), now).retry_key.expect("readings, so a key");
         let v = Vitals { heart_rate: Some(72), ..Default::default() };
         let text = |control: &str, time: &str, v: &Vitals| {
             String::from_utf8(build_oru("0123456789ABCDEF", control, time, time, v)).expect("utf8")
@@ -828,7 +1008,7 @@ mod tests {
                 m.push_str(r);
                 m.push('\r');
             }
-            decode_message(m.as_bytes(), NOW)
+            decode(m.as_bytes(), NOW)
         };
         let mds = |place: &str, dev: &str| {
             format!("OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|{place}|||||||X|||||||{dev}^M^{dev}^EUI-64")
@@ -898,8 +1078,7 @@ mod tests {
             temperature: Some(37.2),
             resp_rate: Some(18),
         };
-        let m =
-            decode_message(&build_oru("0123456789ABCDEF", "C7", "20240517103015+0000", "20240517102900+0000", &v), NOW);
+        let m = decode(&build_oru("0123456789ABCDEF", "C7", "20240517103015+0000", "20240517102900+0000", &v), NOW);
         assert_eq!(m.ack, AckCode::Accept);
         let r = at(&m.decoded.readings, T_VITALS);
         assert_eq!(field(r, "heart_rate"), Some(FieldValue::Int(130)));
@@ -912,7 +1091,7 @@ mod tests {
         fn arbitrary_bytes_never_panic_or_yield_out_of_range_values(
             bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..800),
         ) {
-            let m = decode_message(&bytes, NOW);
+            let m = decode_message(&bytes, now(NOW), Zone::Local);
             for r in &m.decoded.readings {
                 assert_well_formed(r);
             }
@@ -929,7 +1108,7 @@ mod tests {
             for (code, value, kind, status, time) in rows {
                 msg.push_str(&format!("OBX|1|{kind}|{code}^X^MDC|1.1.1.1|{value}||||||{status}|||{time}\r"));
             }
-            let m = decode_message(msg.as_bytes(), NOW);
+            let m = decode(msg.as_bytes(), NOW);
             for r in &m.decoded.readings {
                 assert_well_formed(r);
             }

@@ -229,6 +229,13 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "heartguard_decode_device_clock_ahead",
+            "Readings refused because their device's clock is ahead of the gateway's by more than clock.future_tolerance_ms.",
+            MetricType::Counter,
+            c.clocks.ahead().into_iter().map(|(p, n)| ([("protocol", p)], ConstCounter::new(n))),
+        )?;
+        family(
+            e,
             "heartguard_decode_unknown_fields",
             "Payload keys that are neither a field nor an alias (skipped).",
             MetricType::Counter,
