@@ -310,8 +310,11 @@ pub struct Hl7 {
     pub enabled: bool,
     /// `host:port` to listen on for MLLP connections.
     pub listen: String,
-    /// Connections served at once; more wait in the kernel's backlog.
+    /// Connections served at once; more are closed at once (counted; `/readyz` says so).
     pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed: an unplugged monitor leaves a
+    /// half-open socket that would hold its slot for ever.
+    pub idle_timeout_secs: u64,
     /// Largest message accepted; a larger one is refused (AR) and skipped.
     pub max_message_bytes: usize,
     /// Signal type given to HL7 readings (routes devices with several streams).
@@ -327,6 +330,7 @@ impl Default for Hl7 {
             enabled: false,
             listen: "127.0.0.1:2575".into(),
             max_connections: 64,
+            idle_timeout_secs: 300,
             max_message_bytes: 1024 * 1024,
             signal_type: None,
             time_zone: "local".into(),
@@ -659,6 +663,9 @@ impl Config {
             }
             if !(1..=10_000).contains(&h.max_connections) {
                 bad("hl7.max_connections", "between 1 and 10000".into());
+            }
+            if !(1..=86_400).contains(&h.idle_timeout_secs) {
+                bad("hl7.idle_timeout_secs", "between 1 and 86400".into());
             }
             if !(1024..=64 * 1024 * 1024).contains(&h.max_message_bytes) {
                 bad("hl7.max_message_bytes", "between 1024 and 67108864".into());

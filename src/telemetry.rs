@@ -18,6 +18,7 @@ pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod mllp;
 pub mod service;
 pub mod status;
 pub mod systemd;
@@ -86,6 +87,8 @@ pub struct Counters {
     /// HL7 messages received over MLLP, and how many of them were retries already stored.
     pub hl7_messages: AtomicU64,
     pub hl7_duplicates: AtomicU64,
+    /// The HL7 listener's connections.
+    pub mllp: mllp::MllpConnections,
     /// Each serial port's state, by path, for `status`.
     pub ports: Mutex<BTreeMap<String, PortStatus>>,
     /// Stages' heartbeats, for `/healthz` and the systemd watchdog.

@@ -1,5 +1,6 @@
 //! HL7 over MLLP against the gateway process and a real InfluxDB 1.x: retries, attribution of
-//! multi-device messages, time zones, message size. Each test is an MLLP client of its own gateway.
+//! multi-device messages, time zones, message size, idle and surplus connections. Each test is
+//! an MLLP client of its own gateway.
 
 mod common;
 
@@ -71,6 +72,13 @@ impl Setup {
         TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect to the MLLP listener")
     }
 
+    /// `/readyz`: status and body.
+    async fn readyz(&self) -> (u16, String) {
+        let url = format!("{}/readyz", self.gw.http_url().await);
+        let r = common::http_client().get(&url).send().await.expect("GET /readyz");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
     async fn rows(&self) -> Vec<Map<String, Value>> {
         self.influx.rows(DB, "vital_signs").await
     }
@@ -85,6 +93,22 @@ impl Setup {
     async fn metric(&self, series: &str) -> f64 {
         sample(&self.metrics().await, series).unwrap_or(0.0)
     }
+}
+
+/// Waits until the gateway closes `stream` (end of file or a reset), reading what it sends.
+async fn closed_by_gateway<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.expect("the gateway closes the connection");
+    got
 }
 
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -304,4 +328,70 @@ async fn a_message_larger_than_one_mib_is_taken_when_the_limit_allows_it() {
         s.metric(r#"heartguard_decode_rejected_total{protocol="hl7",reason="oversized"}"#).await == 1.0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_free_their_slots() {
+    let s = Setup::start("max_connections = 2\nidle_timeout_secs = 1").await;
+    // Two monitors unplugged mid-connection: their sockets stay open and silent.
+    let (mut a, mut b) = (s.connect().await, s.connect().await);
+    closed_by_gateway(&mut a).await;
+    closed_by_gateway(&mut b).await;
+    let mut c = s.connect().await;
+    assert_eq!(send(&mut c, &oru(DEV_A, "I1", T0, 72)).await, aa("I1"));
+    wait_count(&s.influx, "vital_signs", 1).await;
+    assert!(s.metric("heartguard_ingest_hl7_idle_timeouts_total").await >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_connections_have_tcp_keepalive() {
+    let s = Setup::start("").await;
+    let c = s.connect().await;
+    let client = c.local_addr().expect("local address");
+    // The gateway's end of this connection in /proc/net/tcp: local port = the listener's,
+    // remote port = the client's. Timer 02 is the keepalive timer, armed only with
+    // SO_KEEPALIVE; it fires within the keepalive idle time (centiseconds).
+    let ours = format!(":{:04X}", s.port);
+    let theirs = format!(":{:04X}", client.port());
+    let mut timer = None;
+    eventually(WAIT, "the gateway's socket is listed", || {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+        timer = table.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 5 && f[1].ends_with(&ours) && f[2].ends_with(&theirs)).then(|| f[5].to_owned())
+        });
+        let found = timer.is_some();
+        async move { found }
+    })
+    .await;
+    let timer = timer.expect("found");
+    let (kind, when) = timer.split_once(':').expect("tr:when");
+    assert_eq!(kind, "02", "keepalive timer armed: {timer}");
+    assert!(u64::from_str_radix(when, 16).expect("hex") <= 60 * 100, "probes start within 60 s: {timer}");
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_counted_and_reported_in_readiness() {
+    let s = Setup::start("max_connections = 1").await;
+    eventually(WAIT, "ready", || async { s.readyz().await.0 == 200 }).await;
+    let mut first = s.connect().await;
+    assert_eq!(send(&mut first, &oru(DEV_A, "R1", T0, 72)).await, aa("R1"));
+    // Every slot is taken: the next connection is closed at once, not left in the backlog.
+    let mut second = s.connect().await;
+    assert!(closed_by_gateway(&mut second).await.is_empty());
+    let (code, body) = s.readyz().await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("hl7.max_connections"), "{body}");
+    let m = s.metrics().await;
+    assert_eq!(sample(&m, "heartguard_ingest_hl7_connections"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "heartguard_ingest_hl7_connections_max"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, r#"heartguard_ingest_hl7_connections_refused_total{reason="limit"}"#), Some(1.0), "{m}");
+    wait_for_log(&s.gw, "HL7 connection refused: every hl7.max_connections slot is in use").await;
+    // The first connection still works; once it is gone, its slot is free again.
+    assert_eq!(send(&mut first, &oru(DEV_A, "R2", &t(60), 73)).await, aa("R2"));
+    drop(first);
+    eventually(WAIT, "the slot is free", || async { s.metric("heartguard_ingest_hl7_connections").await == 0.0 }).await;
+    let mut third = s.connect().await;
+    assert_eq!(send(&mut third, &oru(DEV_A, "R3", &t(120), 74)).await, aa("R3"));
 }

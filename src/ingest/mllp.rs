@@ -10,9 +10,15 @@
 //!   wrap: a message already committed is answered AA again without being stored twice. When
 //!   in doubt it is stored: a second copy of a point overwrites the first in InfluxDB, a
 //!   dropped one is lost.
-//! - Connections are capped (`hl7.max_connections`, mini-redis' semaphore); messages are
-//!   capped (`hl7.max_message_bytes`, answered AR). Nothing from a message — no field, no
-//!   patient data — goes into a log line: only the peer address, control id and reason.
+//! - Connections are capped (`hl7.max_connections`, mini-redis' semaphore). One beyond the cap
+//!   is closed at once, counted, and makes `/readyz` report it for a minute
+//!   ([`crate::telemetry::mllp`]): left in the kernel's backlog it would wait unseen. A
+//!   connection that sends nothing for `hl7.idle_timeout_secs` is closed, and accepted
+//!   sockets have TCP keepalive, so the half-open sockets of unplugged monitors free their
+//!   slots.
+//! - Messages are capped (`hl7.max_message_bytes`, answered AR). Nothing from a message — no
+//!   field, no patient data — goes into a log line: only the peer address, control id and
+//!   reason.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -23,7 +29,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -34,17 +40,27 @@ use crate::decode::RejectReason;
 use crate::model::loggable;
 use crate::protocols::Framer;
 use crate::protocols::hl7::{self, AckCode, Header, Zone};
+use crate::telemetry::mllp as mllp_stats;
 use crate::telemetry::{Counters, PROTOCOL_HL7, SOURCE_MLLP, SourceCounters};
 
 /// Messages remembered (their retry keys) to recognise resends, oldest forgotten first.
 const DEDUPE_CAPACITY: usize = 10_000;
 /// Longest time an ACK may take to write before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive of accepted sockets: the first probe after a minute of silence, then every
+/// 10 s; six unanswered probes (a peer gone without a FIN) end the connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
+/// Refusals at the connection limit are logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The MLLP listener, bound.
 pub struct MllpSource {
     listener: TcpListener,
     limit: Arc<Semaphore>,
+    max_connections: usize,
+    idle_timeout: Duration,
     max_message: usize,
     signal_type: Option<String>,
     zone: Zone,
@@ -86,6 +102,8 @@ impl MllpSource {
         Ok(Self {
             listener,
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            max_connections: cfg.max_connections,
+            idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
             max_message: cfg.max_message_bytes,
             signal_type: cfg.signal_type.clone(),
             zone,
@@ -104,11 +122,11 @@ impl MllpSource {
         if let Some(addr) = self.local_addr() {
             info!(%addr, "HL7 MLLP listener ready.");
         }
+        self.counters.mllp.max.store(self.max_connections as u64, Relaxed);
+        let mut refusal_log = RateLimited::new(REFUSAL_LOG_EVERY);
         loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = self.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
+            // Accepting never waits for a free slot: a connection beyond the limit is closed at
+            // once and counted, not left unseen in the kernel's backlog.
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = self.listener.accept() => match r {
@@ -120,8 +138,24 @@ impl MllpSource {
                     }
                 },
             };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                self.counters.mllp.refuse(mllp_stats::REFUSED_LIMIT, crate::now_ns());
+                if refusal_log.allow(mllp_stats::REFUSED_LIMIT) {
+                    warn!(
+                        peer = %peer,
+                        max_connections = self.max_connections,
+                        "HL7 connection refused: every hl7.max_connections slot is in use (counted; logged at most every 60 s)."
+                    );
+                }
+                continue;
+            };
+            let slot = Slot::taken(permit, &self.counters);
+            if let Err(e) = keepalive(&stream) {
+                debug!(peer = %peer, error = %e, "Cannot set TCP keepalive on an HL7 connection.");
+            }
             let conn = Connection {
                 peer,
+                idle_timeout: self.idle_timeout,
                 max_message: self.max_message,
                 signal_type: self.signal_type.clone(),
                 zone: self.zone,
@@ -132,7 +166,7 @@ impl MllpSource {
             let (tx, shutdown) = (tx.clone(), shutdown.clone());
             tracker.spawn(async move {
                 conn.run(stream, tx, shutdown).await;
-                drop(permit);
+                drop(slot);
             });
         }
         drop(tx);
@@ -142,8 +176,39 @@ impl MllpSource {
     }
 }
 
+/// TCP keepalive on an accepted socket ([`KEEPALIVE_IDLE`]).
+fn keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(stream, KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(stream, KEEPALIVE_PROBES)?;
+    Ok(())
+}
+
+/// One of the `hl7.max_connections` slots, held while its connection lives; counted as open.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    counters: Arc<Counters>,
+}
+
+impl Slot {
+    fn taken(permit: OwnedSemaphorePermit, counters: &Arc<Counters>) -> Self {
+        counters.mllp.open.fetch_add(1, Relaxed);
+        Self { _permit: permit, counters: counters.clone() }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counters.mllp.open.fetch_sub(1, Relaxed);
+    }
+}
+
 struct Connection {
     peer: SocketAddr,
+    /// Nothing received for this long closes the connection (`hl7.idle_timeout_secs`).
+    idle_timeout: Duration,
     max_message: usize,
     signal_type: Option<String>,
     zone: Zone,
@@ -171,9 +236,14 @@ impl Connection {
         'read: loop {
             let n = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = stream.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
+                r = tokio::time::timeout(self.idle_timeout, stream.read(&mut buf)) => match r {
+                    Ok(Ok(0) | Err(_)) => break,
+                    Ok(Ok(n)) => n,
+                    Err(_idle) => {
+                        self.counters.mllp.idle_timeouts.fetch_add(1, Relaxed);
+                        debug!(peer = %self.peer, "HL7 connection idle for hl7.idle_timeout_secs; closed.");
+                        break;
+                    }
                 },
             };
             framer.push(&buf[..n]);
