@@ -89,7 +89,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     let serial: Vec<SerialSource> = cfg.serial.iter().map(|p| SerialSource::new(p, counters.clone())).collect();
     let mllp = if cfg.hl7.enabled {
-        Some(MllpSource::bind(&cfg.hl7, counters.clone()).await.map_err(StartError::Runtime)?)
+        let tls = ingest::mllp::tls_acceptor(&cfg.hl7).map_err(StartError::Config)?;
+        Some(MllpSource::bind(&cfg.hl7, tls, counters.clone()).await.map_err(StartError::Runtime)?)
     } else {
         None
     };

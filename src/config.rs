@@ -322,6 +322,16 @@ pub struct Hl7 {
     /// How times without a zone offset are read: `local` (the gateway's zone), `UTC` or a
     /// fixed offset such as `+01:00` ([`crate::protocols::hl7::Zone`]).
     pub time_zone: String,
+    /// Peers that may connect (addresses or CIDR networks); others are closed at once. MLLP
+    /// has no authentication of its own: whoever reaches the port could write vitals for a
+    /// bound device.
+    pub allow: Vec<String>,
+    /// MLLP over TLS: the gateway's certificate chain and private key (PEM). Both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// With TLS: CA certificates (PEM) that sign the monitors' client certificates; when set,
+    /// a client certificate is required.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for Hl7 {
@@ -334,6 +344,10 @@ impl Default for Hl7 {
             max_message_bytes: 1024 * 1024,
             signal_type: None,
             time_zone: "local".into(),
+            allow: vec!["127.0.0.0/8".into(), "::1".into()],
+            tls_cert_file: None,
+            tls_key_file: None,
+            client_ca_file: None,
         }
     }
 }
@@ -676,6 +690,32 @@ impl Config {
             if let Err(e) = crate::protocols::hl7::Zone::parse(&h.time_zone) {
                 bad("hl7.time_zone", e);
             }
+            if h.allow.is_empty() {
+                bad("hl7.allow", "empty: no monitor could connect (the default is loopback only)".into());
+            }
+            for (n, a) in h.allow.iter().enumerate() {
+                if let Err(e) = peer_network(a) {
+                    bad(&format!("hl7.allow[{n}]"), e);
+                }
+            }
+            if h.tls_cert_file.is_some() != h.tls_key_file.is_some() {
+                bad("hl7.tls_key_file", "tls_cert_file and tls_key_file go together".into());
+            }
+            if h.client_ca_file.is_some() && h.tls_cert_file.is_none() {
+                bad("hl7.client_ca_file", "only with hl7.tls_cert_file and hl7.tls_key_file".into());
+            }
+            for (key, file) in [("hl7.tls_cert_file", &h.tls_cert_file), ("hl7.client_ca_file", &h.client_ca_file)] {
+                if let Some(f) = file
+                    && let Err(e) = std::fs::metadata(f)
+                {
+                    bad(key, format!("{}: {e}", f.display()));
+                }
+            }
+            if let Some(f) = &h.tls_key_file
+                && let Err(e) = secret_file_mode(f)
+            {
+                bad("hl7.tls_key_file", e);
+            }
         }
         if !(1_000..=86_400_000).contains(&self.clock.future_tolerance_ms) {
             bad("clock.future_tolerance_ms", "between 1000 and 86400000 (24 h)".into());
@@ -864,6 +904,17 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     t.next().is_none()
 }
 
+/// A peer address (`10.20.1.7`, `::1`) or network (`10.20.0.0/16`) of `hl7.allow`.
+pub fn peer_network(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    let net = if s.contains('/') {
+        s.parse::<ipnet::IpNet>().ok()
+    } else {
+        s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)
+    };
+    net.ok_or_else(|| format!("{s:?} is not an address or a CIDR network (e.g. 10.20.0.0/16)"))
+}
+
 /// Refuses a secret file (password, token, connection string, private key) with any
 /// permission bit for its group or other users: a secret others can read is a leak waiting to
 /// happen. Give it mode 0600, owned by the service user.
@@ -958,6 +1009,29 @@ future_tolerance_ms = 0
         );
         let e = Config::parse("[[serial]]\npath = \"/dev/x\"\nprotocol = \"nonin_df9\"\n").expect_err("bad protocol");
         assert!(e[0].key.starts_with("serial"), "{e:?}");
+    }
+
+    #[test]
+    fn hl7_allowlist_and_tls_are_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "k").expect("write");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        let cfg = Config::parse(&format!(
+            "[hl7]\nenabled = true\nallow = [\"10.20.0.0/16\", \"10.20.0.0/33\", \"host\"]\ntls_key_file = \"{}\"\nclient_ca_file = \"/nonexistent/ca.pem\"\n",
+            key.display()
+        ))
+        .expect("parses");
+        let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            ["hl7.allow[1]", "hl7.allow[2]", "hl7.tls_key_file", "hl7.client_ca_file", "hl7.client_ca_file"]
+        );
+        let net = |s: &str| peer_network(s).expect(s);
+        assert!(net("10.20.0.0/16").contains(&"10.20.3.4".parse::<std::net::IpAddr>().expect("ip")));
+        assert!(!net("127.0.0.1").contains(&"127.0.0.2".parse::<std::net::IpAddr>().expect("ip")));
+        assert!(net("::1").contains(&"::1".parse::<std::net::IpAddr>().expect("ip")));
+        assert!(Config::parse("[hl7]\nenabled = true\nallow = []\n").expect("parses").validate().is_err());
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! HL7 over MLLP against the gateway process and a real InfluxDB 1.x: retries, attribution of
-//! multi-device messages, time zones, message size, idle and surplus connections. Each test is
-//! an MLLP client of its own gateway.
+//! multi-device messages, time zones, message size, idle and surplus connections, the peer
+//! allowlist and TLS. Each test is an MLLP client of its own gateway.
 
 mod common;
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use common::{DB, Gateway, Influx1, WAIT, eventually, free_port, wait_count, wait_for_log};
+use common::{DB, Gateway, Influx1, TestCerts, WAIT, eventually, free_port, wait_count, wait_for_log};
 use heartguard_gateway::protocols::hl7;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 const DEV_A: &str = "00A0B1FFFEC2D301";
 const DEV_B: &str = "00A0B1FFFEC2D302";
@@ -70,6 +72,13 @@ impl Setup {
 
     async fn connect(&self) -> TcpStream {
         TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect to the MLLP listener")
+    }
+
+    /// A connection from another loopback address than 127.0.0.1 (Linux routes 127/8 to `lo`).
+    async fn connect_from(&self, ip: &str) -> TcpStream {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(ip.parse::<IpAddr>().expect("ip"), 0)).expect("bind the client to {ip}");
+        socket.connect(SocketAddr::from(([127, 0, 0, 1], self.port))).await.expect("connect")
     }
 
     /// `/readyz`: status and body.
@@ -394,4 +403,117 @@ async fn connections_beyond_the_limit_are_refused_counted_and_reported_in_readin
     eventually(WAIT, "the slot is free", || async { s.metric("heartguard_ingest_hl7_connections").await == 0.0 }).await;
     let mut third = s.connect().await;
     assert_eq!(send(&mut third, &oru(DEV_A, "R3", &t(120), 74)).await, aa("R3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_outside_the_allowlist_are_closed_at_once_and_counted() {
+    let s = Setup::start("allow = [\"127.0.0.1/32\"]").await;
+    let mut stranger = s.connect_from("127.0.0.2").await;
+    // Even a whole message gets no answer.
+    let _ = stranger.write_all(&hl7::frame_mllp(&oru(DEV_A, "X1", T0, 99))).await;
+    assert!(closed_by_gateway(&mut stranger).await.is_empty(), "no ACK to a peer outside hl7.allow");
+    let mut c = s.connect().await;
+    assert_eq!(send(&mut c, &oru(DEV_A, "A1", T0, 72)).await, aa("A1"));
+    wait_count(&s.influx, "vital_signs", 1).await;
+    assert_eq!(heart_rates(&s.rows().await, DEV_A), [(T0_NS, 72)]);
+    assert_eq!(s.metric(r#"heartguard_ingest_hl7_connections_refused_total{reason="not_allowed"}"#).await, 1.0);
+    wait_for_log(&s.gw, "peer=127.0.0.2:").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_an_unlisted_address_does_not_hold_up_a_listed_sender() {
+    let s = Arc::new(Setup::start("allow = [\"127.0.0.1/32\"]\nmax_connections = 2").await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flood = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            // Connections opened as fast as they go and held open, far more than the slots.
+            let mut held = std::collections::VecDeque::new();
+            let mut opened = 0u64;
+            while !stop.is_cancelled() {
+                held.push_back(s.connect_from("127.0.0.2").await);
+                opened += 1;
+                if held.len() > 200 {
+                    held.pop_front();
+                }
+            }
+            opened
+        })
+    };
+    eventually(WAIT, "the flood is refused", || async {
+        s.metric(r#"heartguard_ingest_hl7_connections_refused_total{reason="not_allowed"}"#).await >= 100.0
+    })
+    .await;
+    let mut c = s.connect().await;
+    for i in 0..5 {
+        let control = format!("F{i}");
+        assert_eq!(send(&mut c, &oru(DEV_A, &control, &t(i * 60), 70 + i as u16)).await, aa(&control));
+    }
+    let mut other = s.connect().await;
+    assert_eq!(send(&mut other, &oru(DEV_B, "F9", T0, 80)).await, aa("F9"));
+    stop.cancel();
+    assert!(flood.await.expect("flood") >= 100);
+    wait_count(&s.influx, "vital_signs", 6).await;
+}
+
+/// A client TLS connection to the listener, trusting the test CA, with a client certificate
+/// or without.
+async fn connect_tls(
+    s: &Setup,
+    certs: &TestCerts,
+    with_client_cert: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    heartguard_gateway::tls::install_provider();
+    let client = with_client_cert.then_some((certs.client_cert.as_path(), certs.client_key.as_path()));
+    let config = heartguard_gateway::tls::client_config(&certs.ca, client).expect("client TLS config");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, s.connect().await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_over_tls_serves_clients_that_trust_the_gateway() {
+    let certs = TestCerts::generate();
+    let s = Setup::start(&format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        certs.server_cert.display(),
+        certs.server_key.display()
+    ))
+    .await;
+    let mut tls = connect_tls(&s, &certs, false).await.expect("TLS handshake");
+    tls.write_all(&hl7::frame_mllp(&oru(DEV_A, "T1", T0, 72))).await.expect("send");
+    assert_eq!(read_ack(&mut tls).await, aa("T1"));
+    wait_count(&s.influx, "vital_signs", 1).await;
+    // Plain MLLP to a TLS listener is no message.
+    let mut plain = s.connect().await;
+    let _ = plain.write_all(&hl7::frame_mllp(&oru(DEV_A, "T2", &t(60), 73))).await;
+    assert!(!closed_by_gateway(&mut plain).await.ends_with(&[0x1C, 0x0D]), "no ACK in plain text");
+    assert_eq!(s.metric(r#"heartguard_ingest_hl7_connections_refused_total{reason="tls"}"#).await, 1.0);
+    assert_eq!(s.influx.count(DB, "vital_signs").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ca_makes_a_client_certificate_mandatory() {
+    let certs = TestCerts::generate();
+    let s = Setup::start(&format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nclient_ca_file = \"{}\"",
+        certs.server_cert.display(),
+        certs.server_key.display(),
+        certs.ca.display()
+    ))
+    .await;
+    let mut with = connect_tls(&s, &certs, true).await.expect("TLS handshake with a client certificate");
+    with.write_all(&hl7::frame_mllp(&oru(DEV_A, "C1", T0, 72))).await.expect("send");
+    assert_eq!(read_ack(&mut with).await, aa("C1"));
+    // Without a certificate the gateway ends the handshake (TLS 1.3: the client learns it on
+    // its first read) and no message is taken.
+    if let Ok(mut without) = connect_tls(&s, &certs, false).await {
+        let _ = without.write_all(&hl7::frame_mllp(&oru(DEV_A, "C2", &t(60), 73))).await;
+        assert!(!closed_by_gateway(&mut without).await.ends_with(&[0x1C, 0x0D]), "no ACK without a certificate");
+    }
+    eventually(WAIT, "the failed handshake is counted", || async {
+        s.metric(r#"heartguard_ingest_hl7_connections_refused_total{reason="tls"}"#).await == 1.0
+    })
+    .await;
+    wait_count(&s.influx, "vital_signs", 1).await;
+    assert_eq!(heart_rates(&s.rows().await, DEV_A), [(T0_NS, 72)]);
 }

@@ -16,6 +16,11 @@
 //!   connection that sends nothing for `hl7.idle_timeout_secs` is closed, and accepted
 //!   sockets have TCP keepalive, so the half-open sockets of unplugged monitors free their
 //!   slots.
+//! - **Who may connect**: peers in `hl7.allow` (loopback by default); any other connection is
+//!   closed at once, before it takes a slot, counted and logged (at most every 60 s per
+//!   address), so a flood from elsewhere never delays a listed monitor. With
+//!   `hl7.tls_cert_file`, MLLP runs over TLS (rustls, ring); with `hl7.client_ca_file` a
+//!   client certificate signed by those CAs is required. A failed handshake is counted.
 //! - Messages are capped (`hl7.max_message_bytes`, answered AR). Nothing from a message — no
 //!   field, no patient data — goes into a log line: only the peer address, control id and
 //!   reason.
@@ -27,9 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -52,12 +58,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 6;
-/// Refusals at the connection limit are logged at most this often.
+/// Refusals are logged at most this often (at the limit: overall; otherwise per address).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Longest TLS handshake; a peer that stalls it holds a slot no longer.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The MLLP listener, bound.
 pub struct MllpSource {
     listener: TcpListener,
+    /// `hl7.allow`.
+    allow: Vec<ipnet::IpNet>,
+    tls: Option<TlsAcceptor>,
     limit: Arc<Semaphore>,
     max_connections: usize,
     idle_timeout: Duration,
@@ -93,14 +104,21 @@ impl Seen {
 }
 
 impl MllpSource {
-    /// Binds the listen address of a validated configuration.
-    pub async fn bind(cfg: &Hl7, counters: Arc<Counters>) -> Result<Self, String> {
+    /// Binds the listen address of a validated configuration; `tls` from [`tls_acceptor`].
+    pub async fn bind(cfg: &Hl7, tls: Option<TlsAcceptor>, counters: Arc<Counters>) -> Result<Self, String> {
         let zone = Zone::parse(&cfg.time_zone).map_err(|e| format!("hl7.time_zone: {e}"))?;
+        let allow = cfg
+            .allow
+            .iter()
+            .map(|a| crate::config::peer_network(a).map_err(|e| format!("hl7.allow: {e}")))
+            .collect::<Result<_, _>>()?;
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| format!("hl7.listen {}: cannot listen: {e}", cfg.listen))?;
         Ok(Self {
             listener,
+            allow,
+            tls,
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
             max_connections: cfg.max_connections,
             idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
@@ -120,10 +138,11 @@ impl MllpSource {
     pub async fn run(self, tx: mpsc::Sender<Envelope>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         if let Some(addr) = self.local_addr() {
-            info!(%addr, "HL7 MLLP listener ready.");
+            info!(%addr, tls = self.tls.is_some(), "HL7 MLLP listener ready.");
         }
         self.counters.mllp.max.store(self.max_connections as u64, Relaxed);
         let mut refusal_log = RateLimited::new(REFUSAL_LOG_EVERY);
+        let tls_log = Arc::new(Mutex::new(RateLimited::new(REFUSAL_LOG_EVERY)));
         loop {
             // Accepting never waits for a free slot: a connection beyond the limit is closed at
             // once and counted, not left unseen in the kernel's backlog.
@@ -138,6 +157,18 @@ impl MllpSource {
                     }
                 },
             };
+            // IPv4 peers of a dual-stack listener come as ::ffff:a.b.c.d.
+            let ip = peer.ip().to_canonical();
+            if !self.allow.iter().any(|net| net.contains(&ip)) {
+                self.counters.mllp.refuse(mllp_stats::REFUSED_NOT_ALLOWED, crate::now_ns());
+                if refusal_log.allow(&ip.to_string()) {
+                    warn!(
+                        peer = %peer,
+                        "HL7 connection from a peer outside hl7.allow closed (counted; logged at most every 60 s per address)."
+                    );
+                }
+                continue;
+            }
             let Ok(permit) = self.limit.clone().try_acquire_owned() else {
                 self.counters.mllp.refuse(mllp_stats::REFUSED_LIMIT, crate::now_ns());
                 if refusal_log.allow(mllp_stats::REFUSED_LIMIT) {
@@ -164,8 +195,25 @@ impl MllpSource {
                 seen: self.seen.clone(),
             };
             let (tx, shutdown) = (tx.clone(), shutdown.clone());
+            let (tls, tls_log) = (self.tls.clone(), tls_log.clone());
             tracker.spawn(async move {
-                conn.run(stream, tx, shutdown).await;
+                match tls {
+                    None => conn.run(stream, tx, shutdown).await,
+                    Some(acceptor) => {
+                        let handshake = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+                        };
+                        match handshake {
+                            Ok(Ok(stream)) => conn.run(stream, tx, shutdown).await,
+                            Ok(Err(e)) => conn.handshake_failed(&e.to_string(), &tls_log),
+                            Err(_) => conn.handshake_failed(
+                                &format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+                                &tls_log,
+                            ),
+                        }
+                    }
+                }
                 drop(slot);
             });
         }
@@ -174,6 +222,17 @@ impl MllpSource {
         tracker.wait().await;
         info!("HL7 MLLP listener stopped.");
     }
+}
+
+/// The TLS acceptor of `hl7.tls_cert_file`/`hl7.tls_key_file` (and `hl7.client_ca_file`), if
+/// configured. Errors name the key.
+pub fn tls_acceptor(cfg: &Hl7) -> Result<Option<TlsAcceptor>, String> {
+    let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) else {
+        return Ok(None);
+    };
+    let config = crate::tls::server_config(cert, key, cfg.client_ca_file.as_deref())
+        .map_err(|e| format!("hl7.tls_cert_file: {e}"))?;
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// TCP keepalive on an accepted socket ([`KEEPALIVE_IDLE`]).
@@ -227,7 +286,20 @@ fn ack_bytes(header: Option<&Header>, code: AckCode, reason: Option<&str>) -> Ve
 }
 
 impl Connection {
-    async fn run(self, mut stream: TcpStream, tx: mpsc::Sender<Envelope>, shutdown: CancellationToken) {
+    /// Counts and logs (at most every 60 s per address) a TLS handshake that failed or timed out.
+    fn handshake_failed(&self, error: &str, log: &Mutex<RateLimited>) {
+        self.counters.mllp.refuse(mllp_stats::REFUSED_TLS, crate::now_ns());
+        if log.lock().is_ok_and(|mut l| l.allow(&self.peer.ip().to_string())) {
+            warn!(peer = %self.peer, error = %error, "HL7 TLS handshake failed; connection closed (counted; logged at most every 60 s per address).");
+        }
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        mut stream: S,
+        tx: mpsc::Sender<Envelope>,
+        shutdown: CancellationToken,
+    ) {
         debug!(peer = %self.peer, "HL7 connection opened.");
         let mut framer = Framer::new(self.max_message + 3);
         let mut buf = vec![0u8; 16 * 1024];
