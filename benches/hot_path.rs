@@ -38,6 +38,11 @@ fn ns(tick: u64) -> i64 {
     wall(tick).timestamp_nanos_opt().expect("in range")
 }
 
+/// The gateway clock at `tick`, with the default tolerance for device clocks.
+fn now(tick: u64) -> decode::Now {
+    decode::Now { ns: ns(tick), future_tolerance_ns: config::Clock::default().future_tolerance_ns() }
+}
+
 fn serial_of(device: usize) -> String {
     format!("SIM-{device:04}")
 }
@@ -50,7 +55,7 @@ fn readings(devices: usize, count: usize) -> Vec<Reading> {
             let tick = (i / devices) as u64;
             let serial = serial_of(i % devices);
             let payload = simulate::json_tick(&serial, &SimVitals::at(tick), wall(tick));
-            let mut d = decode::json::decode(&payload, Some(&serial), ns(tick), usize::MAX);
+            let mut d = decode::json::decode(&payload, Some(&serial), now(tick), usize::MAX);
             assert!(d.rejected.is_empty(), "simulated payload rejected: {:?}", d.rejected);
             d.readings.pop().expect("one reading")
         })
@@ -118,7 +123,7 @@ mod decode_json {
             .collect();
         let payload = if readings == 1 { objects[0].clone() } else { format!("[{}]", objects.join(",")) };
         let max_bytes = config::Mqtt::default().max_payload_bytes;
-        let now = ns(readings as u64);
+        let now = now(readings as u64);
         let check = decode::json::decode(payload.as_bytes(), Some(serial), now, max_bytes);
         assert_eq!(check.readings.len(), readings, "{:?}", check.rejected);
         bencher

@@ -46,6 +46,7 @@ pub enum StartError {
 /// Runs the gateway until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let counters = Arc::new(Counters::default());
+    counters.clocks.set_future_tolerance_ns(cfg.clock.future_tolerance_ns());
     // Segments no larger than a delivery batch: a batch then takes whole segments.
     let limits = crate::queue::Limits {
         segment_points: crate::queue::segment::MAX_POINTS.min(cfg.influx.batch_max_lines),
@@ -83,7 +84,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     let serial: Vec<SerialSource> = cfg.serial.iter().map(|p| SerialSource::new(p, counters.clone())).collect();
     let mllp = if cfg.hl7.enabled {
-        Some(MllpSource::bind(&cfg.hl7, counters.clone()).await.map_err(StartError::Runtime)?)
+        let tls = ingest::mllp::tls_acceptor(&cfg.hl7).map_err(StartError::Config)?;
+        Some(MllpSource::bind(&cfg.hl7, tls, counters.clone()).await.map_err(StartError::Runtime)?)
     } else {
         None
     };

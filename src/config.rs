@@ -23,6 +23,8 @@ pub struct Config {
     pub serial: Vec<SerialPort>,
     /// HL7 v2 (IHE PCD-01) over MLLP.
     pub hl7: Hl7,
+    /// The gateway clock against the devices' clocks.
+    pub clock: Clock,
     pub http: Http,
     pub log: Log,
     /// The file this configuration was read from (SIGHUP reads it again); not a key.
@@ -334,12 +336,28 @@ pub struct Hl7 {
     pub enabled: bool,
     /// `host:port` to listen on for MLLP connections.
     pub listen: String,
-    /// Connections served at once; more wait in the kernel's backlog.
+    /// Connections served at once; more are closed at once (counted; `/readyz` says so).
     pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed: an unplugged monitor leaves a
+    /// half-open socket that would hold its slot for ever.
+    pub idle_timeout_secs: u64,
     /// Largest message accepted; a larger one is refused (AR) and skipped.
     pub max_message_bytes: usize,
     /// Signal type given to HL7 readings (routes devices with several streams).
     pub signal_type: Option<String>,
+    /// How times without a zone offset are read: `local` (the gateway's zone), `UTC` or a
+    /// fixed offset such as `+01:00` ([`crate::protocols::hl7::Zone`]).
+    pub time_zone: String,
+    /// Peers that may connect (addresses or CIDR networks); others are closed at once. MLLP
+    /// has no authentication of its own: whoever reaches the port could write vitals for a
+    /// bound device.
+    pub allow: Vec<String>,
+    /// MLLP over TLS: the gateway's certificate chain and private key (PEM). Both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// With TLS: CA certificates (PEM) that sign the monitors' client certificates; when set,
+    /// a client certificate is required.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for Hl7 {
@@ -348,9 +366,37 @@ impl Default for Hl7 {
             enabled: false,
             listen: "127.0.0.1:2575".into(),
             max_connections: 64,
+            idle_timeout_secs: 300,
             max_message_bytes: 1024 * 1024,
             signal_type: None,
+            time_zone: "local".into(),
+            allow: vec!["127.0.0.0/8".into(), "::1".into()],
+            tls_cert_file: None,
+            tls_key_file: None,
+            client_ca_file: None,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Clock {
+    /// A device time further ahead of the gateway clock than this is a device clock that is
+    /// wrong, not a reading from the future: refused (HL7 and MQTT JSON), counted and logged
+    /// with the device. Small, because a reading stamped ahead would also be resolved against
+    /// a binding that is not yet in force.
+    pub future_tolerance_ms: u64,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self { future_tolerance_ms: 120_000 }
+    }
+}
+
+impl Clock {
+    pub fn future_tolerance_ns(&self) -> i64 {
+        i64::try_from(self.future_tolerance_ms).unwrap_or(i64::MAX / 1_000_000).saturating_mul(1_000_000)
     }
 }
 
@@ -694,12 +740,47 @@ impl Config {
             if !(1..=10_000).contains(&h.max_connections) {
                 bad("hl7.max_connections", "between 1 and 10000".into());
             }
+            if !(1..=86_400).contains(&h.idle_timeout_secs) {
+                bad("hl7.idle_timeout_secs", "between 1 and 86400".into());
+            }
             if !(1024..=64 * 1024 * 1024).contains(&h.max_message_bytes) {
                 bad("hl7.max_message_bytes", "between 1024 and 67108864".into());
             }
             if h.signal_type.as_deref().is_some_and(|s| !valid_signal_type(s)) {
                 bad("hl7.signal_type", "1 to 60 characters without control characters".into());
             }
+            if let Err(e) = crate::protocols::hl7::Zone::parse(&h.time_zone) {
+                bad("hl7.time_zone", e);
+            }
+            if h.allow.is_empty() {
+                bad("hl7.allow", "empty: no monitor could connect (the default is loopback only)".into());
+            }
+            for (n, a) in h.allow.iter().enumerate() {
+                if let Err(e) = peer_network(a) {
+                    bad(&format!("hl7.allow[{n}]"), e);
+                }
+            }
+            if h.tls_cert_file.is_some() != h.tls_key_file.is_some() {
+                bad("hl7.tls_key_file", "tls_cert_file and tls_key_file go together".into());
+            }
+            if h.client_ca_file.is_some() && h.tls_cert_file.is_none() {
+                bad("hl7.client_ca_file", "only with hl7.tls_cert_file and hl7.tls_key_file".into());
+            }
+            for (key, file) in [("hl7.tls_cert_file", &h.tls_cert_file), ("hl7.client_ca_file", &h.client_ca_file)] {
+                if let Some(f) = file
+                    && let Err(e) = std::fs::metadata(f)
+                {
+                    bad(key, format!("{}: {e}", f.display()));
+                }
+            }
+            if let Some(f) = &h.tls_key_file
+                && let Err(e) = secret_file_mode(f)
+            {
+                bad("hl7.tls_key_file", e);
+            }
+        }
+        if !(1_000..=86_400_000).contains(&self.clock.future_tolerance_ms) {
+            bad("clock.future_tolerance_ms", "between 1000 and 86400000 (24 h)".into());
         }
 
         if m.enabled
@@ -888,6 +969,17 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     t.next().is_none()
 }
 
+/// A peer address (`10.20.1.7`, `::1`) or network (`10.20.0.0/16`) of `hl7.allow`.
+pub fn peer_network(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    let net = if s.contains('/') {
+        s.parse::<ipnet::IpNet>().ok()
+    } else {
+        s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)
+    };
+    net.ok_or_else(|| format!("{s:?} is not an address or a CIDR network (e.g. 10.20.0.0/16)"))
+}
+
 /// Refuses a secret file (password, token, connection string, private key) with any
 /// permission bit for its group or other users: a secret others can read is a leak waiting to
 /// happen. Give it mode 0600, owned by the service user.
@@ -1007,13 +1099,28 @@ stop_bits = 3
 [hl7]
 enabled = true
 listen = "localhost"
+time_zone = "CET"
+
+[clock]
+future_tolerance_ms = 0
 "#,
         )
         .expect("parses");
         assert_eq!(cfg.serial[0].line().baud, 9600);
         assert_eq!(cfg.serial[2].line().parity, Parity::Even);
         let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
-        assert_eq!(keys, ["serial[2].path", "serial[2].baud", "serial[2].stop_bits", "serial[2].serial", "hl7.listen"]);
+        assert_eq!(
+            keys,
+            [
+                "serial[2].path",
+                "serial[2].baud",
+                "serial[2].stop_bits",
+                "serial[2].serial",
+                "hl7.listen",
+                "hl7.time_zone",
+                "clock.future_tolerance_ms"
+            ]
+        );
         let e = Config::parse("[[serial]]\npath = \"/dev/x\"\nprotocol = \"nonin_df9\"\n").expect_err("bad protocol");
         assert!(e[0].key.starts_with("serial"), "{e:?}");
     }
@@ -1038,6 +1145,29 @@ listen = "localhost"
                  queue.max_bytes (800000), so that waiting points keep room"]
         );
         assert_eq!(keys("[queue]\nmax_bytes = 800000\nmax_dead_letter_bytes = 0\n"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn hl7_allowlist_and_tls_are_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "k").expect("write");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        let cfg = Config::parse(&format!(
+            "[hl7]\nenabled = true\nallow = [\"10.20.0.0/16\", \"10.20.0.0/33\", \"host\"]\ntls_key_file = \"{}\"\nclient_ca_file = \"/nonexistent/ca.pem\"\n",
+            key.display()
+        ))
+        .expect("parses");
+        let keys: Vec<String> = cfg.validate().expect_err("invalid").into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            ["hl7.allow[1]", "hl7.allow[2]", "hl7.tls_key_file", "hl7.client_ca_file", "hl7.client_ca_file"]
+        );
+        let net = |s: &str| peer_network(s).expect(s);
+        assert!(net("10.20.0.0/16").contains(&"10.20.3.4".parse::<std::net::IpAddr>().expect("ip")));
+        assert!(!net("127.0.0.1").contains(&"127.0.0.2".parse::<std::net::IpAddr>().expect("ip")));
+        assert!(net("::1").contains(&"::1".parse::<std::net::IpAddr>().expect("ip")));
+        assert!(Config::parse("[hl7]\nenabled = true\nallow = []\n").expect("parses").validate().is_err());
     }
 
     #[test]

@@ -481,10 +481,11 @@ mod tests {
         let wall = chrono::Utc::now();
         let v = SimVitals::at(65);
         assert!(v.heart_rate >= 128);
-        let m = hl7::decode_message(&hl7_tick("0123456789ABCDEF", 65, &v, wall), crate::now_ns());
+        let now = crate::decode::Now { ns: crate::now_ns(), future_tolerance_ns: 120_000_000_000 };
+        let m = hl7::decode_message(&hl7_tick("0123456789ABCDEF", 65, &v, wall), now, hl7::Zone::Local);
         assert_eq!(m.ack, hl7::AckCode::Accept);
         assert_eq!(m.decoded.readings.len(), 2, "vitals and the earlier NIBP");
-        let d = crate::decode::json::decode(&json_tick("ABC-001", &v, wall), None, crate::now_ns(), 1 << 16);
+        let d = crate::decode::json::decode(&json_tick("ABC-001", &v, wall), None, now, 1 << 16);
         assert_eq!(d.readings.len(), 1);
     }
 }

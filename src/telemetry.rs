@@ -12,11 +12,13 @@
 //! Logs carry ids (device serial, stream id, destination), reasons and counts — never a
 //! payload's contents or anything about a patient but the patient id.
 
+pub mod clocks;
 pub mod devices;
 pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod mllp;
 pub mod service;
 pub mod status;
 pub mod systemd;
@@ -86,12 +88,16 @@ pub struct Counters {
     /// HL7 messages received over MLLP, and how many of them were retries already stored.
     pub hl7_messages: AtomicU64,
     pub hl7_duplicates: AtomicU64,
+    /// The HL7 listener's connections.
+    pub mllp: mllp::MllpConnections,
     /// Each serial port's state, by path, for `status`.
     pub ports: Mutex<BTreeMap<String, PortStatus>>,
     /// Stages' heartbeats, for `/healthz` and the systemd watchdog.
     pub health: health::Health,
     /// Devices seen recently, for `status` (never a metric label).
     pub devices: devices::DevicesSeen,
+    /// The clock tolerance the decoders apply, and the devices whose clocks are ahead.
+    pub clocks: clocks::DeviceClocks,
 }
 
 /// What `status` shows of one serial port.

@@ -5,7 +5,9 @@
 //! - `serial`: from the payload or the topic; when both are given they must agree (a reading
 //!   that names another device than its topic is refused, never guessed).
 //! - `ts` (alias `timestamp`): epoch milliseconds (integer or fractional) or an RFC 3339
-//!   string; the time of receipt when absent.
+//!   string; the time of receipt when absent. A time further ahead of the gateway clock than
+//!   `clock.future_tolerance_ms` is a device clock that is wrong: the reading is refused and
+//!   its device reported ([`Decoded::clock_ahead`]).
 //! - `signal_type`: optional, routes readings of a device with several streams.
 //! - every other key is looked up in [`crate::fields`]; unknown keys are counted and skipped,
 //!   `null` means "no value". A wrong type rejects the whole reading; a negative count (a
@@ -13,15 +15,13 @@
 
 use serde_json::{Map, Value};
 
-use super::{RejectReason, Rejection};
+use super::{ClockAhead, Now, RejectReason, Rejection};
 use crate::fields::{self, FieldKind};
 use crate::model::{FieldValue, Reading, valid_serial};
 
 /// Earliest reading time accepted: 2000-01-01T00:00:00Z. Older stamps are a device clock that
 /// was never set (or seconds sent as milliseconds), not a reading from then.
 pub const MIN_TS_NS: i64 = 946_684_800_000_000_000;
-/// How far into the future a reading may be stamped before it is refused.
-pub const MAX_FUTURE_NS: i64 = 24 * 3600 * 1_000_000_000;
 
 /// What one payload yielded.
 #[derive(Debug, Default, PartialEq)]
@@ -32,11 +32,13 @@ pub struct Decoded {
     pub unknown_fields: u32,
     /// Fields dropped for an out-of-range value while the rest of the reading was kept.
     pub dropped_fields: u32,
+    /// Readings refused (also in `rejected`) because their device's clock is ahead.
+    pub clock_ahead: Vec<ClockAhead>,
 }
 
 /// Decodes one MQTT payload. `topic_serial` is the `{serial}` level of the topic, if the
-/// subscription has one; `now_ns` stamps readings without `ts` and bounds future stamps.
-pub fn decode(payload: &[u8], topic_serial: Option<&str>, now_ns: i64, max_bytes: usize) -> Decoded {
+/// subscription has one; `now` stamps readings without `ts` and bounds future stamps.
+pub fn decode(payload: &[u8], topic_serial: Option<&str>, now: Now, max_bytes: usize) -> Decoded {
     let mut out = Decoded::default();
     if payload.len() > max_bytes {
         out.rejected.push(Rejection::new(RejectReason::Oversized, format!("{} bytes", payload.len())));
@@ -55,14 +57,14 @@ pub fn decode(payload: &[u8], topic_serial: Option<&str>, now_ns: i64, max_bytes
         }
     };
     match value {
-        Value::Object(obj) => decode_one(&obj, topic_serial, now_ns, &mut out),
+        Value::Object(obj) => decode_one(&obj, topic_serial, now, &mut out),
         Value::Array(items) if items.is_empty() => {
             out.rejected.push(Rejection::new(RejectReason::Empty, "empty array"));
         }
         Value::Array(items) => {
             for item in &items {
                 match item {
-                    Value::Object(obj) => decode_one(obj, topic_serial, now_ns, &mut out),
+                    Value::Object(obj) => decode_one(obj, topic_serial, now, &mut out),
                     other => out.rejected.push(Rejection::new(
                         RejectReason::NotAnObject,
                         format!("array element is {}", type_name(other)),
@@ -77,8 +79,8 @@ pub fn decode(payload: &[u8], topic_serial: Option<&str>, now_ns: i64, max_bytes
     out
 }
 
-fn decode_one(obj: &Map<String, Value>, topic_serial: Option<&str>, now_ns: i64, out: &mut Decoded) {
-    match reading_from(obj, topic_serial, now_ns, out) {
+fn decode_one(obj: &Map<String, Value>, topic_serial: Option<&str>, now: Now, out: &mut Decoded) {
+    match reading_from(obj, topic_serial, now, out) {
         Ok(r) => out.readings.push(r),
         Err(rej) => out.rejected.push(rej),
     }
@@ -87,7 +89,7 @@ fn decode_one(obj: &Map<String, Value>, topic_serial: Option<&str>, now_ns: i64,
 fn reading_from(
     obj: &Map<String, Value>,
     topic_serial: Option<&str>,
-    now_ns: i64,
+    now: Now,
     out: &mut Decoded,
 ) -> Result<Reading, Rejection> {
     let serial = match (obj.get("serial"), topic_serial) {
@@ -122,11 +124,18 @@ fn reading_from(
         (None, None) => None,
     };
     let ts_ns = match ts_value {
-        None | Some(Value::Null) => now_ns,
+        None | Some(Value::Null) => now.ns,
         Some(v) => timestamp_ns(v)?,
     };
-    if ts_ns < MIN_TS_NS || ts_ns > now_ns.saturating_add(MAX_FUTURE_NS) {
-        return Err(Rejection::new(RejectReason::TimestampOutOfRange, "before 2000 or more than a day ahead"));
+    if ts_ns < MIN_TS_NS {
+        return Err(Rejection::new(RejectReason::TimestampOutOfRange, "before 2000"));
+    }
+    if let Some(ahead_ns) = now.too_far_ahead(ts_ns) {
+        out.clock_ahead.push(ClockAhead { serial, ahead_ns });
+        return Err(Rejection::new(
+            RejectReason::TimestampOutOfRange,
+            "ahead of the gateway clock by more than clock.future_tolerance_ms",
+        ));
     }
 
     let signal_type = match obj.get("signal_type") {
@@ -244,7 +253,8 @@ fn type_name(v: &Value) -> &'static str {
 mod tests {
     use super::*;
 
-    const NOW: i64 = 1_764_000_000_000_000_000;
+    const NOW_NS: i64 = 1_764_000_000_000_000_000;
+    const NOW: Now = Now { ns: NOW_NS, future_tolerance_ns: 120_000_000_000 };
     const MAX: usize = 64 * 1024;
 
     fn one(p: &str, topic: Option<&str>) -> Result<Reading, RejectReason> {
@@ -310,10 +320,25 @@ mod tests {
         let frac = one(r#"{"serial":"A","timestamp":1700000000123.5,"spo2":1}"#, None).expect("frac");
         assert_eq!(ms.ts_ns, rfc.ts_ns);
         assert_eq!(frac.ts_ns, 1_700_000_000_123_500_000);
-        assert_eq!(one(r#"{"serial":"A","spo2":1}"#, None).expect("now").ts_ns, NOW);
+        assert_eq!(one(r#"{"serial":"A","spo2":1}"#, None).expect("now").ts_ns, NOW_NS);
         assert_eq!(one(r#"{"serial":"A","ts":"yesterday","spo2":1}"#, None), Err(RejectReason::InvalidTimestamp));
         assert_eq!(one(r#"{"serial":"A","ts":1700000000,"spo2":1}"#, None), Err(RejectReason::TimestampOutOfRange));
         assert_eq!(one(r#"{"serial":"A","ts":true,"spo2":1}"#, None), Err(RejectReason::InvalidTimestamp));
+    }
+
+    #[test]
+    fn a_device_clock_ahead_of_the_gateways_is_refused_and_reported() {
+        let at = |ms: i64| format!(r#"{{"serial":"A","ts":{ms},"spo2":97}}"#);
+        let now_ms = NOW_NS / 1_000_000;
+        assert!(one(&at(now_ms + 120_000), None).is_ok(), "at the tolerance");
+        let d = decode(at(now_ms + 180_000).as_bytes(), None, NOW, MAX);
+        assert_eq!(d.rejected[0].reason, RejectReason::TimestampOutOfRange);
+        assert_eq!(d.clock_ahead, [ClockAhead { serial: "A".into(), ahead_ns: 180_000_000_000 }]);
+        let lenient = Now { future_tolerance_ns: 3_600_000_000_000, ..NOW };
+        assert_eq!(decode(at(now_ms + 180_000).as_bytes(), None, lenient, MAX).readings.len(), 1);
+        // Too old is no clock that runs ahead.
+        let d = decode(at(1_000).as_bytes(), None, NOW, MAX);
+        assert_eq!((d.rejected[0].reason, d.clock_ahead.len()), (RejectReason::TimestampOutOfRange, 0));
     }
 
     #[test]

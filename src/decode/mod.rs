@@ -30,10 +30,19 @@ pub enum RejectReason {
     DemoData,
     /// A message type the gateway does not take (HL7: anything but ORU^R01).
     Unsupported,
+    /// HL7: an observation of a multi-device message that names no device of its own and
+    /// belongs to no row that does (never given to a guessed device).
+    AmbiguousDevice,
+    /// HL7: a time without offset that the gateway's zone skips (the hour a change to
+    /// daylight saving time jumps over).
+    NonexistentLocalTime,
+    /// HL7: a time without offset that the gateway's zone has twice (the hour repeated when
+    /// daylight saving time ends) and that could be either.
+    AmbiguousLocalTime,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 19] = [
         Self::Oversized,
         Self::Empty,
         Self::InvalidJson,
@@ -50,6 +59,9 @@ impl RejectReason {
         Self::Noise,
         Self::DemoData,
         Self::Unsupported,
+        Self::AmbiguousDevice,
+        Self::NonexistentLocalTime,
+        Self::AmbiguousLocalTime,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +82,9 @@ impl RejectReason {
             Self::Noise => "noise",
             Self::DemoData => "demo_data",
             Self::Unsupported => "unsupported_message",
+            Self::AmbiguousDevice => "ambiguous_device",
+            Self::NonexistentLocalTime => "nonexistent_local_time",
+            Self::AmbiguousLocalTime => "ambiguous_local_time",
         }
     }
 }
@@ -86,4 +101,28 @@ impl Rejection {
     pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into() }
     }
+}
+
+/// The gateway's clock as a decoder sees it: the time of receipt, which stamps readings
+/// without a time of their own, and how far ahead of it a device may stamp a reading before
+/// its clock counts as wrong (`clock.future_tolerance_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub ns: i64,
+    pub future_tolerance_ns: i64,
+}
+
+impl Now {
+    /// How far ahead of the gateway clock `ts_ns` is, when that is beyond the tolerance.
+    pub fn too_far_ahead(self, ts_ns: i64) -> Option<i64> {
+        (ts_ns > self.ns.saturating_add(self.future_tolerance_ns)).then(|| ts_ns.saturating_sub(self.ns))
+    }
+}
+
+/// A reading refused because its device's clock is ahead of the gateway's: the device serial
+/// (never personal data) and by how much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClockAhead {
+    pub serial: String,
+    pub ahead_ns: i64,
 }

@@ -1,23 +1,36 @@
 //! HL7 v2 ORU^R01 (IHE PCD-01) messages over MLLP, and their ACKs (protocols.md §3).
 //!
 //! - **MLLP**: `0B` + message + `1C 0D`. Garbage before `0B` is skipped; a new `0B` before
-//!   the end of a message means the message was cut short; messages are capped at
-//!   [`MAX_MESSAGE`]. Segments end with CR, LF or CR LF.
+//!   the end of a message means the message was cut short; messages are capped at the
+//!   caller's limit ([`scan_mllp_within`]; the listener's is `hl7.max_message_bytes`).
+//!   Segments end with CR, LF or CR LF.
 //! - **Read**: MSH (delimiters from MSH-1/2, sending application MSH-3, message type
 //!   MSH-9, control id MSH-10, processing id MSH-11), OBR-7 and OBX. **PID and PV1 are
 //!   never read**: no name, no MRN, nothing about the patient is decoded, logged or
 //!   written — the binding says which patient a device belongs to.
-//! - **Identity**: the first OBX-18 (equipment instance, the device's EUI-64), else the
-//!   EUI-64 in MSH-3 (`APP^<EUI-64>^EUI-64`), else MSH-3's first component.
+//! - **Identity**, per observation, since a central station's message carries several
+//!   devices: the OBX's own OBX-18 (equipment instance, the device's EUI-64); else the
+//!   nearest row above it in the OBX-4 containment tree that names a device in its OBX-18
+//!   (`2.1.1.1` belongs to the MDS row `2.0.0.0`, or to a VMD row `2.1.0.0` naming its own);
+//!   else the message's device when its OBX-18s name exactly one; without any OBX-18, the
+//!   EUI-64 in MSH-3 (`APP^<EUI-64>^EUI-64`), else MSH-3's first component. An observation
+//!   that cannot be tied to one device of a multi-device message is refused
+//!   ([`RejectReason::AmbiguousDevice`]), never guessed.
 //! - **Values**: numeric OBX (`NM`) whose OBX-3 carries an IEEE 11073 (MDC) code the
 //!   canonical field table knows ([`crate::fields::by_mdc`]; code first, the `MDC_…` name
 //!   second; LOINC-first rows use the MDC alternate). OBX-11 `X`, `D` or `W`, an empty
 //!   OBX-5, a non-number, a vendor sentinel (`-999`, `-100`: negative, so out of every
 //!   range) and a unit the field cannot be converted from are not written. °F is converted.
-//! - **Time**: OBX-14, else OBR-7, else MSH-7 (IHE PCD requires synchronized clocks and the
-//!   zone offset; a time without offset is taken as UTC). Observations are grouped into one
-//!   reading per time, so NIBP measured earlier is written at its own time and a repeat of
-//!   it in a later message overwrites the same point in InfluxDB.
+//! - **Time**: OBX-14, else OBR-7, else MSH-7, else the receipt. IHE PCD requires
+//!   synchronized clocks and the zone offset; a time without offset is read in
+//!   `hl7.time_zone` ([`Zone`]: the gateway's own by default). A local time that its zone
+//!   skips (the change to daylight saving time) is refused; one it has twice (the repeated
+//!   hour) is refused unless the later instant is still ahead of the gateway clock ([`instant`]
+//!   says why). A time further ahead of the gateway clock than `clock.future_tolerance_ms` is
+//!   a device clock that is wrong: refused, and its device reported (`clock_ahead`).
+//!   Observations are grouped into one reading per device and time, so NIBP measured earlier
+//!   is written at its own time and a repeat of it in a later message overwrites the same
+//!   point in InfluxDB.
 //! - **Demo and test data**: MSH-11 `T` (training) or `D` (debugging), or `DEMO` in any
 //!   OBX-8, drops the whole message ([`RejectReason::DemoData`]); it is still acknowledged
 //!   (AA), so the sender does not retry.
@@ -25,35 +38,48 @@
 //!   cannot fix (not HL7, not ORU^R01, no control id, no device identity); AE for an ORU
 //!   without any OBX. MSA-3 carries a fixed reason text, never message content.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Decoded, FieldSet, PortIdentity, Scan};
-use crate::decode::json::{MAX_FUTURE_NS, MIN_TS_NS};
-use crate::decode::{RejectReason, Rejection};
+use chrono::{Offset, TimeZone};
+
+use crate::decode::json::MIN_TS_NS;
+use crate::decode::{ClockAhead, Now, RejectReason, Rejection};
 use crate::fields::{self, FieldSpec};
 
 pub const START_BLOCK: u8 = 0x0B;
 pub const END_BLOCK: [u8; 2] = [0x1C, 0x0D];
-/// Largest message accepted.
+/// Largest message [`scan_mllp`] accepts (the simulator's and the tests' limit; the listener
+/// takes `hl7.max_message_bytes`).
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 
-/// Finds an MLLP-framed message at the front of `b`.
+/// Finds an MLLP-framed message of at most [`MAX_MESSAGE`] bytes at the front of `b`.
 pub fn scan_mllp(b: &[u8]) -> Scan<Vec<u8>> {
+    scan_mllp_within(b, MAX_MESSAGE)
+}
+
+/// Finds an MLLP-framed message of at most `max` bytes at the front of `b`; a longer one is
+/// skipped as [`RejectReason::Oversized`] once more than `max` bytes of it are in.
+pub fn scan_mllp_within(b: &[u8], max: usize) -> Scan<Vec<u8>> {
     if b[0] != START_BLOCK {
         let skip = b.iter().position(|&c| c == START_BLOCK).unwrap_or(b.len());
         return Scan::Skip(skip, RejectReason::Noise);
     }
-    let window = &b[1..b.len().min(MAX_MESSAGE + 3)];
-    for (i, w) in window.windows(2).enumerate() {
-        if w == END_BLOCK {
+    let window = &b[1..b.len().min(max.saturating_add(3))];
+    let mut from = 0;
+    while let Some(i) = window[from..].iter().position(|&c| c == END_BLOCK[0]) {
+        let i = from + i;
+        if window.get(i + 1) == Some(&END_BLOCK[1]) {
             return Scan::Frame(window[..i].to_vec(), i + 3);
         }
+        from = i + 1;
     }
     // A new start block before the end: this message was cut short.
     if let Some(next) = window.iter().position(|&c| c == START_BLOCK) {
         return Scan::Skip(next + 1, RejectReason::BadFrame);
     }
-    if b.len() > MAX_MESSAGE + 2 { Scan::Skip(MAX_MESSAGE + 2, RejectReason::Oversized) } else { Scan::Incomplete }
+    let most = max.saturating_add(2);
+    if b.len() > most { Scan::Skip(most, RejectReason::Oversized) } else { Scan::Incomplete }
 }
 
 /// Wraps a message in MLLP framing.
@@ -118,13 +144,16 @@ pub struct Message {
     pub ack: AckCode,
     /// MSA-3 for AE/AR: a fixed text, never message content.
     pub reason: Option<&'static str>,
+    /// Tells a resend of this message from a new one ([`retry_key`]); `None` when nothing is
+    /// to be stored.
+    pub retry_key: Option<[u8; 32]>,
 }
 
 impl Message {
     fn refuse(header: Option<Header>, ack: AckCode, reason: RejectReason, text: &'static str) -> Self {
         let mut decoded = Decoded::default();
         decoded.rejected.push(Rejection::new(reason, text));
-        Self { header, decoded, ack, reason: Some(text) }
+        Self { header, decoded, ack, reason: Some(text), retry_key: None }
     }
 }
 
@@ -184,8 +213,66 @@ fn parse_msh(seg: &str) -> Option<(Delims, Vec<&str>)> {
     Some((d, seg.split(field).collect()))
 }
 
-/// Parses an HL7 time (`YYYY[MM[DD[HH[MM[SS[.ffff]]]]]][+/-ZZZZ]`) to ns since the epoch.
-pub fn parse_time(s: &str) -> Option<i64> {
+/// How times without a zone offset are read (`hl7.time_zone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    /// The gateway's zone (`TZ`, else `/etc/localtime`), daylight saving time included.
+    Local,
+    /// A fixed offset from UTC.
+    Fixed(chrono::FixedOffset),
+}
+
+impl Zone {
+    pub fn utc() -> Self {
+        Self::Fixed(chrono::Utc.fix())
+    }
+
+    /// Reads `"local"`, `"UTC"` or a fixed offset such as `"+01:00"` or `"-0330"`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("local") {
+            return Ok(Self::Local);
+        }
+        if s.eq_ignore_ascii_case("UTC") {
+            return Ok(Self::utc());
+        }
+        let bad = || format!("{s:?} is neither \"local\", \"UTC\" nor an offset such as \"+01:00\"");
+        let (sign, hhmm) = match s.as_bytes().first() {
+            Some(b'+') => (1, &s[1..]),
+            Some(b'-') => (-1, &s[1..]),
+            _ => return Err(bad()),
+        };
+        let digits = match (hhmm.len(), hhmm.get(2..3)) {
+            (5, Some(":")) => format!("{}{}", &hhmm[..2], &hhmm[3..]),
+            (4, _) => hhmm.to_owned(),
+            _ => return Err(bad()),
+        };
+        if !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let (h, m) = (digits[..2].parse::<i32>().map_err(|_| bad())?, digits[2..].parse::<i32>().map_err(|_| bad())?);
+        if h > 23 || m > 59 {
+            return Err(bad());
+        }
+        chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60)).map(Self::Fixed).ok_or_else(bad)
+    }
+}
+
+/// A time read from a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// ns since the epoch.
+    At(i64),
+    /// A local time its zone skips (the hour a change to daylight saving time jumps over).
+    Skipped,
+    /// A local time its zone has twice (the hour repeated when daylight saving time ends):
+    /// the earlier and the later instant.
+    Twice(i64, i64),
+}
+
+/// Parses an HL7 time (`YYYY[MM[DD[HH[MM[SS[.ffff]]]]]][+/-ZZZZ]`); a time without offset is
+/// read in `zone`. `None`: not a time.
+pub fn parse_time(s: &str, zone: Zone) -> Option<Stamp> {
     let s = s.trim();
     let (main, offset_secs) = match s.find(['+', '-']) {
         Some(i) => {
@@ -195,9 +282,9 @@ pub fn parse_time(s: &str) -> Option<i64> {
             }
             let mins = z[..2].parse::<i64>().ok()? * 60 + z[2..].parse::<i64>().ok()?;
             let sign = if s.as_bytes()[i] == b'-' { -1 } else { 1 };
-            (&s[..i], sign * mins * 60)
+            (&s[..i], Some(sign * mins * 60))
         }
-        None => (s, 0),
+        None => (s, None),
     };
     let (digits, frac) = main.split_once('.').unwrap_or((main, ""));
     if digits.len() < 8
@@ -213,8 +300,43 @@ pub fn parse_time(s: &str) -> Option<i64> {
     let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(4..6)?, num(6..8)?)?;
     let time = chrono::NaiveTime::from_hms_opt(num(8..10)?, num(10..12)?, num(12..14)?)?;
     let frac_ns = if frac.is_empty() { 0 } else { frac.parse::<i64>().ok()? * 10i64.pow(9 - frac.len() as u32) };
-    let secs = date.and_time(time).and_utc().timestamp() - offset_secs;
-    secs.checked_mul(1_000_000_000)?.checked_add(frac_ns)
+    let local = date.and_time(time);
+    let ns = |utc_secs: i64| utc_secs.checked_mul(1_000_000_000)?.checked_add(frac_ns);
+    let offset = match (offset_secs, zone) {
+        (Some(o), _) => o,
+        (None, Zone::Fixed(o)) => i64::from(o.local_minus_utc()),
+        (None, Zone::Local) => {
+            return match chrono::Local.from_local_datetime(&local) {
+                chrono::MappedLocalTime::Single(t) => Some(Stamp::At(ns(t.timestamp())?)),
+                chrono::MappedLocalTime::None => Some(Stamp::Skipped),
+                chrono::MappedLocalTime::Ambiguous(a, b) => {
+                    let (a, b) = (ns(a.timestamp())?, ns(b.timestamp())?);
+                    Some(Stamp::Twice(a.min(b), a.max(b)))
+                }
+            };
+        }
+    };
+    Some(Stamp::At(ns(local.and_utc().timestamp() - offset)?))
+}
+
+/// The instant of an observation's time, or why it has none. In the repeated hour, the later
+/// instant is ruled out while it still lies further ahead of the gateway clock than a device
+/// clock may be; otherwise either may be meant and the time is refused: taking the earlier
+/// would write the readings of the second pass an hour early, over the first pass's points
+/// (same series and time) and perhaps to the patient who had the bed an hour before.
+fn instant(stamp: Stamp, now: Now) -> Result<i64, Rejection> {
+    match stamp {
+        Stamp::At(t) => Ok(t),
+        Stamp::Skipped => Err(Rejection::new(
+            RejectReason::NonexistentLocalTime,
+            "local time skipped by a change to daylight saving time (hl7.time_zone)",
+        )),
+        Stamp::Twice(earlier, later) if now.too_far_ahead(later).is_some() => Ok(earlier),
+        Stamp::Twice(..) => Err(Rejection::new(
+            RejectReason::AmbiguousLocalTime,
+            "local time repeated when daylight saving time ends (hl7.time_zone)",
+        )),
+    }
 }
 
 /// MDC reference ids the gateway knows, for OBX-3 rows that name the code only.
@@ -286,21 +408,83 @@ fn convert(spec: &FieldSpec, v: f64, obx6: &str, d: Delims) -> Option<f64> {
     }
 }
 
-/// The device serial of a message (module docs, "Identity").
-fn identity(obx18s: &[&str], msh3: &str, d: Delims) -> Option<String> {
-    let ok = |s: &str| {
-        let s = unescape(s.trim(), d);
-        crate::model::valid_serial(&s).then_some(s)
-    };
-    obx18s
-        .iter()
-        .find_map(|f| ok(part(f, d.component, 0)))
-        .or_else(|| (part(msh3, d.component, 2) == "EUI-64").then(|| ok(part(msh3, d.component, 1))).flatten())
-        .or_else(|| ok(part(msh3, d.component, 0)))
+/// Which device each observation of a message belongs to (module docs, "Identity").
+struct Devices {
+    /// OBX-4 of the rows whose OBX-18 names a device (`2.0.0.0` for an MDS), and that device;
+    /// `None` where rows of the same place name different devices.
+    rows: HashMap<String, Option<String>>,
+    /// The device of the whole message: the only one its OBX-18s name, else MSH-3's; `None`
+    /// when its OBX-18s name several.
+    message: Option<String>,
+    /// How many devices the OBX-18s name.
+    named: usize,
 }
 
-/// Decodes one message (without MLLP framing). `now_ns` is the receive time.
-pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
+impl Devices {
+    fn of(obx: &[Vec<&str>], msh3: &str, d: Delims) -> Self {
+        let mut rows: HashMap<String, Option<String>> = HashMap::new();
+        let mut named: BTreeSet<String> = BTreeSet::new();
+        for f in obx {
+            let Some(serial) = obx18_serial(f, d) else { continue };
+            let place = f.get(4).copied().unwrap_or("").trim();
+            if !place.is_empty() {
+                let row = rows.entry(place.to_owned()).or_insert_with(|| Some(serial.clone()));
+                if row.as_ref().is_some_and(|s| *s != serial) {
+                    *row = None;
+                }
+            }
+            named.insert(serial);
+        }
+        let ok = |s: &str| {
+            let s = unescape(s.trim(), d);
+            crate::model::valid_serial(&s).then_some(s)
+        };
+        let count = named.len();
+        let message = match count {
+            0 => (part(msh3, d.component, 2) == "EUI-64")
+                .then(|| ok(part(msh3, d.component, 1)))
+                .flatten()
+                .or_else(|| ok(part(msh3, d.component, 0))),
+            1 => named.pop_first(),
+            _ => None,
+        };
+        Self { rows, message, named: count }
+    }
+
+    /// The device of one OBX: its own OBX-18, else the nearest row above it in the containment
+    /// tree of OBX-4 (channel `2.1.1.0`, VMD `2.1.0.0`, MDS `2.0.0.0`) that names one, else
+    /// the message's. `None`: the observation cannot be tied to one device.
+    fn of_obx(&self, f: &[&str], d: Delims) -> Option<String> {
+        if let Some(own) = obx18_serial(f, d) {
+            return Some(own);
+        }
+        let place: Vec<&str> = f.get(4).copied().unwrap_or("").trim().split('.').collect();
+        // PCD containment has four levels; a deeper OBX-4 is no tree to walk (and walking
+        // one of thousands of levels would cost their square).
+        let depths = if place.len() <= MAX_CONTAINMENT_LEVELS { 1..place.len() } else { 0..0 };
+        for depth in depths.rev() {
+            let mut above = place[..depth].to_vec();
+            above.resize(place.len(), "0");
+            if let Some(row) = self.rows.get(&above.join(".")) {
+                return row.clone();
+            }
+        }
+        self.message.clone()
+    }
+}
+
+/// Most OBX-4 levels looked up in the containment tree (MDS.VMD.CHAN.METRIC, and some room).
+const MAX_CONTAINMENT_LEVELS: usize = 8;
+
+/// The device an OBX names in OBX-18 (equipment instance identifier), if a valid serial.
+fn obx18_serial(f: &[&str], d: Delims) -> Option<String> {
+    let s = unescape(part(f.get(18).copied().unwrap_or(""), d.component, 0).trim(), d);
+    crate::model::valid_serial(&s).then_some(s)
+}
+
+/// Decodes one message (without MLLP framing). `now` is the receive time; times without an
+/// offset are read in `zone`.
+pub fn decode_message(msg: &[u8], now: Now, zone: Zone) -> Message {
     let text = String::from_utf8_lossy(msg);
     let mut segments = text.split(['\r', '\n']).filter(|s| !s.trim().is_empty());
     let Some((d, msh)) = segments.next().and_then(parse_msh) else {
@@ -356,8 +540,8 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
         m.reason = None;
         return m;
     }
-    let obx18: Vec<&str> = obx.iter().filter_map(|f| f.get(18).copied()).filter(|s| !s.trim().is_empty()).collect();
-    let Some(serial) = identity(&obx18, f(3), d) else {
+    let devices = Devices::of(&obx, f(3), d);
+    if devices.named == 0 && devices.message.is_none() {
         return Message::refuse(
             Some(header),
             AckCode::Reject,
@@ -366,8 +550,8 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
         );
     };
 
-    let msh_time = parse_time(f(7));
-    let mut groups: BTreeMap<i64, FieldSet> = BTreeMap::new();
+    let msh_time = parse_time(f(7), zone);
+    let mut groups: BTreeMap<(String, i64), FieldSet> = BTreeMap::new();
     let mut out = Decoded::default();
     for o in &obx {
         if get(o, 2) != "NM" || matches!(get(o, 11).as_str(), "X" | "D" | "W") {
@@ -376,8 +560,22 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
         let Some(spec) = field_of(&get(o, 3), d) else {
             continue;
         };
-        let ts = parse_time(&get(o, 14)).or(msh_time).unwrap_or(now_ns);
-        let set = groups.entry(ts).or_default();
+        let Some(serial) = devices.of_obx(o, d) else {
+            out.rejected.push(Rejection::new(
+                RejectReason::AmbiguousDevice,
+                "observation not tied to one device of a multi-device message",
+            ));
+            continue;
+        };
+        let stamp = parse_time(&get(o, 14), zone).or(msh_time).unwrap_or(Stamp::At(now.ns));
+        let ts = match instant(stamp, now) {
+            Ok(ts) => ts,
+            Err(rejection) => {
+                out.rejected.push(rejection);
+                continue;
+            }
+        };
+        let set = groups.entry((serial, ts)).or_default();
         let value = get(o, 5).parse::<f64>().ok().and_then(|v| convert(spec, v, &get(o, 6), d));
         match value {
             Some(v) => set.number(spec, v),
@@ -386,13 +584,21 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
     }
     out.frames = 1;
     let id = PortIdentity { serial: None, signal_type: None };
-    for (ts, set) in groups {
-        if !(MIN_TS_NS..=now_ns.saturating_add(MAX_FUTURE_NS)).contains(&ts) {
+    for ((serial, ts), set) in groups {
+        let ahead = now.too_far_ahead(ts);
+        if ts < MIN_TS_NS || ahead.is_some() {
             out.dropped_fields += set.dropped;
             out.rejected.push(Rejection::new(
                 RejectReason::TimestampOutOfRange,
-                "observation time before 2000 or more than a day ahead",
+                if ahead.is_some() {
+                    "observation time ahead of the gateway clock by more than clock.future_tolerance_ms"
+                } else {
+                    "observation time before 2000"
+                },
             ));
+            if let Some(ahead_ns) = ahead {
+                out.clock_ahead.push(ClockAhead { serial, ahead_ns });
+            }
             continue;
         }
         if set.is_empty() {
@@ -401,7 +607,43 @@ pub fn decode_message(msg: &[u8], now_ns: i64) -> Message {
         }
         set.into_reading(Some(&serial), &id, ts, &mut out);
     }
-    Message { header: Some(header), decoded: out, ack: AckCode::Accept, reason: None }
+    // MSH-7's place in `msg`: `text` borrows `msg` unless the message is not UTF-8.
+    let msh7 = match (&text, msh.get(6)) {
+        (std::borrow::Cow::Borrowed(t), Some(f7)) => {
+            (f7.as_ptr() as usize).checked_sub(t.as_ptr() as usize).map(|start| start..start + f7.len())
+        }
+        _ => None,
+    };
+    let retry_key = (!out.readings.is_empty()).then(|| retry_key(msg, msh7, &out.readings));
+    Message { header: Some(header), decoded: out, ack: AckCode::Accept, reason: None, retry_key }
+}
+
+/// What tells a resend from a new message: SHA-256 over the message without MSH-7 (a sender
+/// may stamp a message anew each time it sends it) and over the times of its readings. MSH-10
+/// alone cannot: monitors number messages with counters that restart after a reboot or wrap,
+/// and two monitors may share MSH-3. The reading times keep apart two messages alike in every
+/// byte but whose readings took their time from MSH-7 or from the receipt. `msh7` is the byte
+/// range of MSH-7 in `msg`, when known; without it the whole message counts (a restamped resend
+/// is then stored again, which InfluxDB takes as an overwrite of the same point).
+pub fn retry_key(msg: &[u8], msh7: Option<std::ops::Range<usize>>, readings: &[crate::model::Reading]) -> [u8; 32] {
+    let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+    match msh7.filter(|r| r.start <= r.end && r.end <= msg.len()) {
+        Some(r) => {
+            d.update(&((msg.len() - r.len()) as u64).to_be_bytes());
+            d.update(&msg[..r.start]);
+            d.update(&msg[r.end..]);
+        }
+        None => {
+            d.update(&(msg.len() as u64).to_be_bytes());
+            d.update(msg);
+        }
+    }
+    for r in readings {
+        d.update(&r.ts_ns.to_be_bytes());
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(d.finish().as_ref());
+    key
 }
 
 /// An original-mode ACK for `header` (or for an unreadable message), MLLP-framed.
@@ -514,6 +756,15 @@ mod tests {
     const T_VITALS: i64 = 1_715_941_815_000_000_000; // 2024-05-17T10:30:15Z
     const T_NIBP: i64 = 1_715_941_740_000_000_000; // 2024-05-17T10:29:00Z
 
+    /// Decodes as received at `ns`, times without offset in UTC, a 2 min clock tolerance.
+    fn decode(msg: &[u8], ns: i64) -> Message {
+        decode_message(msg, now(ns), Zone::utc())
+    }
+
+    fn now(ns: i64) -> Now {
+        Now { ns, future_tolerance_ns: 120_000_000_000 }
+    }
+
     fn example() -> Vec<u8> {
         EXAMPLE.iter().flat_map(|s| s.bytes().chain([b'\r'])).collect()
     }
@@ -531,7 +782,7 @@ mod tests {
         assert_eq!(&wire[..8], [0x0B, 0x4D, 0x53, 0x48, 0x7C, 0x5E, 0x7E, 0x5C]);
         assert_eq!(&wire[wire.len() - 6..], [0x30, 0x30, 0x30, 0x0D, 0x1C, 0x0D]);
 
-        let m = decode_message(&msg, NOW + 1_000_000_000);
+        let m = decode(&msg, NOW + 1_000_000_000);
         assert_eq!(m.ack, AckCode::Accept);
         assert!(m.decoded.rejected.is_empty(), "{:?}", m.decoded.rejected);
         let h = m.header.as_ref().expect("header");
@@ -559,7 +810,7 @@ mod tests {
 
     #[test]
     fn ack_is_byte_exact() {
-        let m = decode_message(&example(), NOW);
+        let m = decode(&example(), NOW);
         let ack = build_ack(m.header.as_ref(), AckCode::Accept, None, "ACK00001", "20240517103016+0000");
         let expected = b"\x0bMSH|^~\\&|GW|HOSP|MON^0123456789ABCDEF^EUI-64|ACME|20240517103016+0000||ACK^R01^ACK|ACK00001|P|2.6\rMSA|AA|MSG00001\r\x1c\r";
         assert_eq!(String::from_utf8_lossy(&ack), String::from_utf8_lossy(expected));
@@ -569,36 +820,36 @@ mod tests {
 
     #[test]
     fn rejections_carry_a_reason() {
-        let m = decode_message(b"garbage", NOW);
+        let m = decode(b"garbage", NOW);
         assert_eq!((m.ack, m.reason.is_some()), (AckCode::Reject, true));
         let ack = build_ack(m.header.as_ref(), m.ack, m.reason, "A1", "20240517103016+0000");
         assert!(String::from_utf8_lossy(&ack).contains("MSA|AR||not an HL7 message"));
 
         let adt = b"MSH|^~\\&|X|Y|GW|HOSP|20240517103015||ADT^A01|C1|P|2.6\rPID|||1^^^H^MR||DOE^JANE\r";
-        let m = decode_message(adt, NOW);
+        let m = decode(adt, NOW);
         assert_eq!(m.ack, AckCode::Reject);
         assert_eq!(m.decoded.rejected[0].reason, RejectReason::Unsupported);
         assert_eq!(m.header.map(|h| h.control_id), Some("C1".into()));
 
         let no_obx = b"MSH|^~\\&|X^AB^EUI-64|Y|GW|HOSP|20240517103015||ORU^R01|C2|P|2.6\rPID|||\r";
-        assert_eq!(decode_message(no_obx, NOW).ack, AckCode::Error);
+        assert_eq!(decode(no_obx, NOW).ack, AckCode::Error);
         let no_id =
             b"MSH|^~\\&|||GW|HOSP|20240517103015||ORU^R01|C3|P|2.6\rOBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||60\r";
-        assert_eq!(decode_message(no_id, NOW).ack, AckCode::Reject);
+        assert_eq!(decode(no_id, NOW).ack, AckCode::Reject);
         let no_ctrl = b"MSH|^~\\&|X|Y|GW|HOSP|20240517103015||ORU^R01||P|2.6\r";
-        assert_eq!(decode_message(no_ctrl, NOW).ack, AckCode::Reject);
+        assert_eq!(decode(no_ctrl, NOW).ack, AckCode::Reject);
     }
 
     #[test]
     fn demo_and_test_data_is_acknowledged_but_not_stored() {
         let text = String::from_utf8(example()).expect("utf8");
         let training = text.replace("|MSG00001|P|2.6|", "|MSG00001|T|2.6|");
-        let m = decode_message(training.as_bytes(), NOW);
+        let m = decode(training.as_bytes(), NOW);
         assert_eq!(m.ack, AckCode::Accept);
         assert!(m.decoded.readings.is_empty());
         assert_eq!(m.decoded.rejected[0].reason, RejectReason::DemoData);
         let demo = text.replace("|72|264864^MDC_DIM_BEAT_PER_MIN^MDC||", "|72|264864^MDC_DIM_BEAT_PER_MIN^MDC||DEMO|");
-        assert!(decode_message(demo.as_bytes(), NOW).decoded.readings.is_empty());
+        assert!(decode(demo.as_bytes(), NOW).decoded.readings.is_empty());
     }
 
     #[test]
@@ -612,7 +863,7 @@ mod tests {
             OBX|5|NM|150301^MDC_PRESS_CUFF_SYS^MDC|1.3.1.1|118|mm[Hg]^^UCUM|||||F\r\
             OBX|6|NM|150302^MDC_PRESS_CUFF_DIA^MDC|1.3.1.2|76|kPa^^UCUM|||||F\r\
             OBX|7|NM|151562^MDC_RESP_RATE^MDC|1.5.1.1|NaN|/min|||||F\r";
-        let m = decode_message(msg.as_bytes(), NOW);
+        let m = decode(msg.as_bytes(), NOW);
         assert_eq!(m.ack, AckCode::Accept);
         let r = &m.decoded.readings[0];
         assert_eq!(r.serial, "00A0B1FFFEC2D3E4", "EUI-64 from MSH-3");
@@ -629,14 +880,68 @@ mod tests {
 
     #[test]
     fn times_parse_with_offsets_and_precision() {
-        assert_eq!(parse_time("20240517103015+0000"), Some(T_VITALS));
-        assert_eq!(parse_time("20240517103015"), Some(T_VITALS));
-        assert_eq!(parse_time("20240517123015.25+0200"), Some(T_VITALS + 250_000_000));
-        assert_eq!(parse_time("202405171030"), Some(T_VITALS - 15_000_000_000));
-        assert_eq!(parse_time("2024051710301"), None);
-        assert_eq!(parse_time("20241317103015"), None);
-        assert_eq!(parse_time("20240517103015+00"), None);
-        assert_eq!(parse_time(""), None);
+        let utc = |s: &str| parse_time(s, Zone::utc());
+        assert_eq!(utc("20240517103015+0000"), Some(Stamp::At(T_VITALS)));
+        assert_eq!(utc("20240517103015"), Some(Stamp::At(T_VITALS)));
+        assert_eq!(utc("20240517123015.25+0200"), Some(Stamp::At(T_VITALS + 250_000_000)));
+        assert_eq!(utc("202405171030"), Some(Stamp::At(T_VITALS - 15_000_000_000)));
+        assert_eq!(utc("2024051710301"), None);
+        assert_eq!(utc("20241317103015"), None);
+        assert_eq!(utc("20240517103015+00"), None);
+        assert_eq!(utc(""), None);
+        // Without an offset, the configured zone's; with one, its own.
+        let plus2 = Zone::parse("+02:00").expect("offset");
+        assert_eq!(parse_time("20240517123015", plus2), Some(Stamp::At(T_VITALS)));
+        assert_eq!(parse_time("20240517103015+0000", plus2), Some(Stamp::At(T_VITALS)));
+        let minus0330 = Zone::parse("-0330").expect("offset");
+        assert_eq!(parse_time("20240517070015", minus0330), Some(Stamp::At(T_VITALS)));
+    }
+
+    #[test]
+    fn time_zones_are_named_local_utc_or_an_offset() {
+        assert_eq!(Zone::parse("local"), Ok(Zone::Local));
+        assert_eq!(Zone::parse("UTC"), Ok(Zone::utc()));
+        assert_eq!(Zone::parse("+00:00"), Ok(Zone::utc()));
+        assert_eq!(Zone::parse("+05:30"), Ok(Zone::Fixed(chrono::FixedOffset::east_opt(19_800).expect("offset"))));
+        for bad in ["Europe/Berlin", "+1", "+01:60", "+24:00", "01:00", "+01:00:00", "", "+:0100"] {
+            assert!(Zone::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_repeated_hour_is_refused_unless_its_later_instant_is_still_ahead() {
+        let hour = 3_600_000_000_000;
+        let twice = Stamp::Twice(T_VITALS, T_VITALS + hour);
+        // During the first pass the later instant lies an hour ahead: no device clock is there.
+        assert_eq!(instant(twice, now(T_VITALS + 5_000_000_000)), Ok(T_VITALS));
+        // During the second pass (or after) either could be meant.
+        let r = instant(twice, now(T_VITALS + hour + 5_000_000_000)).expect_err("ambiguous");
+        assert_eq!(r.reason, RejectReason::AmbiguousLocalTime);
+        assert_eq!(
+            instant(Stamp::Skipped, now(T_VITALS)).map_err(|r| r.reason),
+            Err(RejectReason::NonexistentLocalTime)
+        );
+    }
+
+    #[test]
+    fn observations_stamped_ahead_of_the_gateway_clock_are_refused_and_reported() {
+        let v = Vitals { heart_rate: Some(72), ..Default::default() };
+        let m = decode(
+            &build_oru("0123456789ABCDEF", "C1", "20240517103015+0000", "20240517103015+0000", &v),
+            T_VITALS - 180_000_000_000,
+        );
+        assert!(m.decoded.readings.is_empty());
+        assert_eq!(m.decoded.rejected[0].reason, RejectReason::TimestampOutOfRange);
+        assert_eq!(
+            m.decoded.clock_ahead,
+            [ClockAhead { serial: "0123456789ABCDEF".into(), ahead_ns: 180_000_000_000 }]
+        );
+        assert_eq!(m.ack, AckCode::Accept, "nothing a resend could fix");
+        let m = decode(
+            &build_oru("0123456789ABCDEF", "C1", "20240517103015+0000", "20240517103015+0000", &v),
+            T_VITALS - 60_000_000_000,
+        );
+        assert_eq!((m.decoded.readings.len(), m.decoded.clock_ahead.len()), (1, 0));
     }
 
     #[test]
@@ -672,6 +977,98 @@ mod tests {
     }
 
     #[test]
+    fn resends_share_a_retry_key_and_new_messages_do_not() {
+        let key = |m: &str, now: i64| decode(m.as_bytes(), now).retry_key.expect("readings, so a key");
+        let v = Vitals { heart_rate: Some(72), ..Default::default() };
+        let text = |control: &str, time: &str, v: &Vitals| {
+            String::from_utf8(build_oru("0123456789ABCDEF", control, time, time, v)).expect("utf8")
+        };
+        let first = text("7", "20240517103015+0000", &v);
+        assert_eq!(key(&first, NOW), key(&first, NOW + 5_000_000_000), "an exact resend");
+        let restamped = first.replacen("|20240517103015+0000||ORU", "|20240517103115+0000||ORU", 1);
+        assert_ne!(restamped, first);
+        assert_eq!(key(&restamped, NOW), key(&first, NOW), "a resend stamped anew in MSH-7");
+        let reused = text("7", "20240517103115+0000", &Vitals { heart_rate: Some(80), ..Default::default() });
+        assert_ne!(key(&reused, NOW), key(&first, NOW), "a new message under a control id seen before");
+
+        // Readings that take their time from MSH-7 or from the receipt are never merged.
+        let no_times = "MSH|^~\\&|MON^0123456789ABCDEF^EUI-64|A|GW|H|{msh7}||ORU^R01|7|P|2.6\r\
+            OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72|/min|||||R\r";
+        let at = |msh7: &str| no_times.replace("{msh7}", msh7);
+        assert_ne!(key(&at("20240517103015"), NOW), key(&at("20240517103115"), NOW));
+        assert_ne!(key(&at(""), NOW), key(&at(""), NOW + 1));
+        assert_eq!(key(&at(""), NOW), key(&at(""), NOW));
+    }
+
+    #[test]
+    fn each_observation_belongs_to_the_device_that_names_it_or_its_containment() {
+        let msg = |rows: &[&str]| {
+            let mut m = String::from("MSH|^~\\&|CMS^CENTRAL^L|W|GW|H|20240517103015+0000||ORU^R01|C1|P|2.6\r");
+            for r in rows {
+                m.push_str(r);
+                m.push('\r');
+            }
+            decode(m.as_bytes(), NOW)
+        };
+        let mds = |place: &str, dev: &str| {
+            format!("OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|{place}|||||||X|||||||{dev}^M^{dev}^EUI-64")
+        };
+        let hr = |place: &str, v: u32, dev: &str| {
+            format!("OBX|2|NM|147842^MDC_ECG_HEART_RATE^MDC|{place}|{v}|/min|||||R|||||||{dev}")
+        };
+        let serials = |m: &Message| {
+            let mut v: Vec<(String, Option<FieldValue>)> =
+                m.decoded.readings.iter().map(|r| (r.serial.clone(), field(r, "heart_rate"))).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let reasons = |m: &Message| m.decoded.rejected.iter().map(|r| r.reason).collect::<Vec<_>>();
+
+        // Two monitors: each heart rate goes to its MDS's device; one under neither is refused.
+        let m = msg(&[
+            &mds("1.0.0.0", "A1"),
+            &hr("1.1.1.1", 71, ""),
+            &mds("2.0.0.0", "B2"),
+            &hr("2.1.1.1", 82, ""),
+            &hr("", 90, ""),
+        ]);
+        assert_eq!(serials(&m), [("A1".into(), Some(FieldValue::Int(71))), ("B2".into(), Some(FieldValue::Int(82)))]);
+        assert_eq!(reasons(&m), [RejectReason::AmbiguousDevice]);
+        assert_eq!(m.ack, AckCode::Accept);
+
+        // An OBX-18 of its own wins; a VMD row naming a module is nearer than the MDS.
+        let m =
+            msg(&[&mds("1.0.0.0", "A1"), &mds("1.2.0.0", "OX3"), &hr("1.2.1.1", 73, ""), &hr("1.1.1.1", 74, "OWN4")]);
+        assert_eq!(
+            serials(&m),
+            [("OWN4".into(), Some(FieldValue::Int(74))), ("OX3".into(), Some(FieldValue::Int(73)))]
+        );
+
+        // Two rows of one place naming different devices: what sits below them is nobody's.
+        let m = msg(&[&mds("1.0.0.0", "A1"), &mds("1.0.0.0", "B2"), &hr("1.1.1.1", 75, "")]);
+        assert!(m.decoded.readings.is_empty());
+        assert_eq!(reasons(&m), [RejectReason::AmbiguousDevice]);
+
+        // One device named: everything of the message is its, OBX-4 or not.
+        let m = msg(&[&mds("1.0.0.0", "A1"), &hr("", 76, "")]);
+        assert_eq!(serials(&m), [("A1".into(), Some(FieldValue::Int(76)))]);
+        // None named: MSH-3's first component.
+        assert_eq!(serials(&msg(&[&hr("1.1.1.1", 77, "")])), [("CMS".into(), Some(FieldValue::Int(77)))]);
+    }
+
+    #[test]
+    fn the_message_limit_is_the_callers() {
+        let mut msg = example();
+        msg.resize(2 * MAX_MESSAGE, b'x');
+        let wire = frame_mllp(&msg);
+        assert_eq!(scan_mllp_within(&wire, 4 * MAX_MESSAGE), Scan::Frame(msg.clone(), wire.len()));
+        assert_eq!(scan_mllp(&wire), Scan::Skip(MAX_MESSAGE + 2, RejectReason::Oversized));
+        assert_eq!(scan_mllp_within(&wire[..wire.len() - 1], 4 * MAX_MESSAGE), Scan::Incomplete);
+        assert_eq!(scan_mllp_within(&wire, msg.len()), Scan::Frame(msg.clone(), wire.len()));
+        assert_eq!(scan_mllp_within(&wire, msg.len() - 1), Scan::Skip(msg.len() + 1, RejectReason::Oversized));
+    }
+
+    #[test]
     fn built_messages_round_trip() {
         let v = Vitals {
             heart_rate: Some(130),
@@ -681,8 +1078,7 @@ mod tests {
             temperature: Some(37.2),
             resp_rate: Some(18),
         };
-        let m =
-            decode_message(&build_oru("0123456789ABCDEF", "C7", "20240517103015+0000", "20240517102900+0000", &v), NOW);
+        let m = decode(&build_oru("0123456789ABCDEF", "C7", "20240517103015+0000", "20240517102900+0000", &v), NOW);
         assert_eq!(m.ack, AckCode::Accept);
         let r = at(&m.decoded.readings, T_VITALS);
         assert_eq!(field(r, "heart_rate"), Some(FieldValue::Int(130)));
@@ -695,7 +1091,7 @@ mod tests {
         fn arbitrary_bytes_never_panic_or_yield_out_of_range_values(
             bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..800),
         ) {
-            let m = decode_message(&bytes, NOW);
+            let m = decode_message(&bytes, now(NOW), Zone::Local);
             for r in &m.decoded.readings {
                 assert_well_formed(r);
             }
@@ -712,7 +1108,7 @@ mod tests {
             for (code, value, kind, status, time) in rows {
                 msg.push_str(&format!("OBX|1|{kind}|{code}^X^MDC|1.1.1.1|{value}||||||{status}|||{time}\r"));
             }
-            let m = decode_message(msg.as_bytes(), NOW);
+            let m = decode(msg.as_bytes(), NOW);
             for r in &m.decoded.readings {
                 assert_well_formed(r);
             }

@@ -168,6 +168,8 @@ pub struct Decoded {
     pub frames: u64,
     /// Values dropped as sentinels or out of range while the rest was kept.
     pub dropped_fields: u32,
+    /// Readings refused (also in `rejected`) because their device's clock is ahead (HL7).
+    pub clock_ahead: Vec<crate::decode::ClockAhead>,
 }
 
 /// A decoder for one connection of a serial port.

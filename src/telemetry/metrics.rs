@@ -214,6 +214,31 @@ impl Collector for Scrape {
             "HL7 messages received again (a retry) after they were stored; acknowledged, not stored twice.",
             c.hl7_duplicates.load(Relaxed),
         )?;
+        gauge(
+            e,
+            "heartguard_ingest_hl7_connections",
+            "HL7 (MLLP) connections open.",
+            c.mllp.open.load(Relaxed) as i64,
+        )?;
+        gauge(
+            e,
+            "heartguard_ingest_hl7_connections_max",
+            "hl7.max_connections (0: no HL7 listener).",
+            c.mllp.max.load(Relaxed) as i64,
+        )?;
+        family(
+            e,
+            "heartguard_ingest_hl7_connections_refused",
+            "HL7 connections closed at once: peer outside hl7.allow, every slot in use, failed TLS handshake.",
+            MetricType::Counter,
+            c.mllp.refused().into_iter().map(|(r, n)| ([("reason", r)], ConstCounter::new(n))),
+        )?;
+        counter(
+            e,
+            "heartguard_ingest_hl7_idle_timeouts",
+            "HL7 connections closed because nothing came for hl7.idle_timeout_secs.",
+            c.mllp.idle_timeouts.load(Relaxed),
+        )?;
         let mut rejected: Vec<(Labels<'_, 2>, ConstCounter)> = Vec::new();
         for ((_, p), sc) in &sources {
             for (reason, n) in sc.rejected() {
@@ -226,6 +251,13 @@ impl Collector for Scrape {
             "Payloads or readings refused by the decoder.",
             MetricType::Counter,
             rejected,
+        )?;
+        family(
+            e,
+            "heartguard_decode_device_clock_ahead",
+            "Readings refused because their device's clock is ahead of the gateway's by more than clock.future_tolerance_ms.",
+            MetricType::Counter,
+            c.clocks.ahead().into_iter().map(|(p, n)| ([("protocol", p)], ConstCounter::new(n))),
         )?;
         family(
             e,

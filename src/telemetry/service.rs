@@ -126,7 +126,7 @@ impl Telemetry {
     }
 
     /// What keeps the gateway from taking data: not started yet, stopping, unhealthy, no
-    /// bindings ever loaded. Empty when ready.
+    /// bindings ever loaded, monitors turned away at `hl7.max_connections`. Empty when ready.
     pub async fn readiness_problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.stopping.load(Relaxed) {
@@ -137,6 +137,7 @@ impl Telemetry {
         if self.view.borrow().table.source == "none" {
             p.push("no bindings loaded".to_owned());
         }
+        p.extend(self.counters.mllp.problem(crate::now_ns()));
         p.extend(self.health_problems().await);
         p
     }

@@ -527,7 +527,9 @@ impl MqttSource {
     ) -> Envelope {
         self.stats.messages.fetch_add(1, Relaxed);
         let topic_serial = self.patterns.iter().find_map(|p| p.serial_of(topic));
-        let d = json::decode(payload, topic_serial, received_ns, self.max_payload);
+        let now = crate::decode::Now { ns: received_ns, ..self.counters.clocks.now() };
+        let d = json::decode(payload, topic_serial, now, self.max_payload);
+        self.counters.clocks.report(PROTOCOL_JSON, &d.clock_ahead);
         self.stats.readings.fetch_add(d.readings.len() as u64, Relaxed);
         self.stats.unknown_fields.fetch_add(u64::from(d.unknown_fields), Relaxed);
         self.stats.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
