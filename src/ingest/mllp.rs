@@ -103,11 +103,17 @@ impl Seen {
     }
 }
 
+/// A listener on a non-loopback address whose allowlist holds loopback networks only: the
+/// configuration of a gateway moved onto the ward network without its monitors' networks.
+fn only_this_machine_may_connect(listening: SocketAddr, allow: &[ipnet::IpNet]) -> bool {
+    !listening.ip().is_loopback() && allow.iter().all(|n| n.network().is_loopback())
+}
+
 impl MllpSource {
     /// Binds the listen address of a validated configuration; `tls` from [`tls_acceptor`].
     pub async fn bind(cfg: &Hl7, tls: Option<TlsAcceptor>, counters: Arc<Counters>) -> Result<Self, String> {
         let zone = Zone::parse(&cfg.time_zone).map_err(|e| format!("hl7.time_zone: {e}"))?;
-        let allow = cfg
+        let allow: Vec<ipnet::IpNet> = cfg
             .allow
             .iter()
             .map(|a| crate::config::peer_network(a).map_err(|e| format!("hl7.allow: {e}")))
@@ -115,6 +121,12 @@ impl MllpSource {
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| format!("hl7.listen {}: cannot listen: {e}", cfg.listen))?;
+        if listener.local_addr().is_ok_and(|a| only_this_machine_may_connect(a, &allow)) {
+            warn!(
+                listen = %cfg.listen,
+                "hl7.listen is reachable from other hosts, but hl7.allow admits only this machine: every monitor will be refused until hl7.allow lists its network."
+            );
+        }
         Ok(Self {
             listener,
             allow,
@@ -386,5 +398,21 @@ impl Connection {
             seen.insert(k);
         }
         Some(ack_bytes(m.header.as_ref(), AckCode::Accept, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ward_address_with_a_loopback_allowlist_is_told() {
+        let net = |s: &str| crate::config::peer_network(s).expect(s);
+        let loopback = [net("127.0.0.0/8"), net("::1")];
+        let addr = |s: &str| s.parse::<SocketAddr>().expect(s);
+        assert!(only_this_machine_may_connect(addr("0.0.0.0:2575"), &loopback));
+        assert!(only_this_machine_may_connect(addr("10.20.3.1:2575"), &loopback));
+        assert!(!only_this_machine_may_connect(addr("127.0.0.1:2575"), &loopback));
+        assert!(!only_this_machine_may_connect(addr("10.20.3.1:2575"), &[loopback[0], net("10.20.0.0/16")]));
     }
 }
