@@ -16,7 +16,8 @@
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
 
-use heartguard_gateway::bindings::{Binding, BindingTable, Compiled};
+use heartguard_gateway::bindings::{BindingTable, Compiled};
+use heartguard_gateway::model::Binding;
 use heartguard_gateway::model::Reading;
 use heartguard_gateway::protocols::{PortIdentity, Protocol};
 use heartguard_gateway::queue::{Leased, NewPoint, QueueHandle};

@@ -112,7 +112,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         counters: counters.clone(),
         touched: touched_tx.clone(),
         max_park_age: Duration::from_millis(cfg.bindings.max_park_age_ms),
-        unbound_log: std::sync::Mutex::new(ingest::RateLimited::new(Duration::from_secs(60))),
+        unbound_log: std::sync::Mutex::new(crate::telemetry::logging::RateLimited::new(Duration::from_secs(60))),
     };
     let parking = tokio::spawn(parking.run(sink_stop.clone()));
     let reporter = if cfg.report.enabled {
@@ -155,12 +155,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             };
             tokio::spawn(applier.run(slot.clone()));
             let topic = bindings::push::topic(&cfg.gateway.id);
-            Some(m.with_push(bindings::push::Inbox::new(
-                topic,
-                cfg.bindings.trusted_keys.clone(),
-                slot,
-                counters.clone(),
-            )))
+            let inbox = bindings::push::Inbox::new(topic, cfg.bindings.trusted_keys.clone(), slot, counters.clone());
+            Some(m.with_topic_handler(Arc::new(inbox)))
         }
         (_, m) => m,
     };

@@ -5,7 +5,15 @@
 //! has exactly one type, decided here and nowhere else, and devices' legacy names are mapped
 //! onto these before anything is encoded.
 
-use crate::model::FieldValue;
+/// A typed field value. The type always matches the field's [`crate::fields::FieldKind`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldValue {
+    Int(i64),
+    /// Always finite: decoders refuse NaN and ±inf (line protocol cannot carry them).
+    Float(f64),
+    /// Device status flags (written `true` / `false`).
+    Bool(bool),
+}
 
 /// How a field's value is written in line protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@
 //! - integers carry `i`; floats are finite and always written with a decimal point; booleans
 //!   are `true` / `false`.
 
-use crate::model::FieldValue;
+use crate::fields::FieldValue;
 
 const MEASUREMENT_SPECIALS: &[char] = &[',', ' '];
 const TAG_SPECIALS: &[char] = &[',', '=', ' '];

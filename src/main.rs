@@ -527,7 +527,7 @@ fn keygen(out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn snapshot_bindings(from: &SnapshotSource) -> Result<Vec<heartguard_gateway::bindings::Binding>, String> {
+fn snapshot_bindings(from: &SnapshotSource) -> Result<Vec<heartguard_gateway::model::Binding>, String> {
     if let Some(f) = &from.from_file {
         return heartguard_gateway::bindings::file::load(f).map_err(|p| p.join("\n"));
     }

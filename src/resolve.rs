@@ -68,9 +68,9 @@ pub fn encode(c: &Compiled, r: &Reading, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::Binding;
     use crate::fields;
-    use crate::model::FieldValue;
+    use crate::fields::FieldValue;
+    use crate::model::Binding;
 
     fn compiled(b: Binding) -> Compiled {
         Compiled { prefix: b.series_prefix(), binding: b, dest_id: 1, stream_key: 1 }

@@ -453,7 +453,7 @@ pub async fn run_cli(args: SimArgs, stop: CancellationToken) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::FieldValue;
+    use crate::fields::FieldValue;
     use crate::protocols::PortIdentity;
 
     #[test]

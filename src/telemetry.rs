@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::bindings::Destination;
+use crate::model::Destination;
 use crate::resolve::Unbound;
 
 /// Sets up `tracing` for the operator's commands and the demo: `RUST_LOG` or `info`, plain

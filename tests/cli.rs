@@ -78,7 +78,7 @@ fn default_config_is_valid_toml_for_the_daemon() {
 
 #[tokio::test]
 async fn dead_letters_can_be_listed_exported_replayed_and_purged() {
-    use heartguard_gateway::bindings::Destination;
+    use heartguard_gateway::model::Destination;
     use heartguard_gateway::queue::{Limits, NewPoint, QueueHandle, Synchronous};
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");

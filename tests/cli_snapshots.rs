@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use heartguard_gateway::bindings::Destination;
+use heartguard_gateway::model::Destination;
 use heartguard_gateway::queue::{Limits, NewPoint, QueueHandle, Synchronous};
 
 fn gateway(args: &[&str]) -> (Option<i32>, String, String) {

@@ -4,8 +4,8 @@
 mod common;
 
 use common::Influx1;
+use heartguard_gateway::fields::FieldValue;
 use heartguard_gateway::lineproto::{carried, carried_measurement, encode_line, series_prefix};
-use heartguard_gateway::model::FieldValue;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use serde_json::json;

@@ -29,8 +29,9 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Binding, View, ViewTx};
+use super::{View, ViewTx};
 use crate::backoff::Backoff;
+use crate::model::Binding;
 use crate::queue::QueueHandle;
 use crate::telemetry::Counters;
 

@@ -38,9 +38,10 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use super::Binding;
-use crate::ingest::{Ack, RateLimited};
+use crate::ingest::mqtt::{MqttAck, TopicHandler};
+use crate::model::Binding;
 use crate::telemetry::Counters;
+use crate::telemetry::logging::RateLimited;
 
 pub const FORMAT: &str = "heartguard-bindings-snapshot/1";
 
@@ -153,7 +154,7 @@ pub fn authenticate(payload: &[u8], trusted: &[String]) -> Result<Authenticated,
     UnparsedPublicKey::new(&ED25519, &pk).verify(env.snapshot.as_bytes(), &sig).map_err(|_| Refused::BadSignature)?;
     // Only now is the content trusted enough to parse.
     let snapshot: Snapshot = serde_json::from_str(&env.snapshot).map_err(|e| Refused::Malformed(json_error(&e)))?;
-    let created_ns = super::opt_rfc3339::parse(&snapshot.created_at)
+    let created_ns = crate::model::parse_rfc3339(&snapshot.created_at)
         .ok_or_else(|| Refused::Malformed("created_at is not an RFC 3339 time".into()))?;
     let sha256 = hex_encode(ring::digest::digest(&ring::digest::SHA256, env.snapshot.as_bytes()).as_ref());
     Ok(Authenticated { snapshot, created_ns, key, sha256 })
@@ -290,13 +291,13 @@ pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
 /// An authenticated snapshot and how to acknowledge its message.
 pub struct PushMsg {
     pub auth: Authenticated,
-    pub ack: Option<Ack>,
+    pub ack: Option<MqttAck>,
 }
 
 /// Sends its acknowledgement when dropped: a message the push task took is acknowledged
 /// whatever happens to it (refused, applied, failed to apply). A retained snapshot comes back
 /// with the next subscription anyway.
-struct AckOnDrop(Option<Ack>);
+struct AckOnDrop(Option<MqttAck>);
 
 impl Drop for AckOnDrop {
     fn drop(&mut self) {
@@ -306,7 +307,7 @@ impl Drop for AckOnDrop {
     }
 }
 
-fn send(ack: Option<Ack>) {
+fn send(ack: Option<MqttAck>) {
     drop(AckOnDrop(ack));
 }
 
@@ -380,10 +381,16 @@ impl Inbox {
     pub fn new(topic: String, trusted: Vec<String>, slot: Arc<Slot>, counters: Arc<Counters>) -> Self {
         Self { topic, trusted, slot, counters, log: Mutex::new(RateLimited::new(REFUSAL_LOG_EVERY)) }
     }
+}
+
+impl TopicHandler for Inbox {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
 
     /// Authenticates one message: refused, it is acknowledged now; authenticated, it waits in
     /// the slot (and whichever snapshot it displaces is acknowledged now).
-    pub fn take(&self, payload: &[u8], ack: Option<Ack>) {
+    fn take(&self, payload: &[u8], ack: Option<MqttAck>) {
         match authenticate(payload, &self.trusted) {
             Err(why) => {
                 refuse(&why, &self.counters, &self.log);
@@ -465,7 +472,7 @@ mod tests {
     }
 
     fn created_ns() -> i64 {
-        super::super::opt_rfc3339::parse("2026-11-28T00:00:00Z").expect("time")
+        crate::model::parse_rfc3339("2026-11-28T00:00:00Z").expect("time")
     }
 
     fn before(in_force: u64) -> Before {
@@ -567,10 +574,10 @@ mod tests {
         assert!(load_accepted(dir.path()).is_err());
     }
 
-    /// An MLLP-style acknowledgement, to see when a message is acknowledged.
-    fn ack() -> (Option<Ack>, tokio::sync::oneshot::Receiver<()>) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        (Some(Ack::Mllp(tx)), rx)
+    /// An acknowledgement whose PUBACK can be seen.
+    fn ack() -> (Option<MqttAck>, tokio::sync::mpsc::UnboundedReceiver<crate::ingest::mqtt::Out>) {
+        let (ack, rx) = MqttAck::observed(1);
+        (Some(ack), rx)
     }
 
     #[tokio::test]

@@ -16,8 +16,9 @@
 use serde_json::{Map, Value};
 
 use super::{ClockAhead, Now, RejectReason, Rejection};
+use crate::fields::FieldValue;
 use crate::fields::{self, FieldKind};
-use crate::model::{FieldValue, Reading, valid_serial};
+use crate::model::{Reading, valid_serial};
 
 /// Earliest reading time accepted: 2000-01-01T00:00:00Z. Older stamps are a device clock that
 /// was never set (or seconds sent as milliseconds), not a reading from then.

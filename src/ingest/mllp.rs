@@ -40,12 +40,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::{Ack, Envelope, RateLimited};
+use super::{Ack, Envelope};
 use crate::config::Hl7;
 use crate::decode::RejectReason;
 use crate::model::loggable;
 use crate::protocols::Framer;
 use crate::protocols::hl7::{self, AckCode, Header, Zone};
+use crate::telemetry::logging::RateLimited;
 use crate::telemetry::mllp as mllp_stats;
 use crate::telemetry::{Counters, PROTOCOL_HL7, SOURCE_MLLP, SourceCounters};
 

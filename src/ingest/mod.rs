@@ -23,6 +23,7 @@ use crate::bindings::ViewRx;
 use crate::model::{Reading, loggable};
 use crate::queue::{Batch, NewParked, NewPoint, PARKED_FRESH, PARKED_UNBOUND, QueueHandle};
 use crate::resolve;
+use crate::telemetry::logging::RateLimited;
 use crate::telemetry::{Counters, health};
 
 /// Most envelopes gathered into one commit.
@@ -215,32 +216,6 @@ async fn commit(queue: &QueueHandle, batch: Arc<Batch>) -> u64 {
                 error!(error = %e, readings = batch.points.len() + batch.parked.len(), "Queue commit failed; holding the readings unacknowledged and retrying.");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-/// Lets one log line per key through per period; bounded memory.
-pub struct RateLimited {
-    period: std::time::Duration,
-    last: HashMap<String, tokio::time::Instant>,
-}
-
-impl RateLimited {
-    pub fn new(period: std::time::Duration) -> Self {
-        Self { period, last: HashMap::new() }
-    }
-
-    pub fn allow(&mut self, key: &str) -> bool {
-        let now = tokio::time::Instant::now();
-        if self.last.len() > 10_000 {
-            self.last.clear();
-        }
-        match self.last.get(key) {
-            Some(t) if now.duration_since(*t) < self.period => false,
-            _ => {
-                self.last.insert(key.to_owned(), now);
-                true
             }
         }
     }

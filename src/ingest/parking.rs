@@ -43,7 +43,7 @@ pub struct Parking {
     pub counters: Arc<Counters>,
     pub touched: mpsc::UnboundedSender<Touched>,
     pub max_park_age: Duration,
-    pub unbound_log: std::sync::Mutex<super::RateLimited>,
+    pub unbound_log: std::sync::Mutex<crate::telemetry::logging::RateLimited>,
 }
 
 impl Parking {

@@ -28,11 +28,12 @@ use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Envelope, RateLimited};
+use super::Envelope;
 use crate::backoff::Backoff;
 use crate::config::SerialPort;
 use crate::model::loggable;
 use crate::protocols::{self, FlowControl, Parity, PortIdentity, Protocol};
+use crate::telemetry::logging::RateLimited;
 use crate::telemetry::{Counters, SOURCE_SERIAL, SourceCounters};
 
 /// Readings held per port while intake is busy; beyond this the oldest is dropped.

@@ -359,7 +359,7 @@ pub fn build_displayed_record(r_time: u32, d: &Displayed) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::FieldValue;
+    use crate::fields::FieldValue;
     use crate::protocols::Protocol;
     use crate::protocols::testutil::*;
 

@@ -70,9 +70,9 @@ pub fn json(data: &[u8]) {
             assert_eq!(
                 std::mem::discriminant(&spec.kind),
                 std::mem::discriminant(&match v {
-                    crate::model::FieldValue::Int(_) => crate::fields::FieldKind::Int,
-                    crate::model::FieldValue::Float(_) => crate::fields::FieldKind::Float,
-                    crate::model::FieldValue::Bool(_) => crate::fields::FieldKind::Bool,
+                    crate::fields::FieldValue::Int(_) => crate::fields::FieldKind::Int,
+                    crate::fields::FieldValue::Float(_) => crate::fields::FieldKind::Float,
+                    crate::fields::FieldValue::Bool(_) => crate::fields::FieldKind::Bool,
                 }),
                 "{} mistyped",
                 spec.name

@@ -735,7 +735,8 @@ pub fn build_oru(eui64: &str, control_id: &str, time: &str, nibp_time: &str, v: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FieldValue, Reading};
+    use crate::fields::FieldValue;
+    use crate::model::Reading;
     use crate::protocols::Framer;
     use crate::protocols::testutil::*;
 

@@ -230,7 +230,7 @@ pub fn build_line(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::FieldValue;
+    use crate::fields::FieldValue;
     use crate::protocols::Protocol;
     use crate::protocols::testutil::*;
 

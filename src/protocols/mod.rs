@@ -34,7 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{RejectReason, Rejection};
 use crate::fields::FieldSpec;
-use crate::model::{FieldValue, Reading, valid_serial};
+use crate::fields::FieldValue;
+use crate::model::{Reading, valid_serial};
 
 /// The serial protocols a `[[serial]]` port can speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

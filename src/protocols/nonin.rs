@@ -348,7 +348,8 @@ pub fn build_df8(hr: Option<u16>, spo2: Option<u8>, sensor_off: bool) -> [u8; 4]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FieldValue, Reading};
+    use crate::fields::FieldValue;
+    use crate::model::Reading;
     use crate::protocols::Protocol;
     use crate::protocols::testutil::*;
 

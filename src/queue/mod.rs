@@ -30,7 +30,7 @@ use std::sync::{Arc, mpsc};
 
 use tokio::sync::oneshot;
 
-use crate::bindings::{Binding, Destination};
+use crate::model::{Binding, Destination};
 
 pub use store::{
     Activity, AppendReport, Batch, Checked, DeadLetter, DeadLetterFilter, Delivered, FullPolicy, Gap, Leased, Limits,

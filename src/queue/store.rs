@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::segment::{self, Encoder, Record};
 use super::{Command, QueueError};
-use crate::bindings::{Binding, Destination};
+use crate::model::{Binding, Destination};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "gateway.db";

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use reqwest::{StatusCode, Url, header};
 
-use crate::bindings::Destination;
 use crate::config::{Influx, InfluxApi, read_secret};
+use crate::model::Destination;
 
 /// What to do after a write attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

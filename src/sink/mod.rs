@@ -31,9 +31,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::bindings::Destination;
 use crate::config::Influx;
 use crate::ingest::Touched;
+use crate::model::Destination;
 use crate::queue::{Delivered, QueueHandle};
 use crate::telemetry::health::{self, Heartbeat};
 use crate::telemetry::{Counters, DestinationCounters, destination_label};

@@ -10,6 +10,7 @@
 //! device can neither start a line of its own (a forged log entry) nor send terminal escape
 //! sequences. JSON logs escape them by construction.
 
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::sync::OnceLock;
 
@@ -74,6 +75,32 @@ pub fn set_level(level: &str) -> Result<String, String> {
     let reload = RELOAD.get().ok_or("logging is not initialised")?;
     reload(f)?;
     Ok(text)
+}
+
+/// Lets one log line per key through per period; bounded memory.
+pub struct RateLimited {
+    period: std::time::Duration,
+    last: HashMap<String, tokio::time::Instant>,
+}
+
+impl RateLimited {
+    pub fn new(period: std::time::Duration) -> Self {
+        Self { period, last: HashMap::new() }
+    }
+
+    pub fn allow(&mut self, key: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.last.len() > 10_000 {
+            self.last.clear();
+        }
+        match self.last.get(key) {
+            Some(t) if now.duration_since(*t) < self.period => false,
+            _ => {
+                self.last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
 }
 
 /// The text format's fields (`message key=value key="text"`, as tracing-subscriber writes

@@ -497,7 +497,7 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::Destination;
+    use crate::model::Destination;
     use crate::telemetry::{PROTOCOL_JSON, SOURCE_MQTT};
 
     /// The value of the sample `name{labels}` (labels exactly as rendered), if present.

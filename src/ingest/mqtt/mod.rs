@@ -35,12 +35,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Ack, Envelope, RateLimited};
+use super::{Ack, Envelope};
 use crate::backoff::Backoff;
 use crate::config::{Config, TopicPattern, broker_addr, read_secret};
 use crate::decode::json;
 use crate::model::loggable;
 use crate::telemetry::health::Heartbeat;
+use crate::telemetry::logging::RateLimited;
 use crate::telemetry::{Counters, PROTOCOL_JSON, SOURCE_MQTT, SourceCounters, health};
 
 /// Largest packet the client reads. A larger one would break the connection on every
@@ -70,7 +71,26 @@ pub struct MqttAck {
     packet_id: u16,
 }
 
+/// The messages of one topic that carry no readings (the signed binding pushes): the source
+/// hands each, with its acknowledgement, to the handler of that topic and reads on. The
+/// handler decides when to acknowledge; it must not hold the reader up.
+pub trait TopicHandler: Send + Sync {
+    /// The topic, exactly (no wildcards); it is subscribed to beside the readings' topics.
+    fn topic(&self) -> &str;
+    /// Takes one message (`ack` is `None` at QoS 0). Dropping the acknowledgement unsent
+    /// has the broker deliver the message again after the next reconnect.
+    fn take(&self, payload: &[u8], ack: Option<MqttAck>);
+}
+
 impl MqttAck {
+    /// An acknowledgement whose PUBACK shows up on the returned receiver, for tests of what
+    /// acknowledges when.
+    #[cfg(test)]
+    pub(crate) fn observed(packet_id: u16) -> (Self, mpsc::UnboundedReceiver<Out>) {
+        let (out, rx) = mpsc::unbounded_channel();
+        (Self { out, packet_id }, rx)
+    }
+
     /// Queues the PUBACK; the writer sends what has gathered in one write. If the connection
     /// is gone, nothing is sent and the broker redelivers the message.
     pub fn send(self) {
@@ -122,8 +142,8 @@ pub struct MqttSource {
     username: Option<String>,
     password: Option<String>,
     keep_alive: Duration,
-    /// Takes the signed binding snapshots of their topic, when pushes are enabled.
-    push: Option<crate::bindings::push::Inbox>,
+    /// Takes the messages of its topic (the signed binding pushes, when enabled).
+    handler: Option<Arc<dyn TopicHandler>>,
     patterns: Vec<TopicPattern>,
     max_payload: usize,
     counters: Arc<Counters>,
@@ -220,7 +240,7 @@ impl MqttSource {
             username: cfg.mqtt.username.clone(),
             password,
             keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_secs),
-            push: None,
+            handler: None,
             patterns,
             max_payload: cfg.mqtt.max_payload_bytes,
             counters,
@@ -228,16 +248,16 @@ impl MqttSource {
         })
     }
 
-    /// Also takes signed binding snapshots, from the inbox's topic.
-    pub fn with_push(mut self, inbox: crate::bindings::push::Inbox) -> Self {
-        self.push = Some(inbox);
+    /// Also subscribes to `handler`'s topic and hands its messages to it.
+    pub fn with_topic_handler(mut self, handler: Arc<dyn TopicHandler>) -> Self {
+        self.handler = Some(handler);
         self
     }
 
     fn filters(&self) -> Vec<String> {
         let mut f: Vec<String> = self.patterns.iter().map(|p| p.filter.clone()).collect();
-        if let Some(inbox) = &self.push {
-            f.push(inbox.topic.clone());
+        if let Some(h) = &self.handler {
+            f.push(h.topic().to_owned());
         }
         f
     }
@@ -489,7 +509,7 @@ impl MqttSource {
         }
     }
 
-    /// A PUBLISH: a binding snapshot goes to the push task, anything else is decoded into an
+    /// A PUBLISH: one of the handler's topic goes to it, anything else is decoded into an
     /// envelope for intake.
     fn publish(
         &self,
@@ -498,13 +518,14 @@ impl MqttSource {
         reject_log: &mut RateLimited,
         receipts: &mut Receipts,
     ) -> Option<Envelope> {
-        let ack = (p.qos > 0).then(|| Ack::Mqtt(MqttAck { out: out.clone(), packet_id: p.packet_id }));
-        if let Some(inbox) = &self.push
-            && inbox.topic == p.topic
+        let ack = (p.qos > 0).then(|| MqttAck { out: out.clone(), packet_id: p.packet_id });
+        if let Some(h) = &self.handler
+            && h.topic() == p.topic
         {
-            inbox.take(&p.payload, ack);
+            h.take(&p.payload, ack);
             return None;
         }
+        let ack = ack.map(Ack::Mqtt);
         if p.qos == 0 {
             return Some(self.decode(&p.topic, &p.payload, ack, crate::now_ns(), reject_log));
         }

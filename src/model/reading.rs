@@ -1,16 +1,7 @@
-//! Domain types shared by the stages. No I/O here.
+//! A decoded reading: a device, an instant and canonical fields, with no patient or stream
+//! context yet, and the form it is parked in.
 
-use crate::fields::FieldSpec;
-
-/// A typed field value. The type always matches the field's [`crate::fields::FieldKind`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum FieldValue {
-    Int(i64),
-    /// Always finite: decoders refuse NaN and ±inf (line protocol cannot carry them).
-    Float(f64),
-    /// Device status flags (written `true` / `false`).
-    Bool(bool),
-}
+use crate::fields::{FieldSpec, FieldValue};
 
 /// A decoded reading: device identity, time, canonical fields. No patient or stream context
 /// yet; only [`crate::resolve`] adds that.
