@@ -22,7 +22,7 @@ use heartguard_gateway::model::Reading;
 use heartguard_gateway::protocols::{PortIdentity, Protocol};
 use heartguard_gateway::queue::{Leased, NewPoint, QueueHandle};
 use heartguard_gateway::simulate::{self, SimVitals};
-use heartguard_gateway::{config, decode, ingest, resolve, sink};
+use heartguard_gateway::{decode, ingest, resolve, sink};
 
 fn main() {
     divan::main();
@@ -41,7 +41,10 @@ fn ns(tick: u64) -> i64 {
 
 /// The gateway clock at `tick`, with the default tolerance for device clocks.
 fn now(tick: u64) -> decode::Now {
-    decode::Now { ns: ns(tick), future_tolerance_ns: config::Clock::default().future_tolerance_ns() }
+    decode::Now {
+        ns: ns(tick),
+        future_tolerance_ns: heartguard_gateway::decode::config::Clock::default().future_tolerance_ns(),
+    }
 }
 
 fn serial_of(device: usize) -> String {
@@ -123,7 +126,7 @@ mod decode_json {
             .map(|t| String::from_utf8(simulate::json_tick(serial, &SimVitals::at(t), wall(t))).expect("utf-8"))
             .collect();
         let payload = if readings == 1 { objects[0].clone() } else { format!("[{}]", objects.join(",")) };
-        let max_bytes = config::Mqtt::default().max_payload_bytes;
+        let max_bytes = heartguard_gateway::ingest::mqtt::config::Mqtt::default().max_payload_bytes;
         let now = now(readings as u64);
         let check = decode::json::decode(payload.as_bytes(), Some(serial), now, max_bytes);
         assert_eq!(check.readings.len(), readings, "{:?}", check.rejected);
@@ -285,7 +288,7 @@ mod queue {
     #[divan::bench(args = [1, 64, 512], min_time = 0.5, max_time = 10)]
     fn append(bencher: Bencher<'_, '_>, batch: usize) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config::Queue::default();
+        let cfg = heartguard_gateway::queue::config::Queue::default();
         let (queue, store) = QueueHandle::open(dir.path(), cfg.synchronous, cfg.limits()).expect("open queue");
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let mut points = points(32, batch);
@@ -306,10 +309,10 @@ mod queue {
     #[divan::bench(min_time = 0.5, max_time = 10)]
     fn drain(bencher: Bencher<'_, '_>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config::Queue::default();
+        let cfg = heartguard_gateway::queue::config::Queue::default();
         let (queue, store) = QueueHandle::open(dir.path(), cfg.synchronous, cfg.limits()).expect("open queue");
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        let n = config::Influx::default().batch_max_lines;
+        let n = sink::config::Influx::default().batch_max_lines;
         let mut points = points(32, n);
         register(&queue, &rt, &mut points);
         let dest_id = points[0].dest_id;
@@ -346,7 +349,7 @@ mod queue {
                  CREATE TABLE points (id INTEGER PRIMARY KEY, line TEXT NOT NULL);",
             )
             .expect("schema");
-        let n = config::Influx::default().batch_max_lines;
+        let n = sink::config::Influx::default().batch_max_lines;
         let lines: Vec<String> = points(32, n).into_iter().map(|p| p.line).collect();
         let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
         bencher
@@ -412,7 +415,7 @@ mod batch {
     use super::*;
 
     fn leased() -> Vec<Leased> {
-        let n = config::Influx::default().batch_max_lines;
+        let n = sink::config::Influx::default().batch_max_lines;
         points(32, n)
             .into_iter()
             .enumerate()

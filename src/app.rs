@@ -259,8 +259,9 @@ pub fn pg_source(cfg: &Config) -> Result<Option<PgSource>, String> {
 
 fn pg_source_from(cfg: &Config, f: &std::path::Path) -> Result<PgSource, String> {
     let b = &cfg.bindings;
-    let url = crate::config::read_secret(f).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
-    let mut config = crate::config::postgres_config(&url).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
+    let url = crate::config::secrets::read_secret(f).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
+    let mut config =
+        crate::bindings::config::postgres_config(&url).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
     config
         .application_name(format!("heartguard-gateway {}", cfg.gateway.id))
         .connect_timeout(Duration::from_secs(10))

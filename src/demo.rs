@@ -17,7 +17,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, SerialPort};
+use crate::config::Config;
+use crate::ingest::serial::config::SerialPort;
 use crate::protocols::Protocol;
 use crate::simulate::{Pty, Simulation, Target};
 

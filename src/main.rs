@@ -560,12 +560,12 @@ fn publish(
     envelope: String,
 ) -> Result<(), String> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let addr = heartguard_gateway::config::broker_addr(broker)?;
+    let addr = heartguard_gateway::ingest::mqtt::config::broker_addr(broker)?;
     let mut opts = MqttOptions::new(format!("heartguard-admin-{}", std::process::id()), addr.host, addr.port);
     opts.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
     if let Some(u) = username {
         let pw = match password_file {
-            Some(f) => heartguard_gateway::config::read_secret(&f)?,
+            Some(f) => heartguard_gateway::config::secrets::read_secret(&f)?,
             None => String::new(),
         };
         opts.set_credentials(u, pw);

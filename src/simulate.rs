@@ -203,7 +203,7 @@ impl Sink {
                 .map(Sink::Mllp)
                 .map_err(|e| format!("connecting to {addr}: {e}")),
             Target::Mqtt { url } => {
-                let a = crate::config::broker_addr(url)?;
+                let a = crate::ingest::mqtt::config::broker_addr(url)?;
                 let id = format!("heartguard-sim-{}", std::process::id());
                 let mut o = rumqttc::MqttOptions::new(id, a.host, a.port);
                 o.set_keep_alive(Duration::from_secs(30));

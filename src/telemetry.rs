@@ -13,6 +13,7 @@
 //! payload's contents or anything about a patient but the patient id.
 
 pub mod clocks;
+pub mod config;
 pub mod devices;
 pub mod health;
 pub mod http;

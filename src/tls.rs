@@ -77,7 +77,7 @@ fn identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, Pr
     if chain.is_empty() {
         return Err(format!("{}: no certificate found", cert.display()));
     }
-    crate::config::secret_file_mode(key)?;
+    crate::config::secrets::secret_file_mode(key)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     Ok((chain, key))
 }

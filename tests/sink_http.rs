@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::{Fault, FaultProxy, Influx1, WAIT, empty_400, eventually, html_400, redirect};
 
-use heartguard_gateway::config::{Influx, InfluxApi};
 use heartguard_gateway::model::Destination;
 use heartguard_gateway::queue::{Limits, NewPoint, QueueHandle, Synchronous};
+use heartguard_gateway::sink::config::{Influx, InfluxApi};
 use heartguard_gateway::sink::influx::{InfluxClient, WriteOutcome};
 use heartguard_gateway::telemetry::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,8 +10,8 @@ use common::{
     DB, Gateway, Influx1, Mosquitto, TestCerts, TlsProxy, example_bindings, free_port, gateway_cli, msg, publish_qos1,
     wait_count, wait_for_log,
 };
-use heartguard_gateway::config::{Influx, InfluxApi};
 use heartguard_gateway::model::Destination;
+use heartguard_gateway::sink::config::{Influx, InfluxApi};
 use heartguard_gateway::sink::influx::{InfluxClient, WriteOutcome};
 use serde_json::json;
 

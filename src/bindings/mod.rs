@@ -11,6 +11,7 @@
 //!   resolved against half an update;
 //! - nothing about a patient but the patient's id is ever held here (names are personal data).
 
+pub mod config;
 pub mod file;
 pub mod postgres;
 pub mod push;

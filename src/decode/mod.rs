@@ -4,6 +4,7 @@
 //! a [`Rejection`] with a reason that is counted and logged (by reason and device serial,
 //! never with payload contents, which could carry personal data).
 
+pub mod config;
 pub mod json;
 
 /// Why a payload or a reading in it was not accepted. The string form is a metric label.

@@ -5,4 +5,4 @@ mod binding;
 mod reading;
 
 pub use binding::{Binding, CORE_TAGS, Destination, PERSONAL_TAGS, is_personal_tag, parse_rfc3339};
-pub use reading::{MAX_SERIAL_LEN, Reading, loggable, valid_serial};
+pub use reading::{MAX_SERIAL_LEN, Reading, loggable, valid_serial, valid_signal_type};

@@ -29,6 +29,12 @@ pub fn valid_serial(s: &str) -> bool {
         && !s.chars().any(|c| c.is_control() || matches!(c, '/' | '+' | '#'))
 }
 
+/// Checks a signal type from a payload or the configuration: 1 to 60 bytes, no control
+/// characters.
+pub fn valid_signal_type(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 60 && !s.chars().any(char::is_control)
+}
+
 /// Shortens untrusted text before it goes into a log line.
 pub fn loggable(s: &str) -> String {
     let mut out: String = s.chars().take(MAX_SERIAL_LEN).collect();

@@ -22,6 +22,7 @@
 //! - One thread owns the connection (a small actor, [`store`]); appends that arrive while a
 //!   commit runs are committed together (group commit), never one transaction per reading.
 
+pub mod config;
 pub mod segment;
 pub mod store;
 

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use reqwest::{StatusCode, Url, header};
 
-use crate::config::{Influx, InfluxApi, read_secret};
+use crate::config::secrets::read_secret;
 use crate::model::Destination;
+use crate::sink::config::{Influx, InfluxApi};
 
 /// What to do after a write attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,7 @@
 //!   of full batches written at the smaller size, the size doubles back up to
 //!   `batch_max_lines` ([`BatchSize`]).
 
+pub mod config;
 pub mod influx;
 
 use std::collections::HashMap;
@@ -31,10 +32,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::Influx;
 use crate::ingest::Touched;
 use crate::model::Destination;
 use crate::queue::{Delivered, QueueHandle};
+use crate::sink::config::Influx;
 use crate::telemetry::health::{self, Heartbeat};
 use crate::telemetry::{Counters, DestinationCounters, destination_label};
 use influx::{InfluxClient, WriteOutcome};

@@ -34,7 +34,7 @@ pub struct DeviceClocks {
 impl Default for DeviceClocks {
     fn default() -> Self {
         Self {
-            future_tolerance_ns: AtomicI64::new(crate::config::Clock::default().future_tolerance_ns()),
+            future_tolerance_ns: AtomicI64::new(crate::decode::config::Clock::default().future_tolerance_ns()),
             ahead: Mutex::default(),
             logged: Mutex::default(),
         }

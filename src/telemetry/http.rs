@@ -29,7 +29,7 @@ pub struct Endpoint {
 
 /// Binds `http.listen` (a taken port stops the start with a message naming the key) and
 /// serves on a task of its own.
-pub async fn start(cfg: &crate::config::Http, telemetry: Arc<Telemetry>) -> Result<Endpoint, String> {
+pub async fn start(cfg: &crate::telemetry::config::Http, telemetry: Arc<Telemetry>) -> Result<Endpoint, String> {
     let stop = CancellationToken::new();
     if !cfg.enabled {
         return Ok(Endpoint { stop, task: None });

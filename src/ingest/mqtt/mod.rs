@@ -20,6 +20,7 @@
 //!   reading without `ts` is stamped with it, and a message committed whose PUBACK was lost
 //!   comes again (DUP set, same packet id). Stamped anew, it would be a second point.
 
+pub mod config;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -37,12 +38,14 @@ use tracing::{debug, error, info, warn};
 
 use super::{Ack, Envelope};
 use crate::backoff::Backoff;
-use crate::config::{Config, TopicPattern, broker_addr, read_secret};
+use crate::config::Config;
+use crate::config::secrets::read_secret;
 use crate::decode::json;
 use crate::model::loggable;
 use crate::telemetry::health::Heartbeat;
 use crate::telemetry::logging::RateLimited;
 use crate::telemetry::{Counters, PROTOCOL_JSON, SOURCE_MQTT, SourceCounters, health};
+use config::{TopicPattern, broker_addr};
 
 /// Largest packet the client reads. A larger one would break the connection on every
 /// redelivery, so this is generous; cap the broker's `message_size_limit` below it.

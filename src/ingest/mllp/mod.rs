@@ -25,6 +25,8 @@
 //!   field, no patient data — goes into a log line: only the peer address, control id and
 //!   reason.
 
+pub mod config;
+
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -41,7 +43,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::{Ack, Envelope};
-use crate::config::Hl7;
 use crate::decode::RejectReason;
 use crate::model::loggable;
 use crate::protocols::Framer;
@@ -49,6 +50,7 @@ use crate::protocols::hl7::{self, AckCode, Header, Zone};
 use crate::telemetry::logging::RateLimited;
 use crate::telemetry::mllp as mllp_stats;
 use crate::telemetry::{Counters, PROTOCOL_HL7, SOURCE_MLLP, SourceCounters};
+use config::Hl7;
 
 /// Messages remembered (their retry keys) to recognise resends, oldest forgotten first.
 const DEDUPE_CAPACITY: usize = 10_000;
@@ -117,7 +119,7 @@ impl MllpSource {
         let allow: Vec<ipnet::IpNet> = cfg
             .allow
             .iter()
-            .map(|a| crate::config::peer_network(a).map_err(|e| format!("hl7.allow: {e}")))
+            .map(|a| config::peer_network(a).map_err(|e| format!("hl7.allow: {e}")))
             .collect::<Result<_, _>>()?;
         let listener = TcpListener::bind(&cfg.listen)
             .await
@@ -408,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_ward_address_with_a_loopback_allowlist_is_told() {
-        let net = |s: &str| crate::config::peer_network(s).expect(s);
+        let net = |s: &str| config::peer_network(s).expect(s);
         let loopback = [net("127.0.0.0/8"), net("::1")];
         let addr = |s: &str| s.parse::<SocketAddr>().expect(s);
         assert!(only_this_machine_may_connect(addr("0.0.0.0:2575"), &loopback));

@@ -10,6 +10,8 @@
 //!
 //! It never holds the data path back: it only reads figures and writes to PostgreSQL.
 
+pub mod config;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;

@@ -16,6 +16,8 @@
 //!   front of the intake channel; when it is full the *oldest* reading is dropped and
 //!   counted. Serial readings carry no acknowledgement (`Envelope.ack = None`).
 
+pub mod config;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -30,11 +32,11 @@ use tracing::{debug, info, warn};
 
 use super::Envelope;
 use crate::backoff::Backoff;
-use crate::config::SerialPort;
 use crate::model::loggable;
 use crate::protocols::{self, FlowControl, Parity, PortIdentity, Protocol};
 use crate::telemetry::logging::RateLimited;
 use crate::telemetry::{Counters, SOURCE_SERIAL, SourceCounters};
+use config::SerialPort;
 
 /// Readings held per port while intake is busy; beyond this the oldest is dropped.
 pub const PORT_RING: usize = 256;
