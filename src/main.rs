@@ -301,7 +301,7 @@ fn run(path: Option<&Path>, log_format: Option<heartguard_gateway::telemetry::lo
             tracing::error!(error = %e, "Configuration refused.");
             ExitCode::from(EX_CONFIG)
         }
-        Err(app::StartError::Runtime(e)) => {
+        Err(e @ (app::StartError::Runtime(_) | app::StartError::TaskEnded { .. })) => {
             tracing::error!(error = %e, "Gateway failed.");
             ExitCode::FAILURE
         }
@@ -533,7 +533,7 @@ fn snapshot_bindings(from: &SnapshotSource) -> Result<Vec<heartguard_gateway::mo
     }
     let path = from.config.as_deref().ok_or("give --from-file FILE or --config FILE (PostgreSQL)")?;
     let cfg = Config::load(path).map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
-    let src = app::pg_source(&cfg)?.ok_or("the configuration has no bindings.postgres_url_file")?;
+    let src = app::postgres::pg_source(&cfg)?.ok_or("the configuration has no bindings.postgres_url_file")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(heartguard_gateway::bindings::postgres::fetch_once(&src))
 }

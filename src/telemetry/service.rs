@@ -34,10 +34,9 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Also starts watching the binding table, to know when it changes.
     pub fn new(gateway_id: &str, counters: Arc<Counters>, queue: QueueHandle, view: ViewRx) -> Arc<Self> {
         let now = crate::now_ns();
-        let t = Arc::new(Self {
+        Arc::new(Self {
             counters,
             queue,
             view: view.clone(),
@@ -47,22 +46,7 @@ impl Telemetry {
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             notifier_stop: CancellationToken::new(),
-        });
-        let weak = Arc::downgrade(&t);
-        let mut view = view;
-        tokio::spawn(async move {
-            // The view also changes whenever the freshness mark advances: only a new table counts.
-            let mut table = view.borrow_and_update().table.clone();
-            while view.changed().await.is_ok() {
-                let Some(t) = weak.upgrade() else { return };
-                let v = view.borrow_and_update();
-                if !v.holds(&table) {
-                    table = v.table.clone();
-                    t.bindings_loaded_ns.store(crate::now_ns(), Relaxed);
-                }
-            }
-        });
-        t
+        })
     }
 
     /// Every stage is running: `/readyz` answers 200 from now on (while nothing is wrong),
@@ -70,7 +54,27 @@ impl Telemetry {
     pub async fn set_ready(self: &Arc<Self>) {
         self.ready.store(true, Relaxed);
         super::systemd::ready(&self.status_line().await);
-        tokio::spawn(super::systemd::run(self.clone(), self.notifier_stop.clone()));
+    }
+
+    /// Feeds the systemd watchdog and its status line until the stop begins
+    /// ([`Self::set_stopping`]).
+    pub async fn notify_systemd(self: Arc<Self>) {
+        let stop = self.notifier_stop.clone();
+        super::systemd::run(self, stop).await;
+    }
+
+    /// Notes when a new binding table is put in force (status, metrics), until the view's
+    /// sender is gone.
+    pub async fn watch_bindings(self: Arc<Self>, mut view: ViewRx) {
+        // The view also changes whenever the freshness mark advances: only a new table counts.
+        let mut table = view.borrow_and_update().table.clone();
+        while view.changed().await.is_ok() {
+            let v = view.borrow_and_update();
+            if !v.holds(&table) {
+                table = v.table.clone();
+                self.bindings_loaded_ns.store(crate::now_ns(), Relaxed);
+            }
+        }
     }
 
     /// A graceful stop began: `/readyz` answers 503, systemd is told `STOPPING=1` and the

@@ -57,6 +57,11 @@ pub struct SerialSource {
 
 impl SerialSource {
     /// From a validated `[[serial]]` entry.
+    /// The configured device path (logs, task names).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     pub fn new(port: &SerialPort, counters: Arc<Counters>) -> Self {
         Self {
             path: port.path.display().to_string(),
