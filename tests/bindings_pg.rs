@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    DB, Gateway, Influx1, Mosquitto, Postgres, WAIT, eventually, gateway_cli, gateway_toml_pg, msg, publish_qos1,
-    wait_count, wait_for_log,
+    DB, Gateway, Influx1, Mosquitto, Postgres, WAIT, eventually, gateway_bin, gateway_cli, gateway_toml_pg, msg,
+    publish_qos1, wait_count, wait_for_log,
 };
 use serde_json::json;
 
@@ -20,7 +20,7 @@ fn now_ms() -> i64 {
 }
 
 async fn start(dir: &std::path::Path, mqtt: &Mosquitto, influx: &Influx1, pg: &Postgres, extra: &str) -> Gateway {
-    let gw = Gateway::start(dir, &gateway_toml_pg(dir, &mqtt.url(), &influx.url(), pg, extra));
+    let gw = Gateway::start(gateway_bin(), dir, &gateway_toml_pg(dir, &mqtt.url(), &influx.url(), pg, extra));
     wait_for_log(&gw, "Subscribed.").await;
     wait_for_log(&gw, "Bindings updated.").await;
     gw
@@ -57,11 +57,11 @@ async fn full_sync_attributes_by_the_central_data_and_parks_ended_streams() {
     assert_eq!((mas["signal_type"].clone(), mas["location"].clone()), (json!("spo2"), json!("Ward 3, bed=7")));
 
     let cfg = gw.config_path().display().to_string();
-    let (code, out, _) = gateway_cli(&["bindings", "list", "--config", &cfg]);
+    let (code, out, _) = gateway_cli(gateway_bin(), &["bindings", "list", "--config", &cfg]);
     assert_eq!(code, Some(0));
     assert!(out.contains("source: postgres 127.0.0.1/heartguard"), "{out}");
     assert!(out.contains("ABC-001") && out.contains("MAS-R7-0007"), "{out}");
-    let (_, out, _) = gateway_cli(&["queue", "stats", "--config", &cfg]);
+    let (_, out, _) = gateway_cli(gateway_bin(), &["queue", "stats", "--config", &cfg]);
     assert!(out.contains("parked readings: 1"), "{out}");
 }
 
@@ -71,7 +71,8 @@ async fn scoped_sync_loads_only_its_devices() {
     let (mqtt, influx, pg) = (Mosquitto::start(), Influx1::start(), Postgres::start());
     influx.create_db(DB).await;
     let gw = start(dir.path(), &mqtt, &influx, &pg, "serials = [\"MAS-R7-0007\"]").await;
-    let (_, out, _) = gateway_cli(&["bindings", "list", "--config", &gw.config_path().display().to_string()]);
+    let (_, out, _) =
+        gateway_cli(gateway_bin(), &["bindings", "list", "--config", &gw.config_path().display().to_string()]);
     assert!(out.contains("MAS-R7-0007") && !out.contains("ABC-001"), "{out}");
     let t = now_ms();
     publish_qos1(
@@ -276,7 +277,8 @@ async fn unknown_device_is_parked_then_delivered_once_bound() {
     wait_count(&influx, "vital_signs", 20).await;
     let rows = influx.rows(DB, "vital_signs").await;
     assert!(rows.iter().all(|r| r["stream_id"] == json!("00000000-0000-4000-8000-000000000800")), "{rows:#?}");
-    let (_, out, _) = gateway_cli(&["queue", "stats", "--config", &gw.config_path().display().to_string()]);
+    let (_, out, _) =
+        gateway_cli(gateway_bin(), &["queue", "stats", "--config", &gw.config_path().display().to_string()]);
     assert!(out.contains("parked readings: 0"), "{out}");
 }
 
@@ -293,7 +295,7 @@ async fn parked_readings_expire_to_dead_letters_as_unbound() {
     .await;
     wait_for_log(&gw, "moved to the dead letters (reason unbound)").await;
     let cfg = gw.config_path().display().to_string();
-    let (_, out, _) = gateway_cli(&["dead-letters", "list", "--config", &cfg]);
+    let (_, out, _) = gateway_cli(gateway_bin(), &["dead-letters", "list", "--config", &cfg]);
     assert!(out.contains("# unbound: 5"), "{out}");
     assert!(out.contains("device NOBODY-1"), "{out}");
     assert_eq!(influx.count(DB, "vital_signs").await, 0);

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    DB, Fault, FaultProxy, Gateway, Influx1, Mosquitto, Victoria, WAIT, empty_400, eventually, gateway_cli,
-    gateway_toml, gateway_toml_with_queue, html_400, ms, msg, publish_qos1, redirect, start_gateway, wait_count,
-    wait_for_log,
+    DB, Fault, FaultProxy, Gateway, Influx1, Mosquitto, Victoria, WAIT, empty_400, eventually, gateway_bin,
+    gateway_cli, gateway_toml, gateway_toml_with_queue, html_400, ms, msg, publish_qos1, redirect, start_gateway,
+    wait_count, wait_for_log,
 };
 use serde_json::json;
 
@@ -44,8 +44,12 @@ async fn type_conflict_dead_letters_exactly_the_refused_lines_and_replay_deliver
     assert_eq!(status, 204, "{body}");
 
     let bindings = bindings_file(dir.path(), &[("GOOD", "vital_signs", DB), ("BAD", "conflicted", DB)]);
-    let gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &bindings, "")).await;
+    let gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &bindings, ""),
+    )
+    .await;
 
     let mut msgs = Vec::new();
     for i in 0..100i64 {
@@ -60,11 +64,11 @@ async fn type_conflict_dead_letters_exactly_the_refused_lines_and_replay_deliver
 
     let cfg = config_arg(&gw);
     eventually(WAIT, "five dead letters", || {
-        let (_, out, _) = gateway_cli(&["dead-letters", "list", "--config", &cfg]);
+        let (_, out, _) = gateway_cli(gateway_bin(), &["dead-letters", "list", "--config", &cfg]);
         async move { out.contains("# rejected: 5") }
     })
     .await;
-    let (code, out, err) = gateway_cli(&["dead-letters", "export", "--config", &cfg]);
+    let (code, out, err) = gateway_cli(gateway_bin(), &["dead-letters", "export", "--config", &cfg]);
     assert_eq!(code, Some(0), "{err}");
     let dead: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(dead.len(), 5);
@@ -78,11 +82,12 @@ async fn type_conflict_dead_letters_exactly_the_refused_lines_and_replay_deliver
 
     // The cause is fixed (the conflicting measurement dropped); replay delivers them.
     influx.query(DB, "DROP MEASUREMENT conflicted").await;
-    let (code, out, err) = gateway_cli(&["dead-letters", "replay", "--reason", "rejected", "--config", &cfg]);
+    let (code, out, err) =
+        gateway_cli(gateway_bin(), &["dead-letters", "replay", "--reason", "rejected", "--config", &cfg]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("5 dead letter(s) moved back"), "{out}");
     wait_count(&influx, "conflicted", 5).await;
-    let (_, out, _) = gateway_cli(&["dead-letters", "list", "--config", &cfg]);
+    let (_, out, _) = gateway_cli(gateway_bin(), &["dead-letters", "list", "--config", &cfg]);
     assert!(!out.contains("# rejected"), "{out}");
 }
 
@@ -93,8 +98,12 @@ async fn unknown_database_holds_only_its_own_points_until_it_exists() {
     let influx = Influx1::start();
     influx.create_db(DB).await;
     let bindings = bindings_file(dir.path(), &[("A", "vital_signs", DB), ("B", "vital_signs", "later_db")]);
-    let gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &bindings, "")).await;
+    let gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &bindings, ""),
+    )
+    .await;
 
     let t0 = ms("2026-11-11T00:00:00Z");
     let msgs: Vec<_> = (0..50i64)
@@ -103,7 +112,7 @@ async fn unknown_database_holds_only_its_own_points_until_it_exists() {
     publish_qos1(mqtt.port, &msgs).await;
     wait_count(&influx, "vital_signs", 50).await;
     wait_for_log(&gw, "does the database or bucket exist?").await;
-    let (_, out, _) = gateway_cli(&["queue", "stats", "--config", &config_arg(&gw)]);
+    let (_, out, _) = gateway_cli(gateway_bin(), &["queue", "stats", "--config", &config_arg(&gw)]);
     assert!(
         out.contains("later_db\" (org \"\"): 50 waiting") || out.contains("bucket \"later_db\": 50 waiting"),
         "{out}"
@@ -127,7 +136,7 @@ async fn wrong_credentials_keep_every_point_until_fixed() {
     std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     let extra = format!("username = \"gateway\"\npassword_file = \"{}\"", pw.display());
     let toml = gateway_toml(dir.path(), &mqtt.url(), &vm.url(), "v1", &common::example_bindings(), &extra);
-    let mut gw = start_gateway(dir.path(), &toml).await;
+    let mut gw = start_gateway(gateway_bin(), dir.path(), &toml).await;
     let t0 = ms("2026-11-12T00:00:00Z");
     publish_qos1(
         mqtt.port,
@@ -166,13 +175,13 @@ async fn small_queue(dir: &Path, policy: &str) -> (Mosquitto, Influx1, Gateway) 
     influx.stop();
     let queue = format!("max_bytes = 65536\nfull_policy = \"{policy}\"");
     let toml = gateway_toml_with_queue(dir, &mqtt.url(), &influx.url(), "v1", &common::example_bindings(), "", &queue);
-    let gw = start_gateway(dir, &toml).await;
+    let gw = start_gateway(gateway_bin(), dir, &toml).await;
     (mqtt, influx, gw)
 }
 
 /// A figure from `queue stats` (`points waiting`, `bytes waiting`, …).
 fn queue_stat(gw: &Gateway, what: &str) -> u64 {
-    let (_, out, _) = gateway_cli(&["queue", "stats", "--config", &config_arg(gw)]);
+    let (_, out, _) = gateway_cli(gateway_bin(), &["queue", "stats", "--config", &config_arg(gw)]);
     out.lines()
         .find_map(|l| l.strip_prefix(what)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
@@ -231,7 +240,7 @@ async fn a_stalled_intake_keeps_the_mqtt_session_up() {
     let toml =
         gateway_toml_with_queue(dir.path(), &mqtt.url(), &influx.url(), "v1", &common::example_bindings(), "", queue)
             .replace("[mqtt]\n", "[mqtt]\nkeep_alive_secs = 2\n");
-    let gw = start_gateway(dir.path(), &toml).await;
+    let gw = start_gateway(gateway_bin(), dir.path(), &toml).await;
     publish_qos1(mqtt.port, &readings(0, 8000)).await;
     wait_for_log(&gw, "Queue full: refusing new readings").await;
     // Four keep-alive periods with the reader held back.
@@ -279,7 +288,7 @@ async fn free_disk_floor_stops_intake_before_the_disk_is_full_and_recovers() {
         "",
         "min_free_bytes = 3000000",
     );
-    let mut gw = start_gateway(dir.path(), &toml).await;
+    let mut gw = start_gateway(gateway_bin(), dir.path(), &toml).await;
     publish_qos1(mqtt.port, &readings(0, 6000)).await;
     wait_for_log(&gw, "less than queue.min_free_bytes").await;
     assert!(gw.is_running(), "a full disk never stops the daemon");
@@ -305,7 +314,7 @@ async fn damaged_database_is_moved_aside_and_the_gateway_runs() {
             _ => {
                 // A real queue with points waiting, then cut in half.
                 influx.stop();
-                let mut gw = start_gateway(dir.path(), &toml).await;
+                let mut gw = start_gateway(gateway_bin(), dir.path(), &toml).await;
                 publish_qos1(mqtt.port, &readings(0, 3000)).await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 gw.terminate();
@@ -314,7 +323,7 @@ async fn damaged_database_is_moved_aside_and_the_gateway_runs() {
                 influx.restart();
             }
         }
-        let mut gw = Gateway::start(dir.path(), &toml);
+        let mut gw = Gateway::start(gateway_bin(), dir.path(), &toml);
         wait_for_log(&gw, "Subscribed.").await;
         let log = gw.log();
         assert!(log.contains("The queue database is damaged"), "{damage}: {log}");
@@ -381,7 +390,7 @@ async fn torture(faults: bool) {
             .replace("[influx]\n", "[influx]\nbatch_max_lines = 50\n");
         assert!(toml.contains("retry_max_ms = 100\n") && toml.contains("batch_max_lines = 50"), "{toml}");
     }
-    let mut gw = start_gateway(dir.path(), &toml).await;
+    let mut gw = start_gateway(gateway_bin(), dir.path(), &toml).await;
 
     const CHUNKS: i64 = 8;
     const PER_CHUNK: i64 = 500;
@@ -424,7 +433,7 @@ async fn torture(faults: bool) {
     let row = &r["results"][0]["series"][0]["values"][0];
     let want_sum: i64 = (0..n).map(|i| 60 + i % 40).sum();
     assert_eq!((row[1].clone(), row[2].clone(), row[3].clone()), (json!(n), json!(want_sum), json!(n)), "{r}");
-    let (code, out, err) = gateway_cli(&["dead-letters", "export", "--config", &config_arg(&gw)]);
+    let (code, out, err) = gateway_cli(gateway_bin(), &["dead-letters", "export", "--config", &config_arg(&gw)]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, "", "nothing dead-lettered");
     if let Some(proxy) = proxy {

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Influx1, WAIT, eventually, gateway_cli};
+use common::{Influx1, WAIT, eventually, gateway_bin, gateway_cli};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +42,7 @@ async fn demo_delivers_every_simulated_device_and_status_shows_it() {
     ));
 
     tokio::time::sleep(Duration::from_secs(6)).await; // one status-file period
-    let (code, out, err) = gateway_cli(&["status", "--data-dir", data.to_str().expect("utf8")]);
+    let (code, out, err) = gateway_cli(gateway_bin(), &["status", "--data-dir", data.to_str().expect("utf8")]);
     let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
     let exit = child.wait().expect("wait for the demo");
     assert_eq!(code, Some(0), "{out}{err}");

@@ -6,7 +6,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{DB, Gateway, Influx1, Mosquitto, WAIT, eventually, free_port, publish_qos1, wait_count, wait_for_log};
+use common::{
+    DB, Gateway, Influx1, Mosquitto, WAIT, eventually, free_port, gateway_bin, publish_qos1, wait_count, wait_for_log,
+};
 use heartguard_gateway::protocols::hl7;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,7 +58,7 @@ async fn readings_stamped_ahead_of_the_gateway_clock_are_refused_counted_and_log
         "{}\n[hl7]\nenabled = true\nlisten = \"127.0.0.1:{hl7_port}\"\n",
         common::gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &bindings(dir.path()), "")
     );
-    let gw = Gateway::start(dir.path(), &toml);
+    let gw = Gateway::start(gateway_bin(), dir.path(), &toml);
     wait_for_log(&gw, "Subscribed.").await;
     wait_for_log(&gw, "HL7 MLLP listener ready.").await;
 

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{DB, Gateway, Influx1, WAIT, eventually, free_port, wait_count, wait_for_log};
+use common::{DB, Gateway, Influx1, WAIT, eventually, free_port, gateway_bin, wait_count, wait_for_log};
 use heartguard_gateway::protocols::{datex, hl7, masimo, nonin};
 use heartguard_gateway::simulate::Pty;
 use serde_json::{Map, Value, json};
@@ -124,7 +124,7 @@ async fn every_protocol_reaches_influxdb_with_its_values_and_tags() {
         b = by_id.display()
     );
     let hl7_port = free_port();
-    let gw = Gateway::start(dir.path(), &toml(dir.path(), &influx, &serial, Some(hl7_port)));
+    let gw = Gateway::start(gateway_bin(), dir.path(), &toml(dir.path(), &influx, &serial, Some(hl7_port)));
     wait_for_log(&gw, "HL7 MLLP listener ready.").await;
 
     // Each device gets its start command once the gateway opened the port.
@@ -231,7 +231,7 @@ async fn unplugged_device_is_reopened_and_the_watchdog_reports_silence() {
         "[[serial]]\npath = \"{}\"\nprotocol = \"nonin_df8\"\nserial = \"{NONIN}\"\nframe_timeout_secs = 1\n",
         path.display()
     );
-    let gw = Gateway::start(dir.path(), &toml(dir.path(), &influx, &serial, None));
+    let gw = Gateway::start(gateway_bin(), dir.path(), &toml(dir.path(), &influx, &serial, None));
     expect_from_gateway(&first, &nonin::set_format_command(nonin::Format::Df8)).await;
     wait_for_log(&gw, "No frame from the serial device").await;
     write(&first, &nonin::build_df8(Some(72), Some(98), false)).await;
@@ -245,7 +245,7 @@ async fn unplugged_device_is_reopened_and_the_watchdog_reports_silence() {
     // `status` shows the port as disconnected (the status file is rewritten every 5 s).
     let data = dir.path().join("data");
     eventually(WAIT, "status shows the port disconnected", || {
-        let (_, out, _) = common::gateway_cli(&["status", "--data-dir", data.to_str().expect("utf8")]);
+        let (_, out, _) = common::gateway_cli(gateway_bin(), &["status", "--data-dir", data.to_str().expect("utf8")]);
         async move { out.contains("(nonin_df8): disconnected") }
     })
     .await;

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    DB, Influx1, Mosquitto, Victoria, eventually, example_bindings, gateway_toml, ms, msg, publish_qos1, start_gateway,
+    DB, Influx1, Mosquitto, Victoria, eventually, example_bindings, gateway_bin, gateway_toml, ms, msg, publish_qos1,
+    start_gateway,
 };
 use serde_json::{Value, json};
 
@@ -20,9 +21,12 @@ async fn sample_data_arrives_in_influxdb_v1_with_exact_tags_fields_and_timestamp
     let mqtt = Mosquitto::start();
     let influx = Influx1::start();
     influx.create_db(DB).await;
-    let mut gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
-            .await;
+    let mut gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""),
+    )
+    .await;
 
     let t1 = ms("2026-11-05T10:00:00.123Z");
     publish_qos1(
@@ -130,9 +134,12 @@ async fn v2_write_path_stores_series_tags_values_and_timestamps_in_victoriametri
     std::fs::write(&token, "s3cr3t-token\n").expect("token");
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod 600");
     let extra = format!("token_file = \"{}\"", token.display());
-    let _gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &vm.url(), "v2", &example_bindings(), &extra))
-            .await;
+    let _gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &vm.url(), "v2", &example_bindings(), &extra),
+    )
+    .await;
 
     let t = ms("2026-11-05T11:00:00.250Z");
     let msgs: Vec<_> = (0..20)
@@ -164,9 +171,12 @@ async fn influxdb_outage_then_every_point_arrives() {
     let mqtt = Mosquitto::start();
     let mut influx = Influx1::start();
     influx.create_db(DB).await;
-    let gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
-            .await;
+    let gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""),
+    )
+    .await;
 
     let t0 = ms("2026-11-06T00:00:00Z");
     let batch = |from: i64, n: i64| -> Vec<_> {
@@ -189,9 +199,12 @@ async fn sigkill_mid_stream_loses_no_reading() {
     let mqtt = Mosquitto::start();
     let influx = Influx1::start();
     influx.create_db(DB).await;
-    let mut gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
-            .await;
+    let mut gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""),
+    )
+    .await;
 
     const N: i64 = 6000;
     let t0 = ms("2026-11-07T00:00:00Z");
@@ -245,8 +258,12 @@ async fn tricky_tag_values_arrive_intact_or_by_the_documented_rule() {
     }
     let bindings = dir.path().join("bindings.toml");
     std::fs::write(&bindings, file).expect("bindings");
-    let _gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &bindings, "")).await;
+    let _gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &bindings, ""),
+    )
+    .await;
 
     let t0 = ms("2026-11-08T00:00:00Z");
     let mut msgs = Vec::new();
@@ -295,9 +312,12 @@ async fn bad_payloads_mixed_into_a_good_stream_do_not_cost_a_good_point() {
     let mqtt = Mosquitto::start();
     let influx = Influx1::start();
     influx.create_db(DB).await;
-    let mut gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
-            .await;
+    let mut gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""),
+    )
+    .await;
 
     let t0 = ms("2026-11-09T00:00:00Z");
     let bad: Vec<Vec<u8>> = vec![
@@ -366,7 +386,7 @@ async fn the_gateway_logs_in_with_its_user_name_and_password_file() {
     common::write_secret(&secret, "not-the-password-7q\n");
     let toml = gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), "")
         .replace("[mqtt]\n", &format!("[mqtt]\nusername = \"gateway\"\npassword_file = \"{}\"\n", secret.display()));
-    let mut gw = common::Gateway::start(dir.path(), &toml);
+    let mut gw = common::Gateway::start(gateway_bin(), dir.path(), &toml);
     common::wait_for_log(&gw, "The MQTT broker refused the gateway's login").await;
     let log = gw.log();
     // Mosquitto 2.0 answers a wrong password with "not authorized" (CONNACK 5), others with 4.
@@ -396,9 +416,12 @@ async fn the_gateway_reconnects_and_subscribes_again_after_the_broker_restarts()
     let mut mqtt = Mosquitto::start();
     let influx = Influx1::start();
     influx.create_db(DB).await;
-    let gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
-            .await;
+    let gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""),
+    )
+    .await;
     let t0 = ms("2026-11-09T00:00:00Z");
     let batch = |from: i64, n: i64| -> Vec<_> {
         (from..from + n).map(|i| msg("ABC-001", json!({"ts": t0 + i, "heart_rate": 70}))).collect()
@@ -439,9 +462,12 @@ async fn a_redelivered_message_without_ts_keeps_its_first_receipt_time() {
     influx.create_db(DB).await;
     let proxy = common::TcpProxy::start(mqtt.port);
     let via_proxy = format!("mqtt://127.0.0.1:{}", proxy.port);
-    let gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &via_proxy, &influx.url(), "v1", &example_bindings(), ""))
-            .await;
+    let gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &via_proxy, &influx.url(), "v1", &example_bindings(), ""),
+    )
+    .await;
 
     proxy.swallow_upstream(true);
     let msgs: Vec<_> = (0..3).map(|i| msg("ABC-001", json!({"heart_rate": 70 + i}))).collect();

@@ -1,11 +1,9 @@
 //! The line-protocol encoder against a real InfluxDB 1.x: arbitrary measurement names and tag
 //! values are written by the encoder and read back exactly as the documented rule says.
 
-mod common;
-
-use common::Influx1;
 use heartguard_gateway::fields::FieldValue;
 use heartguard_gateway::lineproto::{carried, carried_measurement, encode_line, series_prefix};
+use heartguard_testkit::Influx1;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use serde_json::json;

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{DB, Gateway, Influx1, TestCerts, WAIT, eventually, free_port, wait_count, wait_for_log};
+use common::{DB, Gateway, Influx1, TestCerts, WAIT, eventually, free_port, gateway_bin, wait_count, wait_for_log};
 use heartguard_gateway::protocols::hl7;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,7 +65,7 @@ impl Setup {
             url = influx.url(),
             b = bindings(dir.path()).display(),
         );
-        let gw = Gateway::start_with_env(dir.path(), &toml, env);
+        let gw = Gateway::start_with_env(gateway_bin(), dir.path(), &toml, env);
         wait_for_log(&gw, "HL7 MLLP listener ready.").await;
         Self { influx, gw, port, _dir: dir }
     }

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    DB, Influx1, Mosquitto, eventually, example_bindings, gateway_cli, gateway_toml, ms, msg, publish_qos1,
-    start_gateway, wait_count,
+    DB, Influx1, Mosquitto, eventually, example_bindings, gateway_bin, gateway_cli, gateway_toml, ms, msg,
+    publish_qos1, start_gateway, wait_count,
 };
 use serde_json::json;
 
@@ -26,9 +26,12 @@ async fn metrics_health_and_status_follow_an_end_to_end_run() {
     let mqtt = Mosquitto::start();
     let mut influx = Influx1::start();
     influx.create_db(DB).await;
-    let mut gw =
-        start_gateway(dir.path(), &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""))
-            .await;
+    let mut gw = start_gateway(
+        gateway_bin(),
+        dir.path(),
+        &gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), ""),
+    )
+    .await;
     let base = gw.http_url().await;
     eventually(common::WAIT, "/readyz answers 200", || async { get(&format!("{base}/readyz")).await.0 == 200 }).await;
     assert_eq!(get(&format!("{base}/healthz")).await, (200, "ok\n".to_owned()));
@@ -85,7 +88,7 @@ async fn metrics_health_and_status_follow_an_end_to_end_run() {
     }
     assert!(!text.contains("ABC-001"), "device serials never become labels");
 
-    let (code, out, err) = gateway_cli(&["status", "--url", &base]);
+    let (code, out, err) = gateway_cli(gateway_bin(), &["status", "--url", &base]);
     assert_eq!(code, Some(0), "{err}");
     let queue_line = format!("Queue        0 points waiting (0 B); 1 parked ({parked_bytes} B); database ");
     for line in [
@@ -116,14 +119,15 @@ async fn metrics_health_and_status_follow_an_end_to_end_run() {
             >= Some(1.0)
     );
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200, "an outage of InfluxDB is not a sick gateway");
-    let (_, out, _) = gateway_cli(&["status", "--url", &base]);
+    let (_, out, _) = gateway_cli(gateway_bin(), &["status", "--url", &base]);
     assert!(out.contains("Destination  heartguard/heartguard_vitals: FAILING, 1 waiting"), "{out}");
     assert!(out.contains("  - Destination heartguard/heartguard_vitals is failing (connection failed"), "{out}");
 
     let status = gw.terminate();
     assert!(status.success(), "{status:?}");
     // With the daemon gone, status reads the database.
-    let (code, out, _) = gateway_cli(&["status", "--url", &base, "--config", &gw.config_path().display().to_string()]);
+    let (code, out, _) =
+        gateway_cli(gateway_bin(), &["status", "--url", &base, "--config", &gw.config_path().display().to_string()]);
     assert_eq!(code, Some(0));
     assert!(out.starts_with("(daemon not reachable: "), "{out}");
     assert!(out.contains("gateway test-gw: daemon not reachable: figures from the database only"), "{out}");

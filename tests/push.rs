@@ -6,13 +6,14 @@ mod common;
 use std::path::Path;
 
 use common::{
-    DB, Gateway, Influx1, Mosquitto, WAIT, eventually, gateway_cli, msg, publish_qos1, wait_count, wait_for_log,
+    DB, Gateway, Influx1, Mosquitto, WAIT, eventually, gateway_bin, gateway_cli, msg, publish_qos1, wait_count,
+    wait_for_log,
 };
 use serde_json::json;
 
 fn keygen(dir: &Path, name: &str) -> (String, String) {
     let key = dir.join(name);
-    let (code, out, err) = gateway_cli(&["bindings", "keygen", "--out", &key.display().to_string()]);
+    let (code, out, err) = gateway_cli(gateway_bin(), &["bindings", "keygen", "--out", &key.display().to_string()]);
     assert_eq!(code, Some(0), "{err}");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).expect("key file").permissions());
     assert_eq!(mode & 0o077, 0, "the private key is readable by its owner only");
@@ -20,20 +21,23 @@ fn keygen(dir: &Path, name: &str) -> (String, String) {
 }
 
 fn publish(mqtt: &Mosquitto, key: &str, version: u64, bindings: &Path) -> String {
-    let (code, out, err) = gateway_cli(&[
-        "bindings",
-        "publish",
-        "--from-file",
-        &bindings.display().to_string(),
-        "--key",
-        key,
-        "--gateway",
-        "test-gw",
-        "--version",
-        &version.to_string(),
-        "--broker",
-        &mqtt.url(),
-    ]);
+    let (code, out, err) = gateway_cli(
+        gateway_bin(),
+        &[
+            "bindings",
+            "publish",
+            "--from-file",
+            &bindings.display().to_string(),
+            "--key",
+            key,
+            "--gateway",
+            "test-gw",
+            "--version",
+            &version.to_string(),
+            "--broker",
+            &mqtt.url(),
+        ],
+    );
     assert_eq!(code, Some(0), "{err}");
     out
 }
@@ -62,7 +66,7 @@ trusted_keys = ["{k1_pub}"]
         mqtt = mqtt.url(),
         influx = influx.url(),
     );
-    let gw = Gateway::start(dir.path(), &toml);
+    let gw = Gateway::start(gateway_bin(), dir.path(), &toml);
     wait_for_log(&gw, "Subscribed.").await;
     let example = common::example_bindings();
 
@@ -81,18 +85,21 @@ trusted_keys = ["{k1_pub}"]
     publish(&mqtt, &k1, 5, &changed);
     let topic = "heartguard/gateways/test-gw/bindings".to_owned();
     publish_qos1(mqtt.port, &[(topic.clone(), br#"{"bindings": []}"#.to_vec())]).await;
-    let (_, env, _) = gateway_cli(&[
-        "bindings",
-        "sign",
-        "--from-file",
-        &changed.display().to_string(),
-        "--key",
-        &k1,
-        "--gateway",
-        "test-gw",
-        "--version",
-        "40",
-    ]);
+    let (_, env, _) = gateway_cli(
+        gateway_bin(),
+        &[
+            "bindings",
+            "sign",
+            "--from-file",
+            &changed.display().to_string(),
+            "--key",
+            &k1,
+            "--gateway",
+            "test-gw",
+            "--version",
+            "40",
+        ],
+    );
     let tampered = env.replace("ICU-X", "ICU-Y");
     publish_qos1(mqtt.port, &[(topic, tampered.trim().as_bytes().to_vec())]).await;
     eventually(WAIT, "four refusals", || {
@@ -104,13 +111,15 @@ trusted_keys = ["{k1_pub}"]
         }
     })
     .await;
-    let (_, out, _) = gateway_cli(&["bindings", "list", "--config", &gw.config_path().display().to_string()]);
+    let (_, out, _) =
+        gateway_cli(gateway_bin(), &["bindings", "list", "--config", &gw.config_path().display().to_string()]);
     assert!(out.contains("source: push v10 key"), "the snapshot in force is still v10: {out}");
 
     // A newer one from the trusted key applies.
     publish(&mqtt, &k1, 30, &changed);
     eventually(WAIT, "v30 in force", || {
-        let (_, out, _) = gateway_cli(&["bindings", "list", "--config", &gw.config_path().display().to_string()]);
+        let (_, out, _) =
+            gateway_cli(gateway_bin(), &["bindings", "list", "--config", &gw.config_path().display().to_string()]);
         async move { out.contains("source: push v30 key") }
     })
     .await;
@@ -147,18 +156,21 @@ trusted_keys = ["{trusted}"]
 
 /// The envelope `bindings sign` prints for `bindings` at `version`.
 fn sign_cli(key: &str, version: u64, bindings: &Path) -> Vec<u8> {
-    let (code, out, err) = gateway_cli(&[
-        "bindings",
-        "sign",
-        "--from-file",
-        &bindings.display().to_string(),
-        "--key",
-        key,
-        "--gateway",
-        "test-gw",
-        "--version",
-        &version.to_string(),
-    ]);
+    let (code, out, err) = gateway_cli(
+        gateway_bin(),
+        &[
+            "bindings",
+            "sign",
+            "--from-file",
+            &bindings.display().to_string(),
+            "--key",
+            key,
+            "--gateway",
+            "test-gw",
+            "--version",
+            &version.to_string(),
+        ],
+    );
     assert_eq!(code, Some(0), "{err}");
     out.trim().as_bytes().to_vec()
 }
@@ -177,7 +189,8 @@ fn sign_created_at(key: &str, version: u64, bindings: &Path, created_at: chrono:
 }
 
 fn in_force(gw: &Gateway) -> String {
-    let (_, out, _) = gateway_cli(&["bindings", "list", "--config", &gw.config_path().display().to_string()]);
+    let (_, out, _) =
+        gateway_cli(gateway_bin(), &["bindings", "list", "--config", &gw.config_path().display().to_string()]);
     out
 }
 
@@ -201,7 +214,7 @@ async fn a_burst_on_the_push_topic_does_not_stall_vitals() {
     influx.create_db(DB).await;
     let (k1, k1_pub) = keygen(dir.path(), "admin.key");
     let (k2, _) = keygen(dir.path(), "stranger.key");
-    let gw = Gateway::start(dir.path(), &push_toml(dir.path(), &mqtt, &influx, &k1_pub, ""));
+    let gw = Gateway::start(gateway_bin(), dir.path(), &push_toml(dir.path(), &mqtt, &influx, &k1_pub, ""));
     wait_for_log(&gw, "Subscribed.").await;
 
     let example = common::example_bindings();
@@ -280,7 +293,7 @@ async fn a_lost_cache_does_not_let_an_older_snapshot_back_in() {
     let (mqtt, influx) = (Mosquitto::start(), Influx1::start());
     influx.create_db(DB).await;
     let (k1, k1_pub) = keygen(dir.path(), "admin.key");
-    let mut gw = Gateway::start(dir.path(), &push_toml(dir.path(), &mqtt, &influx, &k1_pub, ""));
+    let mut gw = Gateway::start(gateway_bin(), dir.path(), &push_toml(dir.path(), &mqtt, &influx, &k1_pub, ""));
     wait_for_log(&gw, "Subscribed.").await;
     let example = common::example_bindings();
     publish(&mqtt, &k1, 5, &example);
@@ -324,7 +337,7 @@ async fn a_snapshot_older_than_the_age_limit_is_refused() {
     let (mqtt, influx) = (Mosquitto::start(), Influx1::start());
     influx.create_db(DB).await;
     let (k1, k1_pub) = keygen(dir.path(), "admin.key");
-    let gw = Gateway::start(dir.path(), &push_toml(dir.path(), &mqtt, &influx, &k1_pub, ""));
+    let gw = Gateway::start(gateway_bin(), dir.path(), &push_toml(dir.path(), &mqtt, &influx, &k1_pub, ""));
     wait_for_log(&gw, "Subscribed.").await;
     let example = common::example_bindings();
     let old = chrono::Utc::now() - chrono::Duration::hours(721);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    DB, Influx1, Mosquitto, WAIT, eventually, gateway_cli, gateway_toml_with_queue, ms, msg, publish_qos1,
+    DB, Influx1, Mosquitto, WAIT, eventually, gateway_bin, gateway_cli, gateway_toml_with_queue, ms, msg, publish_qos1,
     start_gateway, wait_count, wait_for_log,
 };
 use serde_json::json;
@@ -25,7 +25,7 @@ async fn a_flood_of_unknown_serials_stays_within_its_cap_and_bound_readings_stil
     let queue = "max_bytes = 262144\nfull_policy = \"backpressure\"";
     let toml =
         gateway_toml_with_queue(dir.path(), &mqtt.url(), &influx.url(), "v1", &common::example_bindings(), "", queue);
-    let gw = start_gateway(dir.path(), &toml).await;
+    let gw = start_gateway(gateway_bin(), dir.path(), &toml).await;
 
     // 3,000 readings of random serials, about 110 bytes each when parked: more than max_bytes
     // on their own. Among them, 300 readings of a bound device.
@@ -74,7 +74,7 @@ async fn a_flood_of_unknown_serials_stays_within_its_cap_and_bound_readings_stil
     assert_eq!(v(r#"heartguard_queue_parked_bytes{reason="unbound"}"#), bytes as f64);
     assert_eq!(v(r#"heartguard_queue_evicted_total{kind="parked"}"#), (3000 - rows) as f64);
     assert_eq!(v(r#"heartguard_queue_parked{reason="unbound"}"#), rows as f64);
-    let (code, out, err) = gateway_cli(&["status", "--url", &base]);
+    let (code, out, err) = gateway_cli(gateway_bin(), &["status", "--url", &base]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.contains(&format!(

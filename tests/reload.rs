@@ -6,8 +6,8 @@ mod common;
 use std::process::Command;
 
 use common::{
-    DB, Influx1, Mosquitto, eventually, example_bindings, gateway_toml, gateway_toml_with_queue, msg, publish_qos1,
-    start_gateway, wait_count, wait_for_log,
+    DB, Influx1, Mosquitto, eventually, example_bindings, gateway_bin, gateway_toml, gateway_toml_with_queue, msg,
+    publish_qos1, start_gateway, wait_count, wait_for_log,
 };
 use serde_json::json;
 
@@ -33,7 +33,7 @@ async fn sighup_applies_bindings_and_log_level_and_names_what_needs_a_restart() 
     std::fs::write(&bindings, bindings_without("ABC-001")).expect("write");
     let toml = gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &bindings, "");
     // No RUST_LOG (the harness sets one): `log.level` decides.
-    let gw = common::Gateway::start_with_env(dir.path(), &toml, &[("RUST_LOG", "")]);
+    let gw = common::Gateway::start_with_env(gateway_bin(), dir.path(), &toml, &[("RUST_LOG", "")]);
     wait_for_log(&gw, "Subscribed.").await;
     let pid = gw.pid().expect("running");
 
@@ -87,7 +87,7 @@ async fn json_logs_are_one_object_per_line() {
     influx.create_db(DB).await;
     let toml = gateway_toml(dir.path(), &mqtt.url(), &influx.url(), "v1", &example_bindings(), "")
         + "\n[log]\nformat = \"json\"\n";
-    let gw = start_gateway(dir.path(), &toml).await;
+    let gw = start_gateway(gateway_bin(), dir.path(), &toml).await;
     publish_qos1(mqtt.port, &[("devices/ABC-001/vitals".into(), b"{\"heart_rate\": \"Juan Perez\"}".to_vec())]).await;
     wait_for_log(&gw, "Rejected a reading").await;
     let log = gw.log();
@@ -126,14 +126,18 @@ async fn a_reading_parked_while_its_commit_waited_finds_the_binding_put_in_force
         &format!("url = \"{}\"", mqtt.url()),
         &format!("url = \"{}\"\ntopics = [\"devices/{{serial}}/vitals\", \"ward/batch\"]", mqtt.url()),
     );
-    let gw = start_gateway(dir.path(), &toml).await;
+    let gw = start_gateway(gateway_bin(), dir.path(), &toml).await;
     let pid = gw.pid().expect("running");
 
     // Something waits in the queue, so a commit larger than the limit is refused.
     let t = chrono::Utc::now().timestamp_millis() - 60_000;
     publish_qos1(mqtt.port, &[msg("MAS-R7-0007", json!({"ts": t, "spo2": 97}))]).await;
     eventually(common::WAIT, "the first reading is queued", || async {
-        let out = common::gateway_cli(&["queue", "stats", "--config", gw.config_path().to_str().expect("utf8")]).1;
+        let out = common::gateway_cli(
+            gateway_bin(),
+            &["queue", "stats", "--config", gw.config_path().to_str().expect("utf8")],
+        )
+        .1;
         out.lines().any(|l| l.trim() == "points waiting: 1")
     })
     .await;

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    DB, Gateway, Influx1, Mosquitto, Postgres, WAIT, eventually, gateway_toml_pg, msg, publish_qos1, wait_count,
-    wait_for_log,
+    DB, Gateway, Influx1, Mosquitto, Postgres, WAIT, eventually, gateway_bin, gateway_toml_pg, msg, publish_qos1,
+    wait_count, wait_for_log,
 };
 use serde_json::json;
 
@@ -31,7 +31,7 @@ fn gateway(
     let toml = gateway_toml_pg(dir, &mqtt.url(), &influx.url(), pg, bindings)
         .replace("id = \"test-gw\"", &format!("id = \"{id}\""))
         + REPORT;
-    Gateway::start(dir, &toml)
+    Gateway::start(gateway_bin(), dir, &toml)
 }
 
 /// (readings_received, points_delivered, last_reading_at in ms) for a gateway and stream.
@@ -121,7 +121,8 @@ async fn a_silence_and_a_resume_give_exactly_one_closed_gap_with_its_bounds() {
     assert_eq!(row.get::<_, i64>(2), 1000);
     let all = c.query_one("SELECT count(*) FROM stream_gaps", &[]).await.expect("count");
     assert_eq!(all.get::<_, i64>(0), 1, "exactly one gap: the other streams never sent, so there is nothing to watch");
-    let (code, out, _) = common::gateway_cli(&["activity", "--config", &gw.config_path().display().to_string()]);
+    let (code, out, _) =
+        common::gateway_cli(gateway_bin(), &["activity", "--config", &gw.config_path().display().to_string()]);
     assert_eq!(code, Some(0));
     assert!(out.lines().any(|l| l.starts_with(ABC) && l.ends_with("\t-")), "the gap is closed: {out}");
 }

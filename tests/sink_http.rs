@@ -3,14 +3,12 @@
 //! redirect) and to see the exact request; against a real InfluxDB behind a fault-injecting
 //! proxy where the points must arrive once the way is clear.
 
-mod common;
-
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Fault, FaultProxy, Influx1, WAIT, empty_400, eventually, html_400, redirect};
+use heartguard_testkit::{Fault, FaultProxy, Influx1, WAIT, empty_400, eventually, html_400, redirect};
 
 use heartguard_gateway::model::Destination;
 use heartguard_gateway::queue::{Limits, NewPoint, QueueHandle, Synchronous};

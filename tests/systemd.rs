@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Gateway;
+use common::{Gateway, gateway_bin};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/heartguard-gateway.service");
 
@@ -111,7 +111,7 @@ fn start(dir: &Path, notify: &NotifySocket, mqtt: Option<&common::Mosquitto>) ->
     );
     let socket = notify.path.display().to_string();
     // A 1 s watchdog: fed every 500 ms while healthy.
-    Gateway::start_with_env(dir, &toml, &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "1000000")])
+    Gateway::start_with_env(gateway_bin(), dir, &toml, &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "1000000")])
 }
 
 #[test]

@@ -7,8 +7,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    DB, Gateway, Influx1, Mosquitto, TestCerts, TlsProxy, example_bindings, free_port, gateway_cli, msg, publish_qos1,
-    wait_count, wait_for_log,
+    DB, Gateway, Influx1, Mosquitto, TestCerts, TlsProxy, example_bindings, free_port, gateway_bin, gateway_cli, msg,
+    publish_qos1, wait_count, wait_for_log,
 };
 use heartguard_gateway::model::Destination;
 use heartguard_gateway::sink::config::{Influx, InfluxApi};
@@ -60,7 +60,7 @@ async fn readings_travel_over_mqtts_with_a_client_certificate_to_https_influxdb(
     influx.create_db(DB).await;
     let proxy = TlsProxy::start(&certs, influx.port);
     let toml = tls_config(dir.path(), &format!("mqtts://127.0.0.1:{tls_port}"), &certs.ca, &certs, &proxy.url());
-    let gw = Gateway::start(dir.path(), &toml);
+    let gw = Gateway::start(gateway_bin(), dir.path(), &toml);
     wait_for_log(&gw, "Subscribed.").await;
 
     let t = common::ms("2026-11-05T10:00:00Z");
@@ -86,7 +86,7 @@ async fn a_server_certificate_from_another_ca_is_refused() {
         &certs,
         "https://127.0.0.1:1",
     );
-    let gw = Gateway::start(dir.path(), &toml);
+    let gw = Gateway::start(gateway_bin(), dir.path(), &toml);
     wait_for_log(&gw, "Cannot reach the MQTT broker; still trying.").await;
     let log = gw.log();
     assert!(log.contains("UnknownIssuer") && !log.contains("Subscribed."), "{log}");
@@ -134,7 +134,7 @@ fn secrets_that_others_may_read_are_refused_at_start() {
     )
     .expect("write");
     for cmd in ["check-config", "run"] {
-        let (code, _, err) = gateway_cli(&[cmd, "--config", &cfg.display().to_string()]);
+        let (code, _, err) = gateway_cli(gateway_bin(), &[cmd, "--config", &cfg.display().to_string()]);
         assert_eq!(code, Some(78), "{cmd}: {err}");
         assert!(
             err.contains(&format!(
@@ -152,7 +152,7 @@ fn secrets_that_others_may_read_are_refused_at_start() {
     // mqtts:// needs the CA that signs the broker; TLS files need a TLS URL.
     std::fs::write(&cfg, format!("[mqtt]\nurl = \"mqtts://broker\"\n[influx]\nca_file = \"{}\"\n", certs.ca.display()))
         .expect("write");
-    let (code, _, err) = gateway_cli(&["check-config", "--config", &cfg.display().to_string()]);
+    let (code, _, err) = gateway_cli(gateway_bin(), &["check-config", "--config", &cfg.display().to_string()]);
     assert_eq!(code, Some(78));
     assert!(err.contains("mqtt.ca_file: required for mqtts://"), "{err}");
     assert!(err.contains("influx.ca_file: only with an https:// influx.url"), "{err}");

@@ -19,8 +19,6 @@
 //! MQTT keep-alive), `--broker-inflight N` (1000, the broker's `max_inflight_messages`),
 //! `--out FILE` (a Markdown report; always printed too).
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
 mod mqtt;
 
 use std::fmt::Write as _;
@@ -30,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use common::{DB, Gateway, Influx1, Mosquitto};
+use heartguard_testkit::{DB, Gateway, Influx1, Mosquitto};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -353,7 +351,7 @@ impl Probe {
         Probe {
             pid: gw.pid().expect("gateway runs"),
             metrics_url: format!("{}/metrics", gw.http_url().await),
-            http: common::http_client(),
+            http: heartguard_testkit::http_client(),
         }
     }
 
@@ -875,7 +873,7 @@ async fn backlog(o: &Opts, broker: &Mosquitto, work: &Path, bindings: &Path, win
     let ceiling_s = {
         let ceiling = Influx1::start();
         ceiling.create_db(DB).await;
-        let http = common::http_client();
+        let http = heartguard_testkit::http_client();
         let url = format!("{}/write?db={DB}&precision=ns", ceiling.url());
         say(format!("backlog: minimal writer posts {} batches to a fresh InfluxDB", bodies.len()));
         let start = Instant::now();
@@ -1022,8 +1020,8 @@ async fn start_gateway(dir: &Path, toml: &str) -> Gateway {
     let bin = std::env::var_os("HEARTGUARD_BENCH_GATEWAY").map_or(built, PathBuf::from);
     let env = unit_environment();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let gw = Gateway::start_with_binary_and_env(&bin, dir, toml, &env);
-    common::wait_for_log(&gw, "Subscribed.").await;
+    let gw = Gateway::start_with_env(&bin, dir, toml, &env);
+    heartguard_testkit::wait_for_log(&gw, "Subscribed.").await;
     say(format!("gateway {} runs as pid {}", dir.display(), gw.pid().expect("running")));
     gw
 }
