@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::bindings::{self, Freshness, View, postgres::PgSource};
 use crate::config::Config;
 use crate::ingest::{self, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
-use crate::queue::QueueHandle;
+use crate::queue::handle::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
 use crate::telemetry::{self, Counters, Telemetry};
 
