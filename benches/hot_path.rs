@@ -20,7 +20,9 @@ use heartguard_gateway::bindings::{BindingTable, Compiled};
 use heartguard_gateway::model::Binding;
 use heartguard_gateway::model::Reading;
 use heartguard_gateway::protocols::{PortIdentity, Protocol};
-use heartguard_gateway::queue::{Leased, NewPoint, QueueHandle};
+use heartguard_gateway::queue::delivery::Leased;
+use heartguard_gateway::queue::handle::QueueHandle;
+use heartguard_gateway::queue::points::NewPoint;
 use heartguard_gateway::simulate::{self, SimVitals};
 use heartguard_gateway::{decode, ingest, resolve, sink};
 
@@ -329,7 +331,7 @@ mod queue {
                 rt.block_on(async {
                     let rows = queue.lease(dest_id, n, usize::MAX).await.expect("lease");
                     assert_eq!(rows.len(), n);
-                    let seen = heartguard_gateway::queue::Delivered::of(&rows);
+                    let seen = heartguard_gateway::queue::delivery::Delivered::of(&rows);
                     queue.delete_delivered(dest_id, rows[0].id, rows[n - 1].id, seen).await.expect("delete")
                 })
             });

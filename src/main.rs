@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use heartguard_gateway::{app, config::Config, queue::store};
+use heartguard_gateway::{app, config::Config, queue};
 
 /// Exit codes (sysexits.h): usage and configuration errors are told apart from failures.
 const EX_USAGE: u8 = 64;
@@ -382,8 +382,9 @@ fn check_config(path: &Path) -> ExitCode {
 }
 
 fn queue_stats(cfg: &Config) -> Result<(), String> {
-    let conn = store::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
-    let s = store::stats(&conn, &cfg.gateway.data_dir.join(store::DB_FILE)).map_err(|e| e.to_string())?;
+    let conn = queue::schema::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
+    let s =
+        queue::inspect::stats(&conn, &cfg.gateway.data_dir.join(queue::schema::DB_FILE)).map_err(|e| e.to_string())?;
     println!("points waiting: {}", s.points);
     println!("parked readings: {}", s.parked);
     println!("dead letters: {}", s.dead_letters);
@@ -395,26 +396,26 @@ fn queue_stats(cfg: &Config) -> Result<(), String> {
         let age = (heartguard_gateway::now_ns() - oldest).max(0) / 1_000_000_000;
         println!("oldest point:   queued {age} s ago");
     }
-    for (id, dest, n) in store::destinations(&conn).map_err(|e| e.to_string())? {
+    for (id, dest, n) in queue::cache::destinations(&conn).map_err(|e| e.to_string())? {
         println!("destination {id} {dest}: {n} waiting");
     }
     Ok(())
 }
 
 fn bindings(cfg: &Config, serial: Option<&str>) -> Result<(), String> {
-    let conn = store::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
-    let Some((list, source, version)) = store::load_bindings(&conn).map_err(|e| e.to_string())? else {
+    let conn = queue::schema::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
+    let Some(queue::cache::CachedBindings { bindings: list, source, version }) =
+        queue::cache::load_bindings(&conn).map_err(|e| e.to_string())?
+    else {
         println!("no bindings cached yet");
         return Ok(());
     };
     match serial {
         None => {
-            let stored: Option<String> =
-                conn.query_row("SELECT value FROM meta WHERE key = 'bindings_stored_at'", [], |r| r.get(0)).ok();
-            let age = stored
-                .as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| format!("{} s", (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()))
+            let age = queue::cache::bindings_stored_at(&conn)
+                .ok()
+                .flatten()
+                .map(|t| format!("{} s", (heartguard_gateway::now_ns() - t) / 1_000_000_000))
                 .unwrap_or_else(|| "unknown".into());
             println!("source: {source}  version: {version}  bindings: {}  stored: {age} ago", list.len());
             for b in &list {
@@ -442,7 +443,7 @@ fn bindings(cfg: &Config, serial: Option<&str>) -> Result<(), String> {
 }
 
 fn dead_letters(cmd: DeadCmd) -> ExitCode {
-    use store::DeadLetterFilter;
+    use queue::dead_letters::{self, DeadLetterFilter};
     let (sel, action) = match cmd {
         DeadCmd::List { sel, limit } => (sel, DeadAction::List(limit)),
         DeadCmd::Export { sel } => (sel, DeadAction::Export),
@@ -454,11 +455,11 @@ fn dead_letters(cmd: DeadCmd) -> ExitCode {
         let dir = &cfg.gateway.data_dir;
         match action {
             DeadAction::List(limit) => {
-                let conn = store::open_read_only(dir).map_err(|e| e.to_string())?;
-                for (reason, n) in store::dead_letter_counts(&conn).map_err(|e| e.to_string())? {
+                let conn = queue::schema::open_read_only(dir).map_err(|e| e.to_string())?;
+                for (reason, n) in dead_letters::counts(&conn).map_err(|e| e.to_string())? {
                     println!("# {reason}: {n}");
                 }
-                for d in store::dead_letters(&conn, &filter, limit).map_err(|e| e.to_string())? {
+                for d in dead_letters::list(&conn, &filter, limit).map_err(|e| e.to_string())? {
                     let when = chrono::DateTime::from_timestamp_nanos(d.failed_ns)
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                     let status = d.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
@@ -472,22 +473,22 @@ fn dead_letters(cmd: DeadCmd) -> ExitCode {
                 }
             }
             DeadAction::Export => {
-                let conn = store::open_read_only(dir).map_err(|e| e.to_string())?;
-                for d in store::dead_letters(&conn, &filter, usize::MAX).map_err(|e| e.to_string())? {
+                let conn = queue::schema::open_read_only(dir).map_err(|e| e.to_string())?;
+                for d in dead_letters::list(&conn, &filter, usize::MAX).map_err(|e| e.to_string())? {
                     println!("{}", serde_json::to_string(&d).map_err(|e| e.to_string())?);
                 }
             }
             DeadAction::Replay => {
-                let mut conn = store::open_read_write(dir).map_err(|e| e.to_string())?;
-                let n = store::replay_dead_letters(&mut conn, &filter).map_err(|e| e.to_string())?;
+                let mut conn = queue::schema::open_read_write(dir).map_err(|e| e.to_string())?;
+                let n = dead_letters::replay(&mut conn, &filter).map_err(|e| e.to_string())?;
                 println!("{n} dead letter(s) moved back into the queue.");
             }
             DeadAction::Purge(all) => {
                 if !all && filter.reason.is_none() && filter.ids.is_empty() {
                     return Err("refusing to purge every dead letter without --all".into());
                 }
-                let mut conn = store::open_read_write(dir).map_err(|e| e.to_string())?;
-                let n = store::purge_dead_letters(&mut conn, &filter).map_err(|e| e.to_string())?;
+                let mut conn = queue::schema::open_read_write(dir).map_err(|e| e.to_string())?;
+                let n = dead_letters::purge(&mut conn, &filter).map_err(|e| e.to_string())?;
                 println!("{n} dead letter(s) deleted.");
             }
         }
@@ -594,13 +595,13 @@ fn publish(
 }
 
 fn activity(cfg: &Config) -> Result<(), String> {
-    let conn = store::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
+    let conn = queue::schema::open_read_only(&cfg.gateway.data_dir).map_err(|e| e.to_string())?;
     let now = heartguard_gateway::now_ns();
     let ago = |ns: Option<i64>| {
         ns.map(|t| format!("{} s ago", (now - t).max(0) / 1_000_000_000)).unwrap_or_else(|| "never".into())
     };
     println!("stream\treadings\tdelivered\tlast reading\tlast delivered\tgap");
-    for a in store::activity(&conn).map_err(|e| e.to_string())? {
+    for a in queue::activity::list(&conn).map_err(|e| e.to_string())? {
         let gap = a.open_gap_ns.map(|g| format!("open since {}", ago(Some(g)))).unwrap_or_else(|| "-".into());
         println!(
             "{}\t{}\t{}\t{}\t{}\t{gap}",

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::bindings::{self, View, ViewTx};
 use crate::config::Config;
-use crate::queue::QueueHandle;
+use crate::queue::handle::QueueHandle;
 use crate::telemetry::{Counters, logging, systemd};
 
 /// Keys SIGHUP applies; every other changed key needs a restart.

@@ -79,7 +79,10 @@ fn default_config_is_valid_toml_for_the_daemon() {
 #[tokio::test]
 async fn dead_letters_can_be_listed_exported_replayed_and_purged() {
     use heartguard_gateway::model::Destination;
-    use heartguard_gateway::queue::{Limits, NewPoint, QueueHandle, Synchronous};
+    use heartguard_gateway::queue::dead_letters::DeadLetterReason;
+    use heartguard_gateway::queue::handle::QueueHandle;
+    use heartguard_gateway::queue::points::NewPoint;
+    use heartguard_gateway::queue::{Limits, Synchronous};
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     {
@@ -91,8 +94,10 @@ async fn dead_letters_can_be_listed_exported_replayed_and_purged() {
         .await
         .expect("append");
         let rows = q.lease(d, 10, usize::MAX).await.expect("lease");
-        q.dead_letter(d, vec![rows[0].id, rows[1].id], "rejected", Some(400), "bad line".into()).await.expect("dead");
-        q.dead_letter(d, vec![rows[2].id], "too_large", Some(413), "big".into()).await.expect("dead");
+        q.dead_letter(d, vec![rows[0].id, rows[1].id], DeadLetterReason::Rejected, Some(400), "bad line".into())
+            .await
+            .expect("dead");
+        q.dead_letter(d, vec![rows[2].id], DeadLetterReason::TooLarge, Some(413), "big".into()).await.expect("dead");
         q.close().await.expect("close");
         join.join().expect("thread");
     }

@@ -4,7 +4,10 @@
 use std::process::Command;
 
 use heartguard_gateway::model::Destination;
-use heartguard_gateway::queue::{Limits, NewPoint, QueueHandle, Synchronous};
+use heartguard_gateway::queue::dead_letters::DeadLetterReason;
+use heartguard_gateway::queue::handle::QueueHandle;
+use heartguard_gateway::queue::points::NewPoint;
+use heartguard_gateway::queue::{Limits, Synchronous};
 
 fn gateway(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_heartguard-gateway")).args(args).output().expect("run");
@@ -95,7 +98,7 @@ async fn status_without_a_daemon_reads_the_database() {
         };
         q.append((0..3).map(|i| point(a, i)).chain([point(b, 9)]).collect()).await.expect("append");
         let rows = q.lease(a, 1, usize::MAX).await.expect("lease");
-        q.dead_letter(a, vec![rows[0].id], "rejected", Some(400), "bad".into()).await.expect("dead");
+        q.dead_letter(a, vec![rows[0].id], DeadLetterReason::Rejected, Some(400), "bad".into()).await.expect("dead");
         let example = heartguard_gateway::bindings::file::load(std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/config/bindings.example.toml"

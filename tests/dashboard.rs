@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use heartguard_gateway::queue::QueueGauges;
+use heartguard_gateway::queue::inspect::QueueGauges;
 use heartguard_gateway::telemetry::Counters;
 use heartguard_gateway::telemetry::metrics::{Gauges, render};
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 use heartguard_testkit::{Fault, FaultProxy, Influx1, WAIT, empty_400, eventually, html_400, redirect};
 
 use heartguard_gateway::model::Destination;
-use heartguard_gateway::queue::{Limits, NewPoint, QueueHandle, Synchronous};
+use heartguard_gateway::queue::handle::QueueHandle;
+use heartguard_gateway::queue::points::NewPoint;
+use heartguard_gateway::queue::{Limits, Synchronous};
 use heartguard_gateway::sink::config::{Influx, InfluxApi};
 use heartguard_gateway::sink::influx::{InfluxClient, WriteOutcome};
 use heartguard_gateway::telemetry::Counters;
@@ -172,9 +174,9 @@ fn fast(url: String) -> Influx {
     Influx { url, gzip: false, flush_interval_ms: 10, retry_initial_ms: 10, retry_max_ms: 50, ..Influx::default() }
 }
 
-fn dead(dir: &std::path::Path) -> Vec<heartguard_gateway::queue::DeadLetter> {
-    let conn = heartguard_gateway::queue::store::open_read_only(dir).expect("db");
-    heartguard_gateway::queue::store::dead_letters(&conn, &Default::default(), 10_000).expect("dead letters")
+fn dead(dir: &std::path::Path) -> Vec<heartguard_gateway::queue::dead_letters::DeadLetter> {
+    let conn = heartguard_gateway::queue::schema::open_read_only(dir).expect("db");
+    heartguard_gateway::queue::dead_letters::list(&conn, &Default::default(), 10_000).expect("dead letters")
 }
 
 #[tokio::test]
@@ -531,7 +533,7 @@ async fn v3_refused_lines_stay_queued_while_the_dead_letters_cannot_be_written()
     let queue = queue_holding(dir.path(), &lines).await;
     // Another connection to the queue database makes every move to the dead letters fail,
     // as a full disk or a long operator transaction would.
-    let other = rusqlite::Connection::open(dir.path().join(heartguard_gateway::queue::store::DB_FILE)).expect("db");
+    let other = rusqlite::Connection::open(dir.path().join(heartguard_gateway::queue::schema::DB_FILE)).expect("db");
     other.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
     other
         .execute_batch(

@@ -810,8 +810,8 @@ struct Backlog {
 }
 
 fn queued_lines(data_dir: &Path) -> Vec<String> {
-    let conn = heartguard_gateway::queue::store::open_read_only(data_dir).expect("open the queue read-only");
-    heartguard_gateway::queue::store::waiting_lines(&conn).expect("read the queue")
+    let conn = heartguard_gateway::queue::schema::open_read_only(data_dir).expect("open the queue read-only");
+    heartguard_gateway::queue::points::waiting_lines(&conn).expect("read the queue")
 }
 
 async fn backlog(o: &Opts, broker: &Mosquitto, work: &Path, bindings: &Path, windows: &mut Windows) -> Backlog {
@@ -857,7 +857,7 @@ async fn backlog(o: &Opts, broker: &Mosquitto, work: &Path, bindings: &Path, win
     }
     let m = probe.metrics().await;
     assert_eq!(m.waiting, o.backlog, "the whole backlog waits in the queue");
-    let db = dir.join("data").join(heartguard_gateway::queue::store::DB_FILE);
+    let db = dir.join("data").join(heartguard_gateway::queue::schema::DB_FILE);
     let file = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64;
     let queue_file_mib = (file(db.clone()) + file(PathBuf::from(format!("{}-wal", db.display())))) / 1048576.0;
 

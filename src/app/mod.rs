@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 use crate::bindings::{self, Freshness, View, ViewRx, ViewTx, postgres::PgSource};
 use crate::config::Config;
 use crate::ingest::{self, Envelope, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
-use crate::queue::QueueHandle;
+use crate::queue::handle::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
 use crate::telemetry::{self, Counters, Telemetry};
 use tasks::{Ended, Stage, Tasks};

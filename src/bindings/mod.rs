@@ -29,9 +29,9 @@ pub use view::{Freshness, View, ViewRx, ViewTx};
 pub struct Compiled {
     pub binding: Binding,
     pub prefix: String,
-    /// Queue id of the destination (see `queue::QueueHandle::destination_id`).
+    /// Queue id of the destination (see `queue::handle::QueueHandle::destination_id`).
     pub dest_id: i64,
-    /// Queue key of the stream (see `queue::QueueHandle::stream_key`), for activity.
+    /// Queue key of the stream (see `queue::handle::QueueHandle::stream_key`), for activity.
     pub stream_key: i64,
 }
 
@@ -76,7 +76,7 @@ pub type SharedTable = Arc<BindingTable>;
 /// cache first), else the cached copy (kept from the last sync), else an empty table.
 pub async fn load_table(
     file: Option<&std::path::Path>,
-    queue: &crate::queue::QueueHandle,
+    queue: &crate::queue::handle::QueueHandle,
 ) -> Result<BindingTable, Vec<String>> {
     let one = |e: crate::queue::QueueError| vec![e.to_string()];
     let (bindings, source, version) = match file {
@@ -89,7 +89,12 @@ pub async fn load_table(
             queue.replace_bindings(b.clone(), source.clone(), version.clone()).await.map_err(one)?;
             (b, source, version)
         }
-        None => queue.load_bindings().await.map_err(one)?.unwrap_or_else(|| (Vec::new(), "none".into(), String::new())),
+        None => queue
+            .load_bindings()
+            .await
+            .map_err(one)?
+            .map(|c| (c.bindings, c.source, c.version))
+            .unwrap_or_else(|| (Vec::new(), "none".into(), String::new())),
     };
     compile(bindings, source, version, queue).await.map_err(one)
 }
@@ -99,7 +104,7 @@ pub async fn compile(
     bindings: Vec<Binding>,
     source: String,
     version: String,
-    queue: &crate::queue::QueueHandle,
+    queue: &crate::queue::handle::QueueHandle,
 ) -> Result<BindingTable, crate::queue::QueueError> {
     let mut compiled = Vec::with_capacity(bindings.len());
     for b in bindings {
@@ -122,7 +127,7 @@ pub fn version_of(bindings: &[Binding]) -> String {
 pub async fn apply(
     list: Vec<Binding>,
     source: &str,
-    queue: &crate::queue::QueueHandle,
+    queue: &crate::queue::handle::QueueHandle,
     view: &ViewTx,
 ) -> Result<bool, String> {
     apply_if(list, source, queue, view, false).await
@@ -133,7 +138,7 @@ pub async fn apply(
 pub async fn apply_if(
     list: Vec<Binding>,
     source: &str,
-    queue: &crate::queue::QueueHandle,
+    queue: &crate::queue::handle::QueueHandle,
     view: &ViewTx,
     always: bool,
 ) -> Result<bool, String> {

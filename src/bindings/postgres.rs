@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 use super::{View, ViewTx};
 use crate::backoff::Backoff;
 use crate::model::Binding;
-use crate::queue::QueueHandle;
+use crate::queue::handle::QueueHandle;
 use crate::telemetry::Counters;
 
 /// The notification channel the shipped triggers use.

@@ -417,7 +417,7 @@ pub struct Applier {
     pub max_age: Duration,
     /// Where [`ACCEPTED_FILE`] lives.
     pub data_dir: PathBuf,
-    pub queue: crate::queue::QueueHandle,
+    pub queue: crate::queue::handle::QueueHandle,
     pub view: super::ViewTx,
     pub counters: Arc<Counters>,
 }

@@ -21,7 +21,10 @@ use tracing::{error, warn};
 
 use crate::bindings::ViewRx;
 use crate::model::{Reading, loggable};
-use crate::queue::{Batch, NewParked, NewPoint, PARKED_FRESH, PARKED_UNBOUND, QueueHandle};
+use crate::queue::handle::QueueHandle;
+use crate::queue::intake::Batch;
+use crate::queue::parked::{NewParked, ParkReason};
+use crate::queue::points::NewPoint;
 use crate::resolve;
 use crate::telemetry::logging::RateLimited;
 use crate::telemetry::{Counters, health};
@@ -124,7 +127,7 @@ pub async fn run_intake(
         for r in batch.iter().flat_map(|e| &e.readings) {
             let Some(stale) = fresh.resolvable(r.ts_ns) else {
                 // The binding copy is not yet known to be current as of this reading.
-                out.parked.push(park(r, PARKED_FRESH, now));
+                out.parked.push(park(r, ParkReason::Fresh, now));
                 continue;
             };
             match resolve::resolve(table, r, &mut found) {
@@ -146,7 +149,7 @@ pub async fn run_intake(
                             "Reading has no binding; parked until one covers it (counted; logged once a minute per device)."
                         );
                     }
-                    out.parked.push(park(r, PARKED_UNBOUND, now));
+                    out.parked.push(park(r, ParkReason::Unbound, now));
                     unbound += 1;
                 }
             }
@@ -186,7 +189,7 @@ pub fn encode(c: &crate::bindings::Compiled, r: &Reading, now: i64) -> NewPoint 
     NewPoint { dest_id: c.dest_id, line, enqueued_ns: now, stream_key: c.stream_key, ts_ns: r.ts_ns }
 }
 
-fn park(r: &Reading, reason: &'static str, now: i64) -> NewParked {
+fn park(r: &Reading, reason: ParkReason, now: i64) -> NewParked {
     NewParked { serial: r.serial.clone(), ts_ns: r.ts_ns, reason, body: r.to_stored(), parked_ns: now }
 }
 

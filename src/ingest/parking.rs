@@ -1,6 +1,6 @@
 //! Parked readings: durable, already acknowledged, waiting for their binding.
 //!
-//! Two reasons to park (see `queue::store`): `fresh` — the binding copy is not yet known to be
+//! Two reasons to park (see `queue::parked`): `fresh` — the binding copy is not yet known to be
 //! current as of the reading's time (PostgreSQL sync, [`crate::bindings::Freshness`]); and
 //! `unbound` — no binding covers the reading (unknown device, stream ended). This task
 //! resolves them as soon as that changes and queues their points; a reading nobody claims
@@ -24,7 +24,8 @@ use tracing::{error, info, warn};
 use super::Touched;
 use crate::bindings::{Freshness, SharedTable, ViewRx};
 use crate::model::Reading;
-use crate::queue::{PARKED_FRESH, PARKED_UNBOUND, QueueHandle};
+use crate::queue::handle::QueueHandle;
+use crate::queue::parked::ParkReason;
 use crate::resolve;
 use crate::telemetry::Counters;
 
@@ -71,11 +72,11 @@ impl Parking {
                 Some(_) => i64::MAX,
                 None => fresh.fresh_until_ns,
             };
-            if let Err(e) = self.pass(table, &fresh, PARKED_FRESH, max_ts).await {
+            if let Err(e) = self.pass(table, &fresh, ParkReason::Fresh, max_ts).await {
                 error!(error = %e, "Could not resolve parked readings; retrying.");
             }
             if recheck || checked.as_ref().is_none_or(|t| !view.holds(t)) {
-                match self.pass(table, &fresh, PARKED_UNBOUND, i64::MAX).await {
+                match self.pass(table, &fresh, ParkReason::Unbound, i64::MAX).await {
                     Ok(_) => {
                         checked = Some(table.clone());
                         recheck = false;
@@ -106,7 +107,7 @@ impl Parking {
         &self,
         table: &SharedTable,
         fresh: &Freshness,
-        reason: &'static str,
+        reason: ParkReason,
         max_ts: i64,
     ) -> Result<(), crate::queue::QueueError> {
         let mut after = 0;
@@ -133,7 +134,7 @@ impl Parking {
                         stale += u64::from(is_stale);
                         remove.push(row.id);
                     }
-                    Err(why) if reason == PARKED_FRESH => {
+                    Err(why) if reason == ParkReason::Fresh => {
                         self.counters.unbound(why);
                         if self.unbound_log.lock().is_ok_and(|mut l| l.allow(&r.serial)) {
                             warn!(
@@ -142,7 +143,7 @@ impl Parking {
                                 "Reading has no binding; parked until one covers it (counted; logged once a minute per device)."
                             );
                         }
-                        repark.push((row.id, PARKED_UNBOUND));
+                        repark.push((row.id, ParkReason::Unbound));
                     }
                     Err(_) => {}
                 }
@@ -153,7 +154,7 @@ impl Parking {
                 self.counters.unparked.fetch_add(n, Relaxed);
                 self.counters.resolved_stale.fetch_add(stale, Relaxed);
                 self.counters.readings_queued.fetch_add(n, Relaxed);
-                if reason == PARKED_UNBOUND && n > 0 {
+                if reason == ParkReason::Unbound && n > 0 {
                     info!(readings = n, "Parked readings found their binding and were queued.");
                 }
                 if !touched.is_empty() {

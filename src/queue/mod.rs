@@ -19,24 +19,50 @@
 //!   same values (InfluxDB's duplicate-point rule).
 //! - Each destination is read in id order, one batch at a time: points of a destination are
 //!   delivered in the order they were accepted.
-//! - One thread owns the connection (a small actor, [`store`]); appends that arrive while a
+//! - One thread owns the connection (a small actor, `store`); appends that arrive while a
 //!   commit runs are committed together (group commit), never one transaction per reading.
+//!
+//! Map, from the outside in; a file uses only files listed after it, so there is no circle:
+//! - [`handle`]: [`handle::QueueHandle`], the async API the gateway holds. Each call is a
+//!   `command::Command` to the store thread, with a oneshot for the reply.
+//! - `store`: the thread. It takes the commands one at a time, gathers the appends that
+//!   wait into one commit, and checkpoints the WAL. `state`: what its operations share,
+//!   the connection and the running figures (bytes, points per destination, open gaps) that
+//!   spare every commit and scrape a count.
+//! - [`inspect`]: read-only figures for `status`, metrics and `queue stats`.
+//! - The operations, one transaction each: [`intake`] (commits of intake and of resolved
+//!   parked readings, `drop_oldest`, expiry of parked readings) and [`delivery`] (what the
+//!   sink does: lease, delete what was written, dead-letter what was refused, set a damaged
+//!   segment aside).
+//! - `limits`: the bytes of parked readings and dead letters, and their caps.
+//! - [`startup`]: the check at start, and moving a damaged database aside. [`schema`]: the
+//!   tables, their migrations and the connections' settings.
+//! - One file per table family, with its SQL and its types: [`dead_letters`] (also the
+//!   operator's list, replay and purge), [`parked`], [`activity`] (streams, activity, gaps),
+//!   [`cache`] (destinations, the cached bindings), [`points`] (the segments table) and
+//!   [`segment`] (the codec of one segment).
+//! - This file: what they all speak, [`QueueError`] and the [`Limits`] a queue is opened with.
 
+pub mod activity;
+pub mod cache;
+mod command;
 pub mod config;
+pub mod dead_letters;
+pub mod delivery;
+pub mod handle;
+pub mod inspect;
+pub mod intake;
+mod limits;
+pub mod parked;
+pub mod points;
+pub mod schema;
 pub mod segment;
-pub mod store;
+pub mod startup;
+mod state;
+mod store;
 
-use std::path::Path;
-use std::sync::{Arc, mpsc};
-
-use tokio::sync::oneshot;
-
-use crate::model::{Binding, Destination};
-
-pub use store::{
-    Activity, AppendReport, Batch, Checked, DeadLetter, DeadLetterFilter, Delivered, FullPolicy, Gap, Leased, Limits,
-    NewParked, NewPoint, PARKED_FRESH, PARKED_UNBOUND, Parked, QueueGauges, QueueStats, StartupCheck, Synchronous,
-};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -48,262 +74,130 @@ pub enum QueueError {
     Closed,
     /// The configured size limit (policy `backpressure`) or the free-disk floor is reached.
     #[error("queue full: {0}")]
-    Full(String),
+    Full(Full),
+    /// A segment read whole (`points::waiting_lines`) could not be decoded.
     #[error("queue database: {0}")]
-    Invalid(String),
+    Damaged(#[from] segment::Damaged),
+    /// An operator command found no database in the data directory.
+    #[error("queue database: {} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// SQLite would not switch the database to WAL (a file system without shared memory).
+    #[error("queue database: could not enable WAL (journal_mode={mode})")]
+    WalRefused { mode: String },
+    /// A newer gateway wrote the database: this one does not downgrade it.
+    #[error("queue database: database schema {found} is newer than this gateway understands ({understood})")]
+    SchemaNewer { found: i64, understood: i64 },
+    /// Operator commands read the current schema only; the daemon upgrades an older one.
+    #[error(
+        "queue database: the queue database has schema {found}, this gateway reads schema {reads}: start the daemon \
+         once (systemctl restart heartguard-gateway) and it upgrades the database"
+    )]
+    SchemaNotCurrent { found: i64, reads: i64 },
+    /// Every attempt at opening and checking the database failed for a reason other than
+    /// damage; the file was left as it is.
+    #[error(
+        "queue database: {} could not be opened and checked ({attempts} attempts, last: {}); it was left as it is. \
+         Another process may hold it (a second gateway on this data_dir, an operator command), or the storage failed",
+        .path.display(),
+        bare(.last)
+    )]
+    Unopened {
+        path: PathBuf,
+        attempts: u32,
+        #[source]
+        last: Box<QueueError>,
+    },
+    /// A group commit failed: every append in it gets the one error.
+    #[error("queue database: {0}")]
+    Commit(#[source] Arc<QueueError>),
+    /// A binding could not be written to the cache.
+    #[error("queue database: {0}")]
+    EncodeBinding(#[source] serde_json::Error),
+    /// A cached binding could not be read back.
+    #[error("queue database: binding cache: {0}")]
+    BindingCache(#[source] serde_json::Error),
 }
 
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
-
-pub(crate) enum Command {
-    Append(Arc<Batch>, Reply<AppendReport>),
-    ScanParked {
-        reason: &'static str,
-        max_ts: i64,
-        after_id: i64,
-        limit: usize,
-        reply: Reply<Vec<Parked>>,
-    },
-    Promote {
-        points: Vec<NewPoint>,
-        remove: Vec<i64>,
-        repark: Vec<(i64, &'static str)>,
-        reply: Reply<()>,
-    },
-    ExpireParked {
-        cutoff_ns: i64,
-        reply: Reply<u64>,
-    },
-    StreamKey(String, Reply<i64>),
-    Activity(Reply<Vec<Activity>>),
-    OpenGap {
-        stream_key: i64,
-        started_ns: i64,
-        threshold_ns: i64,
-        reply: Reply<bool>,
-    },
-    UnreportedGaps(Reply<Vec<Gap>>),
-    MarkReported {
-        activity: Vec<(i64, u64, u64)>,
-        gaps: Vec<(i64, bool)>,
-        reported_ns: i64,
-        reply: Reply<()>,
-    },
-    Lease {
-        dest_id: i64,
-        after_id: i64,
-        max_lines: usize,
-        max_bytes: usize,
-        reply: Reply<Vec<Leased>>,
-    },
-    Delete {
-        dest_id: i64,
-        first: i64,
-        last: i64,
-        seen: Option<store::Delivered>,
-        reply: Reply<u64>,
-    },
-    DeadLetter {
-        dest_id: i64,
-        ids: Vec<i64>,
-        reason: &'static str,
-        status: Option<u16>,
-        detail: String,
-        reply: Reply<u64>,
-    },
-    DestinationId(Destination, Reply<i64>),
-    Destinations(Reply<Vec<(i64, Destination, u64)>>),
-    ReplaceBindings {
-        bindings: Vec<Binding>,
-        source: String,
-        version: String,
-        reply: Reply<()>,
-    },
-    LoadBindings(Reply<Option<(Vec<Binding>, String, String)>>),
-    Stats(Reply<QueueStats>),
-    Gauges(Reply<QueueGauges>),
-    Ping(Reply<()>),
-    Close(Reply<()>),
-}
-
-/// Cheap to clone; every clone talks to the one store thread.
-#[derive(Clone)]
-pub struct QueueHandle {
-    tx: mpsc::Sender<Command>,
-}
-
-impl QueueHandle {
-    /// Opens (creating if needed) the database in `data_dir` and starts the store thread.
-    pub fn open(
-        data_dir: &Path,
-        sync: Synchronous,
-        limits: Limits,
-    ) -> Result<(Self, std::thread::JoinHandle<()>), QueueError> {
-        let (tx, join) = store::spawn(data_dir, sync, limits)?;
-        Ok((Self { tx }, join))
-    }
-
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, QueueError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| QueueError::Closed)?;
-        rx.await.map_err(|_| QueueError::Closed)?
-    }
-
-    /// Commits `points`; returns once they are durable, with what had to be dropped to fit.
-    pub async fn append(&self, points: Vec<NewPoint>) -> Result<AppendReport, QueueError> {
-        self.append_shared(Arc::new(Batch { points, parked: Vec::new() })).await
-    }
-
-    /// As [`Self::append`], keeping the points with the caller so a failed commit can be
-    /// retried without copying them.
-    pub async fn append_shared(&self, batch: Arc<Batch>) -> Result<AppendReport, QueueError> {
-        self.call(|r| Command::Append(batch, r)).await
-    }
-
-    /// Parked readings with `reason`, taken at or before `max_ts`, after id `after_id`.
-    pub async fn scan_parked(
-        &self,
-        reason: &'static str,
-        max_ts: i64,
-        after_id: i64,
-        limit: usize,
-    ) -> Result<Vec<Parked>, QueueError> {
-        self.call(|reply| Command::ScanParked { reason, max_ts, after_id, limit, reply }).await
-    }
-
-    /// Queues `points`, removes the parked readings they came from and re-marks others, in
-    /// one transaction.
-    pub async fn promote(
-        &self,
-        points: Vec<NewPoint>,
-        remove: Vec<i64>,
-        repark: Vec<(i64, &'static str)>,
-    ) -> Result<(), QueueError> {
-        self.call(|reply| Command::Promote { points, remove, repark, reply }).await
-    }
-
-    /// The small integer key of a stream id, registered on first use.
-    pub async fn stream_key(&self, stream_id: String) -> Result<i64, QueueError> {
-        self.call(|r| Command::StreamKey(stream_id, r)).await
-    }
-
-    /// Every stream's activity (totals, last times, open gap).
-    pub async fn activity(&self) -> Result<Vec<Activity>, QueueError> {
-        self.call(Command::Activity).await
-    }
-
-    /// Opens a gap starting at `started_ns` unless the stream already has one open.
-    pub async fn open_gap(&self, stream_key: i64, started_ns: i64, threshold_ns: i64) -> Result<bool, QueueError> {
-        self.call(|reply| Command::OpenGap { stream_key, started_ns, threshold_ns, reply }).await
-    }
-
-    pub async fn unreported_gaps(&self) -> Result<Vec<Gap>, QueueError> {
-        self.call(Command::UnreportedGaps).await
-    }
-
-    /// Records a successful report: (stream_key, readings, delivered) totals sent, and
-    /// (gap id, sent closed).
-    pub async fn mark_reported(
-        &self,
-        activity: Vec<(i64, u64, u64)>,
-        gaps: Vec<(i64, bool)>,
-        reported_ns: i64,
-    ) -> Result<(), QueueError> {
-        self.call(|reply| Command::MarkReported { activity, gaps, reported_ns, reply }).await
-    }
-
-    /// Moves readings parked before `cutoff_ns` to the dead letters; returns how many.
-    pub async fn expire_parked(&self, cutoff_ns: i64) -> Result<u64, QueueError> {
-        self.call(|reply| Command::ExpireParked { cutoff_ns, reply }).await
-    }
-
-    /// The oldest points of a destination, at most `max_lines` and about `max_bytes`.
-    pub async fn lease(&self, dest_id: i64, max_lines: usize, max_bytes: usize) -> Result<Vec<Leased>, QueueError> {
-        self.lease_after(dest_id, 0, max_lines, max_bytes).await
-    }
-
-    /// Like [`Self::lease`], but only points queued after point `after_id`: the next batch,
-    /// read while the one before it is still on its way.
-    pub async fn lease_after(
-        &self,
-        dest_id: i64,
-        after_id: i64,
-        max_lines: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Leased>, QueueError> {
-        self.call(|reply| Command::Lease { dest_id, after_id, max_lines, max_bytes, reply }).await
-    }
-
-    /// Removes a delivered batch (ids `first..=last` of that destination).
-    pub async fn delete(&self, dest_id: i64, first: i64, last: i64) -> Result<u64, QueueError> {
-        self.call(|reply| Command::Delete { dest_id, first, last, seen: None, reply }).await
-    }
-
-    /// Like [`Self::delete`] for a range the caller read whole (`seen`, from its lease): the
-    /// store need not read it again for the activity and byte figures.
-    pub async fn delete_delivered(
-        &self,
-        dest_id: i64,
-        first: i64,
-        last: i64,
-        seen: store::Delivered,
-    ) -> Result<u64, QueueError> {
-        self.call(|reply| Command::Delete { dest_id, first, last, seen: Some(seen), reply }).await
-    }
-
-    /// Moves points InfluxDB refused for good to the dead letters, with the reason.
-    pub async fn dead_letter(
-        &self,
-        dest_id: i64,
-        ids: Vec<i64>,
-        reason: &'static str,
-        status: Option<u16>,
-        detail: String,
-    ) -> Result<u64, QueueError> {
-        self.call(|reply| Command::DeadLetter { dest_id, ids, reason, status, detail, reply }).await
-    }
-
-    /// The stable id of a destination, registering it on first use.
-    pub async fn destination_id(&self, d: Destination) -> Result<i64, QueueError> {
-        self.call(|r| Command::DestinationId(d, r)).await
-    }
-
-    /// Every known destination with its number of waiting points.
-    pub async fn destinations(&self) -> Result<Vec<(i64, Destination, u64)>, QueueError> {
-        self.call(Command::Destinations).await
-    }
-
-    /// Replaces the cached bindings in one transaction.
-    pub async fn replace_bindings(
-        &self,
-        bindings: Vec<Binding>,
-        source: String,
-        version: String,
-    ) -> Result<(), QueueError> {
-        self.call(|reply| Command::ReplaceBindings { bindings, source, version, reply }).await
-    }
-
-    /// The cached bindings, if a copy was ever stored.
-    pub async fn load_bindings(&self) -> Result<Option<(Vec<Binding>, String, String)>, QueueError> {
-        self.call(Command::LoadBindings).await
-    }
-
-    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
-        self.call(Command::Stats).await
-    }
-
-    /// What is waiting, cheaply (metrics and status; see [`store::gauges`]).
-    pub async fn gauges(&self) -> Result<QueueGauges, QueueError> {
-        self.call(Command::Gauges).await
-    }
-
-    /// Answers once the store thread has handled every earlier command: it is alive.
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        self.call(Command::Ping).await
-    }
-
-    /// Checkpoints the WAL and closes the database; the store thread then exits.
-    pub async fn close(&self) -> Result<(), QueueError> {
-        self.call(Command::Close).await
+/// An error as the refusal to open names it: SQLite's own words, without the prefix.
+fn bare(e: &QueueError) -> &dyn std::fmt::Display {
+    match e {
+        QueueError::Sqlite(e) => e,
+        e => e,
     }
 }
+
+/// Why the queue refuses a commit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Full {
+    #[error("less than queue.min_free_bytes ({min_free_bytes}) free on the data directory's filesystem ({free} free)")]
+    FreeSpace { min_free_bytes: u64, free: u64 },
+    #[error(
+        "queue.max_bytes ({max_bytes}) reached: {waiting} bytes of waiting points, {parked} of parked readings, \
+         {dead_letters} of dead letters"
+    )]
+    MaxBytes { max_bytes: u64, waiting: u64, parked: u64, dead_letters: u64 },
+}
+
+/// SQLite's `synchronous` setting for the queue. `Full` (the default) makes every commit
+/// survive power loss; `Normal` survives a process crash but may lose the last commits on
+/// power loss, and is faster on slow storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// What the queue does when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Delete the oldest waiting points (counted and logged) to make room for new ones.
+    #[default]
+    DropOldest,
+    /// Refuse new points: intake stops acknowledging, so the MQTT broker holds the data.
+    Backpressure,
+}
+
+/// Bounds on what the queue may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Everything kept, in bytes (about the disk space it takes): waiting points (their line
+    /// protocol), parked readings and dead letters (see [`Limits::max_parked_bytes`] and
+    /// [`Limits::max_dead_letter_bytes`] for how those are measured). `policy` makes room
+    /// among the waiting points only.
+    pub max_bytes: u64,
+    pub policy: FullPolicy,
+    /// Readings parked `unbound`, in bytes of their stored reading and serial. Over it the
+    /// oldest of them are deleted, so that readings nobody claims (random serials) cannot
+    /// take the room of waiting points. Readings parked `fresh` are never deleted for it:
+    /// with PostgreSQL bindings every reading is one for a moment.
+    pub max_parked_bytes: u64,
+    /// Dead letters, in bytes of their line and detail. Over it the oldest are deleted.
+    pub max_dead_letter_bytes: u64,
+    /// Intake stops (whatever the policy) when less than this is free on the data
+    /// directory's filesystem, counting the database's own free pages as free.
+    pub min_free_bytes: u64,
+    /// Most points in one segment (at most `segment::MAX_POINTS`). No larger than a delivery
+    /// batch, so that a batch takes whole segments and deletes them without rewriting.
+    pub segment_points: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: u64::MAX,
+            policy: FullPolicy::DropOldest,
+            max_parked_bytes: u64::MAX,
+            max_dead_letter_bytes: u64::MAX,
+            min_free_bytes: 0,
+            segment_points: segment::MAX_POINTS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod model_test;
+#[cfg(test)]
+mod test_support;

@@ -5,7 +5,7 @@
 //! holds up to [`MAX_POINTS`] points as one blob, so a commit writes a few rows and a
 //! delivered batch deletes a few.
 //!
-//! Each point keeps its own id (ids never repeat, see `store`), so the sink can still name
+//! Each point keeps its own id (ids never repeat, see `points`), so the sink can still name
 //! single points: to dead-letter them, or to delete a range that ends inside a segment. Those
 //! rewrite the segment without the points; the ids of the others do not change.
 //!

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::bindings::ViewRx;
 use crate::bindings::postgres::{PgSource, connect_client};
-use crate::queue::QueueHandle;
+use crate::queue::handle::QueueHandle;
 use crate::telemetry::Counters;
 
 /// How often gaps are looked for.

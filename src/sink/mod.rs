@@ -34,7 +34,9 @@ use tracing::{error, info, warn};
 use crate::backoff::Backoff;
 use crate::ingest::Touched;
 use crate::model::Destination;
-use crate::queue::{Delivered, QueueHandle};
+use crate::queue::dead_letters::DeadLetterReason;
+use crate::queue::delivery::{Delivered, Leased};
+use crate::queue::handle::QueueHandle;
 use crate::sink::config::Influx;
 use crate::telemetry::health::{self, Heartbeat};
 use crate::telemetry::{Counters, DestinationCounters, destination_label};
@@ -153,10 +155,6 @@ struct Written {
     last: i64,
     seen: Delivered,
 }
-
-/// Dead-letter reasons (metric labels, `dead-letters list --reason`).
-pub const REASON_REJECTED: &str = "rejected";
-pub const REASON_TOO_LARGE: &str = "too_large";
 
 /// Consecutive connection breaks in the middle of a multi-line request after which the
 /// batch is split: InfluxDB may reset the connection on a body it will not take, before
@@ -296,7 +294,7 @@ impl Worker {
             // Drain: batch after batch while full batches are waiting. While one batch is on
             // its way, the next is read and the one before it deleted: the store thread works
             // while InfluxDB does, and only the request itself is serial.
-            let mut next: Option<Vec<crate::queue::Leased>> = None;
+            let mut next: Option<Vec<Leased>> = None;
             let mut written: Vec<Written> = Vec::new();
             loop {
                 if shutdown.is_cancelled() {
@@ -369,7 +367,7 @@ impl Worker {
     /// reason, or a transient failure asks for a wait (what is not done stays queued).
     async fn deliver(
         &self,
-        rows: &[crate::queue::Leased],
+        rows: &[Leased],
         st: &mut Retry,
         written: &mut Vec<Written>,
         shutdown: &CancellationToken,
@@ -416,7 +414,7 @@ impl Worker {
                     let ids: Vec<i64> = lines.iter().filter_map(|i| part.get(*i)).map(|l| l.id).collect();
                     // Deleting the range before its refused lines are safe in the dead letters
                     // would lose them: if they cannot move, all of it is sent again later.
-                    if !self.dead_letter(ids, REASON_REJECTED, Some(status), &body).await {
+                    if !self.dead_letter(ids, DeadLetterReason::Rejected, Some(status), &body).await {
                         return Flow::Retry(st.backoff.next_delay());
                     }
                     self.delete(part).await;
@@ -427,7 +425,8 @@ impl Worker {
                 WriteOutcome::Partial { status, body, .. } => {
                     if r.len() > 1 {
                         split(&mut todo, r.clone());
-                    } else if !self.dead_letter(vec![part[0].id], REASON_REJECTED, Some(status), &body).await {
+                    } else if !self.dead_letter(vec![part[0].id], DeadLetterReason::Rejected, Some(status), &body).await
+                    {
                         return Flow::Retry(st.backoff.next_delay());
                     }
                     continue;
@@ -440,7 +439,7 @@ impl Worker {
                     } else if !self
                         .dead_letter(
                             vec![part[0].id],
-                            REASON_TOO_LARGE,
+                            DeadLetterReason::TooLarge,
                             Some(413),
                             "one line is larger than InfluxDB accepts",
                         )
@@ -497,7 +496,7 @@ impl Worker {
     }
 
     /// Deletes what is left of a partly dead-lettered batch.
-    async fn delete(&self, part: &[crate::queue::Leased]) {
+    async fn delete(&self, part: &[Leased]) {
         let (Some(first), Some(last)) = (part.first(), part.last()) else { return };
         let r = self.queue.delete(self.id, first.id, last.id).await;
         self.deleted(r, part.len() as u64);
@@ -523,12 +522,12 @@ impl Worker {
 
     /// Moves refused points to the dead letters; false if that failed (they stay queued, and
     /// nothing around them may be deleted as written).
-    async fn dead_letter(&self, ids: Vec<i64>, reason: &'static str, status: Option<u16>, detail: &str) -> bool {
+    async fn dead_letter(&self, ids: Vec<i64>, reason: DeadLetterReason, status: Option<u16>, detail: &str) -> bool {
         let n = ids.len() as u64;
         match self.queue.dead_letter(self.id, ids, reason, status, detail.to_owned()).await {
             Ok(moved) => {
-                self.stats.dead_lettered(reason, moved);
-                error!(destination = %self.dest, points = moved, reason, status, response = %detail, "InfluxDB refused points for good; moved them to the dead letters (see `heartguard-gateway dead-letters list`).");
+                self.stats.dead_lettered(reason.as_str(), moved);
+                error!(destination = %self.dest, points = moved, reason = reason.as_str(), status, response = %detail, "InfluxDB refused points for good; moved them to the dead letters (see `heartguard-gateway dead-letters list`).");
                 let _ = self.wake.pending.fetch_update(Relaxed, Relaxed, |p| Some(p.saturating_sub(n)));
                 true
             }
@@ -542,7 +541,7 @@ impl Worker {
 
 /// The request body for a leased batch: its lines in lease order, each ended by `\n`.
 /// Public so `benches/hot_path.rs` measures the code delivery runs.
-pub fn batch_body(part: &[crate::queue::Leased]) -> Vec<u8> {
+pub fn batch_body(part: &[Leased]) -> Vec<u8> {
     let mut body = Vec::with_capacity(part.iter().map(|l| l.line.len() + 1).sum());
     for l in part {
         body.extend_from_slice(l.line.as_bytes());

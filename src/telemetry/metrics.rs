@@ -18,7 +18,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::{Counters, destination_label};
-use crate::queue::QueueGauges;
+use crate::queue::dead_letters::DeadLetterReason;
+use crate::queue::inspect::QueueGauges;
+use crate::queue::parked::ParkReason;
 
 /// `Content-Type` of a scrape answer.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -332,15 +334,15 @@ impl Collector for Scrape {
                 MetricType::Gauge,
                 q.destinations.iter().map(|(d, n, _)| ([("destination", destination_label(d))], ConstGauge::new(*n))),
             )?;
-            let reasons = [crate::sink::REASON_REJECTED, crate::sink::REASON_TOO_LARGE];
-            let mut dead: Vec<(String, u64)> = reasons.iter().map(|r| ((*r).to_owned(), 0)).collect();
+            let reasons = [DeadLetterReason::Rejected, DeadLetterReason::TooLarge];
+            let mut dead: Vec<(DeadLetterReason, u64)> = reasons.iter().map(|r| (*r, 0)).collect();
             for (r, n) in &q.dead_letters {
                 match dead.iter_mut().find(|(k, _)| k == r) {
                     Some(slot) => slot.1 = *n,
-                    None => dead.push((r.clone(), *n)),
+                    None => dead.push((*r, *n)),
                 }
             }
-            let reasons = [crate::queue::PARKED_FRESH, crate::queue::PARKED_UNBOUND];
+            let reasons = ParkReason::ALL;
             family(
                 e,
                 "heartguard_queue_parked",
@@ -348,7 +350,7 @@ impl Collector for Scrape {
                 MetricType::Gauge,
                 reasons.iter().map(|r| {
                     let n = q.parked.iter().find(|(k, _)| k == r).map_or(0, |(_, n)| *n);
-                    ([("reason", *r)], ConstGauge::new(n))
+                    ([("reason", r.as_str())], ConstGauge::new(n))
                 }),
             )?;
             family(
@@ -364,8 +366,8 @@ impl Collector for Scrape {
                 "heartguard_queue_parked_bytes",
                 "Bytes of parked readings, per reason (unbound ones up to queue.max_parked_bytes).",
                 MetricType::Gauge,
-                [(crate::queue::PARKED_FRESH, fresh), (crate::queue::PARKED_UNBOUND, q.unbound_bytes)]
-                    .map(|(r, n)| ([("reason", r)], ConstGauge::new(n))),
+                [(ParkReason::Fresh, fresh), (ParkReason::Unbound, q.unbound_bytes)]
+                    .map(|(r, n)| ([("reason", r.as_str())], ConstGauge::new(n))),
             )?;
             gauge(
                 e,
@@ -527,8 +529,8 @@ mod tests {
             oldest_enqueued_ns: Some(7_000_000_000),
             db_file_bytes: 4096,
             destinations: vec![(Destination { org: String::new(), bucket: "heartguard_vitals".into() }, 3, None)],
-            dead_letters: vec![("rejected".into(), 2)],
-            parked: vec![("unbound".into(), 4)],
+            dead_letters: vec![(DeadLetterReason::Rejected, 2)],
+            parked: vec![(ParkReason::Unbound, 4)],
             parked_bytes: 700,
             unbound_bytes: 500,
             dead_letter_bytes: 90,

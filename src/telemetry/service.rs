@@ -11,7 +11,7 @@ use super::Counters;
 use super::metrics::{BindingsInfo, Gauges};
 use super::status::{DestinationStatus, DeviceStatus, PortView, QueueStatus, SourceStatus, Status};
 use crate::bindings::ViewRx;
-use crate::queue::QueueHandle;
+use crate::queue::handle::QueueHandle;
 
 /// How long the queue's store may take to answer a health probe.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
@@ -248,7 +248,7 @@ impl Telemetry {
                 bytes: q.bytes,
                 oldest_enqueued_ns: q.oldest_enqueued_ns,
                 db_file_bytes: q.db_file_bytes,
-                dead_letters: q.dead_letters.clone(),
+                dead_letters: q.dead_letters.iter().map(|(r, n)| (r.as_str().to_owned(), *n)).collect(),
                 parked: q.parked.iter().map(|(_, n)| n).sum(),
                 parked_bytes: q.parked_bytes,
                 dead_letter_bytes: q.dead_letter_bytes,

@@ -424,13 +424,13 @@ pub fn from_file_or_database(cfg: &crate::config::Config) -> Result<Status, Stri
 
 /// What the files alone tell, read-only (safe beside a running daemon).
 pub fn from_database(cfg: &crate::config::Config) -> Result<Status, String> {
-    use crate::queue::store;
+    use crate::queue::{cache, inspect, schema};
     let dir = &cfg.gateway.data_dir;
-    let conn = store::open_read_only(dir).map_err(|e| e.to_string())?;
-    let g = store::gauges(&conn, &dir.join(store::DB_FILE), None).map_err(|e| e.to_string())?;
-    let cached = store::load_bindings(&conn).map_err(|e| e.to_string())?;
-    let stored_ns = store::bindings_stored_at(&conn).map_err(|e| e.to_string())?;
-    let bindings = cached.map(|(list, source, version)| BindingsInfo {
+    let conn = schema::open_read_only(dir).map_err(|e| e.to_string())?;
+    let g = inspect::gauges(&conn, &dir.join(schema::DB_FILE), None).map_err(|e| e.to_string())?;
+    let cached = cache::load_bindings(&conn).map_err(|e| e.to_string())?;
+    let stored_ns = cache::bindings_stored_at(&conn).map_err(|e| e.to_string())?;
+    let bindings = cached.map(|cache::CachedBindings { bindings: list, source, version }| BindingsInfo {
         count: list.len() as u64,
         source: source.split_whitespace().next().unwrap_or("none").to_owned(),
         version,
@@ -451,7 +451,7 @@ pub fn from_database(cfg: &crate::config::Config) -> Result<Status, String> {
             bytes: g.bytes,
             oldest_enqueued_ns: g.oldest_enqueued_ns,
             db_file_bytes: g.db_file_bytes,
-            dead_letters: g.dead_letters,
+            dead_letters: g.dead_letters.iter().map(|(r, n)| (r.as_str().to_owned(), *n)).collect(),
             parked: g.parked.iter().map(|(_, n)| n).sum(),
             parked_bytes: g.parked_bytes,
             dead_letter_bytes: g.dead_letter_bytes,
