@@ -750,7 +750,7 @@ impl Config {
                 bad("hl7.signal_type", "1 to 60 characters without control characters".into());
             }
             if let Err(e) = crate::protocols::hl7::Zone::parse(&h.time_zone) {
-                bad("hl7.time_zone", e);
+                bad("hl7.time_zone", e.to_string());
             }
             if h.allow.is_empty() {
                 bad("hl7.allow", "empty: no monitor could connect (the default is loopback only)".into());

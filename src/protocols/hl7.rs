@@ -228,7 +228,7 @@ impl Zone {
     }
 
     /// Reads `"local"`, `"UTC"` or a fixed offset such as `"+01:00"` or `"-0330"`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ZoneError> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("local") {
             return Ok(Self::Local);
@@ -236,7 +236,7 @@ impl Zone {
         if s.eq_ignore_ascii_case("UTC") {
             return Ok(Self::utc());
         }
-        let bad = || format!("{s:?} is neither \"local\", \"UTC\" nor an offset such as \"+01:00\"");
+        let bad = || ZoneError(s.to_owned());
         let (sign, hhmm) = match s.as_bytes().first() {
             Some(b'+') => (1, &s[1..]),
             Some(b'-') => (-1, &s[1..]),
@@ -257,6 +257,12 @@ impl Zone {
         chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60)).map(Self::Fixed).ok_or_else(bad)
     }
 }
+
+/// A `hl7.time_zone` that is neither `"local"`, `"UTC"` nor an offset; the text names what is
+/// accepted (configuration validation prints it after the key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither \"local\", \"UTC\" nor an offset such as \"+01:00\"")]
+pub struct ZoneError(String);
 
 /// A time read from a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -907,6 +913,13 @@ mod tests {
         for bad in ["Europe/Berlin", "+1", "+01:60", "+24:00", "01:00", "+01:00:00", "", "+:0100"] {
             assert!(Zone::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_zone_that_is_none_of_these_is_named_in_the_error() {
+        // `check-config` prints this text after `hl7.time_zone: `.
+        let e = Zone::parse(" Europe/Berlin ").expect_err("not a zone the gateway reads");
+        assert_eq!(e.to_string(), r#""Europe/Berlin" is neither "local", "UTC" nor an offset such as "+01:00""#);
     }
 
     #[test]
