@@ -278,7 +278,7 @@ impl Sink {
 
 /// Reads one MLLP-framed ACK (within 10 s).
 async fn read_ack(stream: &mut tokio::net::TcpStream) -> Result<Vec<u8>, String> {
-    let mut framer = protocols::Framer::new(64 * 1024);
+    let mut framer = protocols::framer::Framer::new(64 * 1024);
     let mut buf = [0u8; 1024];
     let read = async {
         loop {
@@ -454,7 +454,7 @@ pub async fn run_cli(args: SimArgs, stop: CancellationToken) -> Result<(), Strin
 mod tests {
     use super::*;
     use crate::fields::FieldValue;
-    use crate::protocols::PortIdentity;
+    use crate::protocols::decoded::PortIdentity;
 
     #[test]
     fn every_serial_protocol_decodes_what_the_simulator_sends() {

@@ -44,7 +44,7 @@ use super::{Ack, Envelope};
 use crate::config::Hl7;
 use crate::decode::RejectReason;
 use crate::model::loggable;
-use crate::protocols::Framer;
+use crate::protocols::framer::Framer;
 use crate::protocols::hl7::{self, AckCode, Header, Zone};
 use crate::telemetry::logging::RateLimited;
 use crate::telemetry::mllp as mllp_stats;

@@ -32,7 +32,8 @@ use super::Envelope;
 use crate::backoff::Backoff;
 use crate::config::SerialPort;
 use crate::model::loggable;
-use crate::protocols::{self, FlowControl, Parity, PortIdentity, Protocol};
+use crate::protocols::decoded::PortIdentity;
+use crate::protocols::{self, FlowControl, Parity, Protocol};
 use crate::telemetry::logging::RateLimited;
 use crate::telemetry::{Counters, SOURCE_SERIAL, SourceCounters};
 

@@ -2,7 +2,8 @@
 //! (`tests/fuzz_corpus.rs`): decode arbitrary bytes, then check every invariant a decoder
 //! promises. A panic here is a finding. Not used by the daemon.
 
-use super::{Decoded, PortIdentity, Protocol, hl7};
+use super::decoded::{Decoded, PortIdentity};
+use super::{Protocol, hl7};
 use crate::model::{Reading, valid_serial};
 
 const NOW: i64 = 1_764_000_000_000_000_000;
@@ -58,7 +59,7 @@ pub fn hl7(data: &[u8]) {
     check(&m.decoded.readings);
     let ack = hl7::build_ack(m.header.as_ref(), m.ack, m.reason, "A1", "20240517103016+0000");
     assert!(hl7::parse_ack(&ack[1..ack.len() - 2]).is_some(), "unreadable ACK");
-    let mut f = super::Framer::new(4096);
+    let mut f = super::framer::Framer::new(4096);
     f.push(data);
     while f.next(hl7::scan_mllp).is_some() {}
 }

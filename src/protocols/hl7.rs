@@ -40,7 +40,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{Decoded, FieldSet, PortIdentity, Scan};
+use super::decoded::{Decoded, FieldSet, PortIdentity};
+use super::framer::Scan;
 use chrono::{Offset, TimeZone};
 
 use crate::decode::json::MIN_TS_NS;
@@ -743,7 +744,7 @@ mod tests {
     use super::*;
     use crate::fields::FieldValue;
     use crate::model::Reading;
-    use crate::protocols::Framer;
+    use crate::protocols::framer::Framer;
     use crate::protocols::testutil::*;
 
     const EXAMPLE: &[&str] = &[
