@@ -15,14 +15,10 @@
 
 use serde_json::{Map, Value};
 
-use super::{ClockAhead, Now, RejectReason, Rejection};
+use super::{ClockAhead, MIN_TS_NS, Now, RejectReason, Rejection};
 use crate::fields::FieldValue;
 use crate::fields::{self, FieldKind};
 use crate::model::{Reading, valid_serial};
-
-/// Earliest reading time accepted: 2000-01-01T00:00:00Z. Older stamps are a device clock that
-/// was never set (or seconds sent as milliseconds), not a reading from then.
-pub const MIN_TS_NS: i64 = 946_684_800_000_000_000;
 
 /// What one payload yielded.
 #[derive(Debug, Default, PartialEq)]

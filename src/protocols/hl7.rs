@@ -44,8 +44,7 @@ use super::decoded::{Decoded, FieldSet, PortIdentity};
 use super::framer::Scan;
 use chrono::{Offset, TimeZone};
 
-use crate::decode::json::MIN_TS_NS;
-use crate::decode::{ClockAhead, Now, RejectReason, Rejection};
+use crate::decode::{ClockAhead, MIN_TS_NS, Now, RejectReason, Rejection};
 use crate::fields::{self, FieldSpec};
 
 pub const START_BLOCK: u8 = 0x0B;
