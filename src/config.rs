@@ -346,7 +346,7 @@ pub struct Hl7 {
     /// Signal type given to HL7 readings (routes devices with several streams).
     pub signal_type: Option<String>,
     /// How times without a zone offset are read: `local` (the gateway's zone), `UTC` or a
-    /// fixed offset such as `+01:00` ([`crate::protocols::hl7::Zone`]).
+    /// fixed offset such as `+01:00` ([`crate::protocols::hl7::time::Zone`]).
     pub time_zone: String,
     /// Peers that may connect (addresses or CIDR networks); others are closed at once. MLLP
     /// has no authentication of its own: whoever reaches the port could write vitals for a
@@ -749,7 +749,7 @@ impl Config {
             if h.signal_type.as_deref().is_some_and(|s| !valid_signal_type(s)) {
                 bad("hl7.signal_type", "1 to 60 characters without control characters".into());
             }
-            if let Err(e) = crate::protocols::hl7::Zone::parse(&h.time_zone) {
+            if let Err(e) = crate::protocols::hl7::time::Zone::parse(&h.time_zone) {
                 bad("hl7.time_zone", e.to_string());
             }
             if h.allow.is_empty() {
