@@ -1,10 +1,12 @@
 //! One message, without MLLP framing → readings, and the answer it deserves.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use super::ack::AckCode;
 use super::identity::Devices;
-use super::message::{Header, parse_msh, part, unescape};
+use super::message::{Delims, Header, Msh, observations, obx_field, part};
 use super::retry::retry_key;
 use super::time::{Stamp, Zone, instant, parse_time};
 use super::values::{convert, field_of};
@@ -24,90 +26,107 @@ pub struct Message {
     pub retry_key: Option<[u8; 32]>,
 }
 
+/// Why a message is answered without reading its observations: the answer, the reason
+/// counted and a fixed text for the log and MSA-3 (module docs, "ACK").
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    ack: AckCode,
+    reason: RejectReason,
+    text: &'static str,
+}
+
+const fn refusal(ack: AckCode, reason: RejectReason, text: &'static str) -> Refusal {
+    Refusal { ack, reason, text }
+}
+
+const NOT_HL7: Refusal = refusal(AckCode::Reject, RejectReason::BadFrame, "not an HL7 message: no MSH segment");
+const NO_CONTROL_ID: Refusal =
+    refusal(AckCode::Reject, RejectReason::BadFrame, "MSH-10 (message control id) missing or invalid");
+const NOT_ORU_R01: Refusal = refusal(AckCode::Reject, RejectReason::Unsupported, "only ORU^R01 is accepted");
+const NO_OBX: Refusal = refusal(AckCode::Error, RejectReason::NoFields, "no OBX segment");
+/// Accepted, so the sender does not retry, and not stored.
+const DEMO_DATA: Refusal = refusal(AckCode::Accept, RejectReason::DemoData, "demo or test data");
+const NO_DEVICE: Refusal =
+    refusal(AckCode::Reject, RejectReason::MissingSerial, "no device identity in OBX-18 or MSH-3");
+
 impl Message {
-    fn refuse(header: Option<Header>, ack: AckCode, reason: RejectReason, text: &'static str) -> Self {
+    fn refuse(header: Option<Header>, r: Refusal) -> Self {
         let mut decoded = Decoded::default();
-        decoded.rejected.push(Rejection::new(reason, text));
-        Self { header, decoded, ack, reason: Some(text), retry_key: None }
+        decoded.rejected.push(Rejection::new(r.reason, r.text));
+        // MSA-3 explains an AE or AR; an accepted message needs no reason.
+        let reason = (r.ack != AckCode::Accept).then_some(r.text);
+        Self { header, decoded, ack: r.ack, reason, retry_key: None }
     }
 }
+
+/// Readings being assembled: the fields of each device serial and instant.
+type Groups = BTreeMap<(String, i64), FieldSet>;
 
 /// Decodes one message (without MLLP framing). `now` is the receive time; times without an
 /// offset are read in `zone`.
 pub fn decode_message(msg: &[u8], now: Now, zone: Zone) -> Message {
     let text = String::from_utf8_lossy(msg);
     let mut segments = text.split(['\r', '\n']).filter(|s| !s.trim().is_empty());
-    let Some((d, msh)) = segments.next().and_then(parse_msh) else {
-        return Message::refuse(None, AckCode::Reject, RejectReason::BadFrame, "not an HL7 message: no MSH segment");
+    let Some(msh) = segments.next().and_then(Msh::parse) else {
+        return Message::refuse(None, NOT_HL7);
     };
-    let f = |i: usize| msh.get(i - 1).copied().unwrap_or("");
-    let header = Header {
-        sending_app: f(3).to_owned(),
-        sending_facility: f(4).to_owned(),
-        receiving_app: f(5).to_owned(),
-        receiving_facility: f(6).to_owned(),
-        control_id: unescape(f(10), d),
-        message_type: f(9).to_owned(),
-        processing_id: f(11).to_owned(),
-        version: part(f(12), d.component, 0).to_owned(),
-    };
-    if header.control_id.is_empty() || header.control_id.chars().any(|c| c.is_control()) {
-        return Message::refuse(
-            Some(header),
-            AckCode::Reject,
-            RejectReason::BadFrame,
-            "MSH-10 (message control id) missing or invalid",
-        );
+    let header = msh.header();
+    if let Some(refusal) = check_header(&header, &msh) {
+        return Message::refuse(Some(header), refusal);
     }
-    if part(f(9), d.component, 0) != "ORU" || part(f(9), d.component, 1) != "R01" {
-        return Message::refuse(Some(header), AckCode::Reject, RejectReason::Unsupported, "only ORU^R01 is accepted");
+    let obx = observations(segments, msh.delims);
+    if let Some(refusal) = check_observations(&header, &obx, msh.delims) {
+        return Message::refuse(Some(header), refusal);
     }
-    let mut obr7 = "";
-    let mut obx: Vec<Vec<&str>> = Vec::new();
-    for seg in segments {
-        let fields: Vec<&str> = seg.split(d.field).collect();
-        match fields[0].trim() {
-            "OBR" => obr7 = fields.get(7).copied().unwrap_or(""),
-            // Observation time falls back to the closest OBR before it.
-            "OBX" => {
-                let mut f = fields;
-                if f.get(14).is_none_or(|t| t.trim().is_empty()) && !obr7.is_empty() {
-                    f.resize(f.len().max(15), "");
-                    f[14] = obr7;
-                }
-                obx.push(f);
-            }
-            _ => {} // PID, PV1, NTE, …: never read.
-        }
-    }
-    if obx.is_empty() {
-        return Message::refuse(Some(header), AckCode::Error, RejectReason::NoFields, "no OBX segment");
-    }
-    let get = |f: &Vec<&'_ str>, i: usize| f.get(i).copied().unwrap_or("").trim().to_owned();
-    let processing = part(&header.processing_id, d.component, 0).to_owned();
-    if matches!(processing.as_str(), "T" | "D") || obx.iter().any(|f| get(f, 8).contains("DEMO")) {
-        let mut m = Message::refuse(Some(header), AckCode::Accept, RejectReason::DemoData, "demo or test data");
-        m.reason = None;
-        return m;
-    }
-    let devices = Devices::of(&obx, f(3), d);
+    let devices = Devices::of(&obx, msh.field(3), msh.delims);
     if devices.named == 0 && devices.message.is_none() {
-        return Message::refuse(
-            Some(header),
-            AckCode::Reject,
-            RejectReason::MissingSerial,
-            "no device identity in OBX-18 or MSH-3",
-        );
-    };
-
-    let msh_time = parse_time(f(7), zone);
-    let mut groups: BTreeMap<(String, i64), FieldSet> = BTreeMap::new();
+        return Message::refuse(Some(header), NO_DEVICE);
+    }
     let mut out = Decoded::default();
-    for o in &obx {
-        if get(o, 2) != "NM" || matches!(get(o, 11).as_str(), "X" | "D" | "W") {
+    let groups = group(&obx, &msh, &devices, now, zone, &mut out);
+    out.frames = 1;
+    into_readings(groups, now, &mut out);
+    // MSH-7's place in `text` is its place in `msg` unless the message is not UTF-8 (`text`
+    // is then a repaired copy).
+    let msh7 = match &text {
+        Cow::Borrowed(t) => msh7_range(t, &msh),
+        Cow::Owned(_) => None,
+    };
+    let retry_key = (!out.readings.is_empty()).then(|| retry_key(msg, msh7, &out.readings));
+    Message { header: Some(header), decoded: out, ack: AckCode::Accept, reason: None, retry_key }
+}
+
+/// What the header alone refuses: a control id an ACK cannot name, or a type but ORU^R01.
+fn check_header(header: &Header, msh: &Msh<'_>) -> Option<Refusal> {
+    if header.control_id.is_empty() || header.control_id.chars().any(|c| c.is_control()) {
+        return Some(NO_CONTROL_ID);
+    }
+    let (kind, c) = (msh.field(9), msh.delims.component);
+    (part(kind, c, 0) != "ORU" || part(kind, c, 1) != "R01").then_some(NOT_ORU_R01)
+}
+
+/// What the observations refuse before any is read: there are none, or the message is demo
+/// or test data (module docs, "Demo and test data").
+fn check_observations(header: &Header, obx: &[Vec<&str>], d: Delims) -> Option<Refusal> {
+    if obx.is_empty() {
+        return Some(NO_OBX);
+    }
+    let processing = part(&header.processing_id, d.component, 0);
+    let demo = matches!(processing, "T" | "D") || obx.iter().any(|f| obx_field(f, 8).contains("DEMO"));
+    demo.then_some(DEMO_DATA)
+}
+
+/// The numeric observations by device and instant (module docs, "Values" and "Time"). An
+/// observation tied to no one device, or whose time is no one instant, is refused into `out`.
+fn group(obx: &[Vec<&str>], msh: &Msh<'_>, devices: &Devices, now: Now, zone: Zone, out: &mut Decoded) -> Groups {
+    let d = msh.delims;
+    let msh_time = parse_time(msh.field(7), zone);
+    let mut groups = Groups::new();
+    for o in obx {
+        if obx_field(o, 2) != "NM" || matches!(obx_field(o, 11), "X" | "D" | "W") {
             continue;
         }
-        let Some(spec) = field_of(&get(o, 3), d) else {
+        let Some(spec) = field_of(obx_field(o, 3), d) else {
             continue;
         };
         let Some(serial) = devices.of_obx(o, d) else {
@@ -117,7 +136,7 @@ pub fn decode_message(msg: &[u8], now: Now, zone: Zone) -> Message {
             ));
             continue;
         };
-        let stamp = parse_time(&get(o, 14), zone).or(msh_time).unwrap_or(Stamp::At(now.ns));
+        let stamp = parse_time(obx_field(o, 14), zone).or(msh_time).unwrap_or(Stamp::At(now.ns));
         let ts = match instant(stamp, now) {
             Ok(ts) => ts,
             Err(rejection) => {
@@ -126,13 +145,18 @@ pub fn decode_message(msg: &[u8], now: Now, zone: Zone) -> Message {
             }
         };
         let set = groups.entry((serial, ts)).or_default();
-        let value = get(o, 5).parse::<f64>().ok().and_then(|v| convert(spec, v, &get(o, 6), d));
+        let value = obx_field(o, 5).parse::<f64>().ok().and_then(|v| convert(spec, v, obx_field(o, 6), d));
         match value {
             Some(v) => set.number(spec, v),
             None => set.dropped += 1,
         }
     }
-    out.frames = 1;
+    groups
+}
+
+/// One reading per group, but for groups stamped before 2000 or further ahead of the gateway
+/// clock than `clock.future_tolerance_ms` (their device is then reported as a clock ahead).
+fn into_readings(groups: Groups, now: Now, out: &mut Decoded) {
     let id = PortIdentity { serial: None, signal_type: None };
     for ((serial, ts), set) in groups {
         let ahead = now.too_far_ahead(ts);
@@ -155,17 +179,14 @@ pub fn decode_message(msg: &[u8], now: Now, zone: Zone) -> Message {
             out.dropped_fields += set.dropped;
             continue;
         }
-        set.into_reading(Some(&serial), &id, ts, &mut out);
+        set.into_reading(Some(&serial), &id, ts, out);
     }
-    // MSH-7's place in `msg`: `text` borrows `msg` unless the message is not UTF-8.
-    let msh7 = match (&text, msh.get(6)) {
-        (std::borrow::Cow::Borrowed(t), Some(f7)) => {
-            (f7.as_ptr() as usize).checked_sub(t.as_ptr() as usize).map(|start| start..start + f7.len())
-        }
-        _ => None,
-    };
-    let retry_key = (!out.readings.is_empty()).then(|| retry_key(msg, msh7, &out.readings));
-    Message { header: Some(header), decoded: out, ack: AckCode::Accept, reason: None, retry_key }
+}
+
+/// MSH-7's byte range in `text`, the text `msh` was read from.
+fn msh7_range(text: &str, msh: &Msh<'_>) -> Option<Range<usize>> {
+    let f7 = msh.get(7)?;
+    (f7.as_ptr() as usize).checked_sub(text.as_ptr() as usize).map(|start| start..start + f7.len())
 }
 
 #[cfg(test)]
