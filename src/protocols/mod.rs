@@ -1,4 +1,4 @@
-//! Bedside device protocols: bytes from a serial port or a TCP stream → [`Reading`]s.
+//! Bedside device protocols: bytes from a serial port or a TCP stream → [`crate::model::Reading`]s.
 //!
 //! One file per device family, each pure (no I/O) and described byte by byte in
 //! `docs/protocols.md` (the `protocols.md §n` references in this module's files are its sections):

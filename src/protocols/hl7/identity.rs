@@ -1,5 +1,6 @@
-//! Which device each observation of a message belongs to (module docs of [`super`],
-//! "Identity").
+//! Which device each observation of a message belongs to: the one its own OBX-18 names, else
+//! the one the nearest row above it in the OBX-4 containment tree names, else the message's
+//! (module docs of [`super`], "Identity").
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -18,6 +19,7 @@ pub(super) struct Devices {
 }
 
 impl Devices {
+    /// The devices the OBX-18s of a message name, by OBX-4, and the message's own device.
     pub(super) fn of(obx: &[Vec<&str>], msh3: &str, d: Delims) -> Self {
         let mut rows: HashMap<String, Option<String>> = HashMap::new();
         let mut named: BTreeSet<String> = BTreeSet::new();
