@@ -101,7 +101,7 @@ fn hl7_time(t: chrono::DateTime<chrono::Utc>) -> String {
 /// One ORU^R01 message (unframed) for `tick`.
 pub fn hl7_tick(eui64: &str, tick: u64, v: &SimVitals, wall: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
     let nibp_wall = wall - chrono::Duration::seconds((tick - v.nibp_tick) as i64);
-    let vitals = hl7::Vitals {
+    let vitals = hl7::build::Vitals {
         heart_rate: Some(v.heart_rate),
         spo2: (!v.finger_out).then_some(v.spo2),
         pulse_rate: (!v.finger_out).then_some(v.pulse_rate),
@@ -110,7 +110,7 @@ pub fn hl7_tick(eui64: &str, tick: u64, v: &SimVitals, wall: chrono::DateTime<ch
         resp_rate: Some(v.resp_rate),
     };
     let control = format!("SIM{}{tick:06}", wall.format("%H%M%S"));
-    hl7::build_oru(eui64, &control, &hl7_time(wall), &hl7_time(nibp_wall), &vitals)
+    hl7::build::build_oru(eui64, &control, &hl7_time(wall), &hl7_time(nibp_wall), &vitals)
 }
 
 /// One MQTT JSON reading for `tick`.
@@ -239,9 +239,9 @@ impl Sink {
                 .map_err(|e| format!("writing to the pseudo-terminal: {e}")),
             (Sink::Mllp(stream), _) => {
                 let msg = hl7_tick(serial, tick, v, wall);
-                stream.write_all(&hl7::frame_mllp(&msg)).await.map_err(|e| format!("sending HL7: {e}"))?;
+                stream.write_all(&hl7::mllp::frame_mllp(&msg)).await.map_err(|e| format!("sending HL7: {e}"))?;
                 let ack = read_ack(stream).await?;
-                match hl7::parse_ack(&ack) {
+                match hl7::ack::parse_ack(&ack) {
                     Some((code, _)) if code == "AA" => Ok(()),
                     other => Err(format!("the listener did not accept the message: {other:?}")),
                 }
@@ -278,7 +278,7 @@ impl Sink {
 
 /// Reads one MLLP-framed ACK (within 10 s).
 async fn read_ack(stream: &mut tokio::net::TcpStream) -> Result<Vec<u8>, String> {
-    let mut framer = protocols::Framer::new(64 * 1024);
+    let mut framer = protocols::framer::Framer::new(64 * 1024);
     let mut buf = [0u8; 1024];
     let read = async {
         loop {
@@ -287,7 +287,7 @@ async fn read_ack(stream: &mut tokio::net::TcpStream) -> Result<Vec<u8>, String>
                 return Err("the listener closed the connection without an ACK".to_owned());
             }
             framer.push(&buf[..n]);
-            if let Some(Ok(m)) = framer.next(hl7::scan_mllp) {
+            if let Some(Ok(m)) = framer.next(hl7::mllp::scan_mllp) {
                 return Ok(m);
             }
         }
@@ -454,7 +454,7 @@ pub async fn run_cli(args: SimArgs, stop: CancellationToken) -> Result<(), Strin
 mod tests {
     use super::*;
     use crate::fields::FieldValue;
-    use crate::protocols::PortIdentity;
+    use crate::protocols::decoded::PortIdentity;
 
     #[test]
     fn every_serial_protocol_decodes_what_the_simulator_sends() {
@@ -482,8 +482,8 @@ mod tests {
         let v = SimVitals::at(65);
         assert!(v.heart_rate >= 128);
         let now = crate::decode::Now { ns: crate::now_ns(), future_tolerance_ns: 120_000_000_000 };
-        let m = hl7::decode_message(&hl7_tick("0123456789ABCDEF", 65, &v, wall), now, hl7::Zone::Local);
-        assert_eq!(m.ack, hl7::AckCode::Accept);
+        let m = hl7::decode::decode_message(&hl7_tick("0123456789ABCDEF", 65, &v, wall), now, hl7::time::Zone::Local);
+        assert_eq!(m.ack, hl7::ack::AckCode::Accept);
         assert_eq!(m.decoded.readings.len(), 2, "vitals and the earlier NIBP");
         let d = crate::decode::json::decode(&json_tick("ABC-001", &v, wall), None, now, 1 << 16);
         assert_eq!(d.readings.len(), 1);

@@ -29,7 +29,7 @@ fn bindings(dir: &Path) -> PathBuf {
 }
 
 async fn send_hl7(stream: &mut tokio::net::TcpStream, msg: &[u8]) -> String {
-    stream.write_all(&hl7::frame_mllp(msg)).await.expect("send HL7");
+    stream.write_all(&hl7::mllp::frame_mllp(msg)).await.expect("send HL7");
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     let read = async {
@@ -40,7 +40,7 @@ async fn send_hl7(stream: &mut tokio::net::TcpStream, msg: &[u8]) -> String {
         }
     };
     tokio::time::timeout(WAIT, read).await.expect("an ACK within the patience");
-    hl7::parse_ack(&got[1..got.len() - 2]).expect("an MSA segment").0
+    hl7::ack::parse_ack(&got[1..got.len() - 2]).expect("an MSA segment").0
 }
 
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -67,12 +67,12 @@ async fn readings_stamped_ahead_of_the_gateway_clock_are_refused_counted_and_log
     let (near, far) = (now + chrono::Duration::seconds(30), now + chrono::Duration::minutes(10));
     let hl7_time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y%m%d%H%M%S+0000").to_string();
     let oru = |control: &str, t, hr| {
-        hl7::build_oru(
+        hl7::build::build_oru(
             MONITOR,
             control,
             &hl7_time(t),
             &hl7_time(t),
-            &hl7::Vitals { heart_rate: Some(hr), ..Default::default() },
+            &hl7::build::Vitals { heart_rate: Some(hr), ..Default::default() },
         )
     };
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", hl7_port)).await.expect("connect");

@@ -83,7 +83,7 @@ fn assert_fields(r: &Map<String, Value>, expected: &[(&str, Value)]) {
 
 /// Sends one MLLP-framed message and returns the (code, control id) of the ACK.
 async fn send_hl7(stream: &mut tokio::net::TcpStream, msg: &[u8]) -> (String, String) {
-    stream.write_all(&hl7::frame_mllp(msg)).await.expect("send HL7");
+    stream.write_all(&hl7::mllp::frame_mllp(msg)).await.expect("send HL7");
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     let read = async {
@@ -94,7 +94,7 @@ async fn send_hl7(stream: &mut tokio::net::TcpStream, msg: &[u8]) -> (String, St
         }
     };
     tokio::time::timeout(WAIT, read).await.expect("an ACK within the patience");
-    hl7::parse_ack(&got[1..got.len() - 2]).expect("an MSA segment")
+    hl7::ack::parse_ack(&got[1..got.len() - 2]).expect("an MSA segment")
 }
 
 /// The worked PCD-01 example of protocols.md, patient name and MRN included (a seed of the

@@ -126,7 +126,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// Sends one MLLP-framed message and returns the (code, control id) of its ACK.
 async fn send(stream: &mut TcpStream, msg: &[u8]) -> (String, String) {
-    stream.write_all(&hl7::frame_mllp(msg)).await.expect("send HL7");
+    stream.write_all(&hl7::mllp::frame_mllp(msg)).await.expect("send HL7");
     read_ack(stream).await
 }
 
@@ -141,12 +141,18 @@ async fn read_ack<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (String, S
         }
     };
     tokio::time::timeout(WAIT, read).await.expect("an ACK within the patience");
-    hl7::parse_ack(&got[1..got.len() - 2]).expect("an MSA segment")
+    hl7::ack::parse_ack(&got[1..got.len() - 2]).expect("an MSA segment")
 }
 
 /// An ORU of one device with a heart rate, all its times `time`.
 fn oru(serial: &str, control: &str, time: &str, heart_rate: u16) -> Vec<u8> {
-    hl7::build_oru(serial, control, time, time, &hl7::Vitals { heart_rate: Some(heart_rate), ..Default::default() })
+    hl7::build::build_oru(
+        serial,
+        control,
+        time,
+        time,
+        &hl7::build::Vitals { heart_rate: Some(heart_rate), ..Default::default() },
+    )
 }
 
 /// HL7 time of `T0` plus `secs`.
@@ -410,7 +416,7 @@ async fn peers_outside_the_allowlist_are_closed_at_once_and_counted() {
     let s = Setup::start("allow = [\"127.0.0.1/32\"]").await;
     let mut stranger = s.connect_from("127.0.0.2").await;
     // Even a whole message gets no answer.
-    let _ = stranger.write_all(&hl7::frame_mllp(&oru(DEV_A, "X1", T0, 99))).await;
+    let _ = stranger.write_all(&hl7::mllp::frame_mllp(&oru(DEV_A, "X1", T0, 99))).await;
     assert!(closed_by_gateway(&mut stranger).await.is_empty(), "no ACK to a peer outside hl7.allow");
     let mut c = s.connect().await;
     assert_eq!(send(&mut c, &oru(DEV_A, "A1", T0, 72)).await, aa("A1"));
@@ -480,12 +486,12 @@ async fn mllp_over_tls_serves_clients_that_trust_the_gateway() {
     ))
     .await;
     let mut tls = connect_tls(&s, &certs, false).await.expect("TLS handshake");
-    tls.write_all(&hl7::frame_mllp(&oru(DEV_A, "T1", T0, 72))).await.expect("send");
+    tls.write_all(&hl7::mllp::frame_mllp(&oru(DEV_A, "T1", T0, 72))).await.expect("send");
     assert_eq!(read_ack(&mut tls).await, aa("T1"));
     wait_count(&s.influx, "vital_signs", 1).await;
     // Plain MLLP to a TLS listener is no message.
     let mut plain = s.connect().await;
-    let _ = plain.write_all(&hl7::frame_mllp(&oru(DEV_A, "T2", &t(60), 73))).await;
+    let _ = plain.write_all(&hl7::mllp::frame_mllp(&oru(DEV_A, "T2", &t(60), 73))).await;
     assert!(!closed_by_gateway(&mut plain).await.ends_with(&[0x1C, 0x0D]), "no ACK in plain text");
     assert_eq!(s.metric(r#"heartguard_ingest_hl7_connections_refused_total{reason="tls"}"#).await, 1.0);
     assert_eq!(s.influx.count(DB, "vital_signs").await, 1);
@@ -502,12 +508,12 @@ async fn a_client_ca_makes_a_client_certificate_mandatory() {
     ))
     .await;
     let mut with = connect_tls(&s, &certs, true).await.expect("TLS handshake with a client certificate");
-    with.write_all(&hl7::frame_mllp(&oru(DEV_A, "C1", T0, 72))).await.expect("send");
+    with.write_all(&hl7::mllp::frame_mllp(&oru(DEV_A, "C1", T0, 72))).await.expect("send");
     assert_eq!(read_ack(&mut with).await, aa("C1"));
     // Without a certificate the gateway ends the handshake (TLS 1.3: the client learns it on
     // its first read) and no message is taken.
     if let Ok(mut without) = connect_tls(&s, &certs, false).await {
-        let _ = without.write_all(&hl7::frame_mllp(&oru(DEV_A, "C2", &t(60), 73))).await;
+        let _ = without.write_all(&hl7::mllp::frame_mllp(&oru(DEV_A, "C2", &t(60), 73))).await;
         assert!(!closed_by_gateway(&mut without).await.ends_with(&[0x1C, 0x0D]), "no ACK without a certificate");
     }
     eventually(WAIT, "the failed handshake is counted", || async {

@@ -15,14 +15,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{ClockAhead, Now, RejectReason, Rejection};
-use crate::fields::FieldValue;
-use crate::fields::{self, FieldKind};
+use super::{ClockAhead, MIN_TS_NS, Now, RejectReason, Rejection};
+use crate::fields::{self, FieldKind, FieldSpec, FieldValue};
 use crate::model::{Reading, valid_serial};
-
-/// Earliest reading time accepted: 2000-01-01T00:00:00Z. Older stamps are a device clock that
-/// was never set (or seconds sent as milliseconds), not a reading from then.
-pub const MIN_TS_NS: i64 = 946_684_800_000_000_000;
 
 /// What one payload yielded.
 #[derive(Debug, Default, PartialEq)]
@@ -87,13 +82,31 @@ fn decode_one(obj: &Map<String, Value>, topic_serial: Option<&str>, now: Now, ou
     }
 }
 
+/// One reading object (module docs): its device, time, signal type and fields, read in that
+/// order; the first problem refuses the reading.
 fn reading_from(
     obj: &Map<String, Value>,
     topic_serial: Option<&str>,
     now: Now,
     out: &mut Decoded,
 ) -> Result<Reading, Rejection> {
-    let serial = match (obj.get("serial"), topic_serial) {
+    let serial = serial_of(obj, topic_serial)?;
+    let ts_ns = time_of(obj, now)?;
+    if let Some(ahead_ns) = now.too_far_ahead(ts_ns) {
+        out.clock_ahead.push(ClockAhead { serial, ahead_ns });
+        return Err(Rejection::new(
+            RejectReason::TimestampOutOfRange,
+            "ahead of the gateway clock by more than clock.future_tolerance_ms",
+        ));
+    }
+    let signal_type = signal_type_of(obj)?;
+    let fields = fields_of(obj, out)?;
+    Ok(Reading { serial, ts_ns, signal_type, fields })
+}
+
+/// The payload's `serial`, else the topic's; when both are given they must agree.
+fn serial_of(obj: &Map<String, Value>, topic_serial: Option<&str>) -> Result<String, Rejection> {
+    match (obj.get("serial"), topic_serial) {
         (Some(Value::String(s)), topic) => {
             if !valid_serial(s) {
                 return Err(Rejection::new(RejectReason::InvalidSerial, "serial in payload"));
@@ -101,22 +114,23 @@ fn reading_from(
             if topic.is_some_and(|t| t != s) {
                 return Err(Rejection::new(RejectReason::SerialMismatch, "payload serial differs from topic"));
             }
-            s.clone()
+            Ok(s.clone())
         }
         (Some(Value::Null) | None, Some(t)) => {
             if !valid_serial(t) {
                 return Err(Rejection::new(RejectReason::InvalidSerial, "serial in topic"));
             }
-            t.to_owned()
+            Ok(t.to_owned())
         }
         (Some(Value::Null) | None, None) => {
-            return Err(Rejection::new(RejectReason::MissingSerial, "no serial in payload or topic"));
+            Err(Rejection::new(RejectReason::MissingSerial, "no serial in payload or topic"))
         }
-        (Some(other), _) => {
-            return Err(Rejection::new(RejectReason::InvalidSerial, format!("serial is {}", type_name(other))));
-        }
-    };
+        (Some(other), _) => Err(Rejection::new(RejectReason::InvalidSerial, format!("serial is {}", type_name(other)))),
+    }
+}
 
+/// `ts` or `timestamp` in ns, else the time of receipt; never before [`MIN_TS_NS`].
+fn time_of(obj: &Map<String, Value>, now: Now) -> Result<i64, Rejection> {
     let ts_value = match (obj.get("ts"), obj.get("timestamp")) {
         (Some(_), Some(_)) => {
             return Err(Rejection::new(RejectReason::InvalidTimestamp, "both ts and timestamp given"));
@@ -131,21 +145,24 @@ fn reading_from(
     if ts_ns < MIN_TS_NS {
         return Err(Rejection::new(RejectReason::TimestampOutOfRange, "before 2000"));
     }
-    if let Some(ahead_ns) = now.too_far_ahead(ts_ns) {
-        out.clock_ahead.push(ClockAhead { serial, ahead_ns });
-        return Err(Rejection::new(
-            RejectReason::TimestampOutOfRange,
-            "ahead of the gateway clock by more than clock.future_tolerance_ms",
-        ));
+    Ok(ts_ns)
+}
+
+/// `signal_type`, when given: 1 to 60 characters, none of them a control character.
+fn signal_type_of(obj: &Map<String, Value>) -> Result<Option<String>, Rejection> {
+    match obj.get("signal_type") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 60 && !s.chars().any(char::is_control) => {
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(Rejection::new(RejectReason::InvalidField, "signal_type")),
     }
+}
 
-    let signal_type = match obj.get("signal_type") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 60 && !s.chars().any(char::is_control) => Some(s.clone()),
-        Some(_) => return Err(Rejection::new(RejectReason::InvalidField, "signal_type")),
-    };
-
-    let mut fields: Vec<(&'static crate::fields::FieldSpec, FieldValue)> = Vec::with_capacity(obj.len());
+/// The canonical fields of a reading object, sorted by name. Unknown keys are counted in
+/// `out.unknown_fields`, values dropped in `out.dropped_fields`.
+fn fields_of(obj: &Map<String, Value>, out: &mut Decoded) -> Result<Vec<(&'static FieldSpec, FieldValue)>, Rejection> {
+    let mut fields: Vec<(&'static FieldSpec, FieldValue)> = Vec::with_capacity(obj.len());
     for (key, value) in obj {
         if matches!(key.as_str(), "serial" | "ts" | "timestamp" | "signal_type") {
             continue;
@@ -154,51 +171,9 @@ fn reading_from(
             out.unknown_fields += 1;
             continue;
         };
-        let v = match (spec.kind, value) {
-            (_, Value::Null) => continue,
-            (FieldKind::Int, Value::Number(n)) => {
-                let int = n
-                    .as_i64()
-                    .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64));
-                match int {
-                    Some(i) if i < 0 => {
-                        out.dropped_fields += 1;
-                        continue;
-                    }
-                    Some(i) => FieldValue::Int(i),
-                    None => {
-                        return Err(Rejection::new(
-                            RejectReason::InvalidField,
-                            format!("{} must be a whole number", spec.name),
-                        ));
-                    }
-                }
-            }
-            (FieldKind::Float, Value::Number(n)) => match n.as_f64() {
-                Some(f) if f.is_finite() => FieldValue::Float(f),
-                _ => {
-                    return Err(Rejection::new(RejectReason::InvalidField, format!("{} out of range", spec.name)));
-                }
-            },
-            (FieldKind::Bool, Value::Bool(b)) => FieldValue::Bool(*b),
-            (FieldKind::Bool, other) => {
-                return Err(Rejection::new(
-                    RejectReason::InvalidField,
-                    format!("{} is {}, expected a boolean", spec.name, type_name(other)),
-                ));
-            }
-            (_, other) => {
-                return Err(Rejection::new(
-                    RejectReason::InvalidField,
-                    format!("{} is {}, expected a number", spec.name, type_name(other)),
-                ));
-            }
-        };
-        // Outside the field's plausible range: a device sentinel or fault, never a reading.
-        if !spec.accepts(v) {
-            out.dropped_fields += 1;
+        let Some(v) = field_value(spec, value, &mut out.dropped_fields)? else {
             continue;
-        }
+        };
         if let Some((_, prev)) = fields.iter().find(|(s, _)| s.name == spec.name) {
             if *prev != v {
                 return Err(Rejection::new(
@@ -214,7 +189,57 @@ fn reading_from(
         return Err(Rejection::new(RejectReason::NoFields, "no known field with a value"));
     }
     fields.sort_by_key(|(s, _)| s.name);
-    Ok(Reading { serial, ts_ns, signal_type, fields })
+    Ok(fields)
+}
+
+/// `value` as a value of `spec`: `None` for `null`, and for a value dropped (counted in
+/// `dropped`) as a negative count or outside the field's range; a wrong type is refused.
+fn field_value(spec: &FieldSpec, value: &Value, dropped: &mut u32) -> Result<Option<FieldValue>, Rejection> {
+    let v = match (spec.kind, value) {
+        (_, Value::Null) => return Ok(None),
+        (FieldKind::Int, Value::Number(n)) => {
+            let int =
+                n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64));
+            match int {
+                Some(i) if i < 0 => {
+                    *dropped += 1;
+                    return Ok(None);
+                }
+                Some(i) => FieldValue::Int(i),
+                None => {
+                    return Err(Rejection::new(
+                        RejectReason::InvalidField,
+                        format!("{} must be a whole number", spec.name),
+                    ));
+                }
+            }
+        }
+        (FieldKind::Float, Value::Number(n)) => match n.as_f64() {
+            Some(f) if f.is_finite() => FieldValue::Float(f),
+            _ => {
+                return Err(Rejection::new(RejectReason::InvalidField, format!("{} out of range", spec.name)));
+            }
+        },
+        (FieldKind::Bool, Value::Bool(b)) => FieldValue::Bool(*b),
+        (FieldKind::Bool, other) => {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                format!("{} is {}, expected a boolean", spec.name, type_name(other)),
+            ));
+        }
+        (_, other) => {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                format!("{} is {}, expected a number", spec.name, type_name(other)),
+            ));
+        }
+    };
+    // Outside the field's plausible range: a device sentinel or fault, never a reading.
+    if !spec.accepts(v) {
+        *dropped += 1;
+        return Ok(None);
+    }
+    Ok(Some(v))
 }
 
 fn timestamp_ns(v: &Value) -> Result<i64, Rejection> {

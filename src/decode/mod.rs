@@ -104,6 +104,10 @@ impl Rejection {
     }
 }
 
+/// Earliest reading time accepted: 2000-01-01T00:00:00Z. Older stamps are a device clock that
+/// was never set (or seconds sent as milliseconds), not a reading from then.
+pub const MIN_TS_NS: i64 = 946_684_800_000_000_000;
+
 /// The gateway's clock as a decoder sees it: the time of receipt, which stamps readings
 /// without a time of their own, and how far ahead of it a device may stamp a reading before
 /// its clock counts as wrong (`clock.future_tolerance_ms`).

@@ -19,7 +19,8 @@
 //!   clear. No identity in the stream: the serial comes from the port's configuration.
 //! - The monitor clock (`r_time`) is not trusted: readings carry the receive time.
 
-use super::{Decoded, FieldSet, Framer, PortIdentity, Scan, report_noise};
+use super::decoded::{Decoded, FieldSet, PortIdentity};
+use super::framer::{Framer, Scan, report_noise};
 use crate::decode::{RejectReason, Rejection};
 use crate::fields;
 

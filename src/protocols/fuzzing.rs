@@ -2,7 +2,8 @@
 //! (`tests/fuzz_corpus.rs`): decode arbitrary bytes, then check every invariant a decoder
 //! promises. A panic here is a finding. Not used by the daemon.
 
-use super::{Decoded, PortIdentity, Protocol, hl7};
+use super::decoded::{Decoded, PortIdentity};
+use super::{Protocol, hl7};
 use crate::model::{Reading, valid_serial};
 
 const NOW: i64 = 1_764_000_000_000_000_000;
@@ -53,14 +54,14 @@ const FUZZ_NOW: crate::decode::Now = crate::decode::Now { ns: NOW, future_tolera
 
 pub fn hl7(data: &[u8]) {
     // The machine's zone takes the daylight-saving paths wherever it has them.
-    check(&hl7::decode_message(data, FUZZ_NOW, hl7::Zone::Local).decoded.readings);
-    let m = hl7::decode_message(data, FUZZ_NOW, hl7::Zone::utc());
+    check(&hl7::decode::decode_message(data, FUZZ_NOW, hl7::time::Zone::Local).decoded.readings);
+    let m = hl7::decode::decode_message(data, FUZZ_NOW, hl7::time::Zone::utc());
     check(&m.decoded.readings);
-    let ack = hl7::build_ack(m.header.as_ref(), m.ack, m.reason, "A1", "20240517103016+0000");
-    assert!(hl7::parse_ack(&ack[1..ack.len() - 2]).is_some(), "unreadable ACK");
-    let mut f = super::Framer::new(4096);
+    let ack = hl7::ack::build_ack(m.header.as_ref(), m.ack, m.reason, "A1", "20240517103016+0000");
+    assert!(hl7::ack::parse_ack(&ack[1..ack.len() - 2]).is_some(), "unreadable ACK");
+    let mut f = super::framer::Framer::new(4096);
     f.push(data);
-    while f.next(hl7::scan_mllp).is_some() {}
+    while f.next(hl7::mllp::scan_mllp).is_some() {}
 }
 
 pub fn json(data: &[u8]) {

@@ -16,7 +16,8 @@
 //! - A line that does not start with a date and time (the partial first line after the port
 //!   opens, or noise) is skipped and counted as noise.
 
-use super::{Decoded, FieldSet, Framer, PortIdentity, Scan, report_noise};
+use super::decoded::{Decoded, FieldSet, PortIdentity};
+use super::framer::{Framer, Scan, report_noise};
 use crate::decode::{RejectReason, Rejection};
 use crate::fields::{self, FieldSpec};
 
@@ -136,7 +137,8 @@ pub fn parse_line(line: &[u8]) -> Result<Line, Rejection> {
 impl Line {
     fn field_set(&self) -> FieldSet {
         let v = &self.fields;
-        let mut f = FieldSet { dropped: v.unreadable, ..FieldSet::default() };
+        let mut f = FieldSet::default();
+        f.dropped = v.unreadable;
         let exc = v.exc;
         let off = exc.is_some_and(|e| e & EXC_SENSOR_OFF != 0);
         if let Some(e) = exc {

@@ -1,4 +1,4 @@
-//! Bedside device protocols: bytes from a serial port or a TCP stream → [`Reading`]s.
+//! Bedside device protocols: bytes from a serial port or a TCP stream → [`crate::model::Reading`]s.
 //!
 //! One file per device family, each pure (no I/O) and described byte by byte in
 //! `docs/protocols.md` (the `protocols.md §n` references in this module's files are its sections):
@@ -8,7 +8,7 @@
 //! - [`hl7`]: HL7 v2 ORU^R01 (IHE PCD-01) messages, MLLP framing and ACKs.
 //!
 //! Every stream decoder follows the same shape, after mini-redis' `connection.rs`: bytes are
-//! *fed* into a capped [`Framer`]; a protocol's scanner looks at the front of the buffer and
+//! *fed* into a capped [`framer::Framer`]; a protocol's scanner looks at the front of the buffer and
 //! says "incomplete", "a frame of n bytes" or "skip n bytes" (noise before a sync pattern, a
 //! bad checksum); frames are then parsed into readings. So a stream split at any byte
 //! boundary yields the same frames, garbage is skipped until the next valid frame, and no
@@ -19,11 +19,17 @@
 //!   plausible range ([`crate::fields::FieldSpec::number`]) is dropped;
 //! - sensor-off, artifact and low-perfusion states are written as boolean status fields, and
 //!   numbers a device holds while its sensor is off are not written;
-//! - demo and test data is dropped ([`RejectReason::DemoData`]);
+//! - demo and test data is dropped ([`crate::decode::RejectReason::DemoData`]);
 //! - the device serial comes from the frame where the protocol carries one (Masimo `SN=`,
 //!   HL7 OBX-18 / MSH-3), otherwise from the port's configuration.
+//!
+//! Files: [`framer`] cuts frames from bytes; [`decoded`] collects a frame's values into a
+//! reading and holds what a feed yielded; one file (or folder) per device family; this file
+//! names the serial protocols and dispatches a port's bytes to its family's decoder.
 
 pub mod datex;
+pub mod decoded;
+pub mod framer;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hl7;
@@ -32,10 +38,7 @@ pub mod nonin;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{RejectReason, Rejection};
-use crate::fields::FieldSpec;
-use crate::fields::FieldValue;
-use crate::model::{Reading, valid_serial};
+use decoded::{Decoded, PortIdentity};
 
 /// The serial protocols a `[[serial]]` port can speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -152,27 +155,6 @@ pub struct LineSettings {
     pub flow_control: FlowControl,
 }
 
-/// What the configuration says about the device on a port (used when the protocol does not
-/// carry it).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PortIdentity {
-    pub serial: Option<String>,
-    pub signal_type: Option<String>,
-}
-
-/// What one `feed` yielded.
-#[derive(Debug, Default, PartialEq)]
-pub struct Decoded {
-    pub readings: Vec<Reading>,
-    pub rejected: Vec<Rejection>,
-    /// Valid frames seen (a frame need not yield a reading); feeds the per-port watchdog.
-    pub frames: u64,
-    /// Values dropped as sentinels or out of range while the rest was kept.
-    pub dropped_fields: u32,
-    /// Readings refused (also in `rejected`) because their device's clock is ahead (HL7).
-    pub clock_ahead: Vec<crate::decode::ClockAhead>,
-}
-
 /// A decoder for one connection of a serial port.
 #[derive(Debug)]
 pub struct StreamDecoder {
@@ -200,165 +182,11 @@ impl StreamDecoder {
     }
 }
 
-/// What a protocol's scanner found at the front of the buffer.
-#[derive(Debug, PartialEq)]
-pub enum Scan<F> {
-    /// Not enough bytes to decide yet.
-    Incomplete,
-    /// A whole frame; the second value is how many bytes it takes.
-    Frame(F, usize),
-    /// Drop this many bytes (at least one) and look again.
-    Skip(usize, RejectReason),
-}
-
-/// A capped byte buffer that protocol scanners cut frames from.
-#[derive(Debug)]
-pub struct Framer {
-    buf: Vec<u8>,
-    /// Start of the unread bytes in `buf` (consumed bytes are compacted away lazily).
-    start: usize,
-    cap: usize,
-    /// Noise bytes skipped since the last [`Framer::take_noise`], reported as one rejection.
-    noise: usize,
-}
-
-impl Framer {
-    pub fn new(cap: usize) -> Self {
-        Self { buf: Vec::new(), start: 0, cap: cap.max(1), noise: 0 }
-    }
-
-    /// Appends bytes (the caller's read size bounds one push).
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && (self.start >= self.buf.len() / 2 || self.buf.len() > self.cap) {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// The next frame, or a rejection (bad checksum, broken frame), or `None` when more
-    /// bytes are needed. Noise is counted, not returned (see [`Framer::take_noise`]).
-    /// When more than `cap` bytes wait undecided, the oldest are dropped as noise: a scanner
-    /// that cannot decide within `cap` bytes is looking at junk.
-    pub fn next<F>(&mut self, mut scan: impl FnMut(&[u8]) -> Scan<F>) -> Option<Result<F, Rejection>> {
-        loop {
-            let unread = &self.buf[self.start..];
-            if unread.is_empty() {
-                return None;
-            }
-            match scan(unread) {
-                Scan::Incomplete if unread.len() > self.cap => {
-                    let drop = unread.len() - self.cap;
-                    self.start += drop;
-                    self.noise += drop;
-                }
-                Scan::Incomplete => return None,
-                Scan::Frame(f, len) => {
-                    self.start += len.clamp(1, unread.len());
-                    return Some(Ok(f));
-                }
-                Scan::Skip(n, RejectReason::Noise) => {
-                    let n = n.clamp(1, unread.len());
-                    self.start += n;
-                    self.noise += n;
-                }
-                Scan::Skip(n, reason) => {
-                    self.start += n.clamp(1, unread.len());
-                    return Some(Err(Rejection::new(reason, "frame dropped")));
-                }
-            }
-        }
-    }
-
-    /// Noise bytes skipped since the last call.
-    pub fn take_noise(&mut self) -> usize {
-        std::mem::take(&mut self.noise)
-    }
-
-    /// Bytes waiting for a decision.
-    pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
-    }
-}
-
-/// Reports skipped noise as one rejection per feed.
-fn report_noise(framer: &mut Framer, out: &mut Decoded) {
-    let n = framer.take_noise();
-    if n > 0 {
-        out.rejected.push(Rejection::new(RejectReason::Noise, format!("{n} byte(s) skipped to resynchronize")));
-    }
-}
-
-/// Collects a reading's fields: numbers are range-checked, duplicates keep the first value.
-#[derive(Debug, Default)]
-pub struct FieldSet {
-    fields: Vec<(&'static FieldSpec, FieldValue)>,
-    /// Values refused as out of range or duplicated.
-    pub dropped: u32,
-}
-
-impl FieldSet {
-    /// Adds a number if it is finite and inside the field's range; counts it otherwise.
-    pub fn number(&mut self, spec: &'static FieldSpec, v: f64) {
-        match spec.number(v) {
-            Some((s, v)) => self.put(s, v),
-            None => self.dropped += 1,
-        }
-    }
-
-    /// Adds a status flag.
-    pub fn flag(&mut self, spec: &'static FieldSpec, on: bool) {
-        self.put(spec, FieldValue::Bool(on));
-    }
-
-    fn put(&mut self, spec: &'static FieldSpec, v: FieldValue) {
-        if self.fields.iter().any(|(s, _)| s.name == spec.name) {
-            self.dropped += 1;
-        } else {
-            self.fields.push((spec, v));
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.fields.iter().any(|(s, _)| s.name == name)
-    }
-
-    /// A reading from these fields; the serial is the frame's or, failing that, the port's.
-    pub fn into_reading(mut self, frame_serial: Option<&str>, identity: &PortIdentity, ts_ns: i64, out: &mut Decoded) {
-        out.dropped_fields += self.dropped;
-        let serial = frame_serial.or(identity.serial.as_deref());
-        let Some(serial) = serial else {
-            out.rejected.push(Rejection::new(
-                RejectReason::MissingSerial,
-                "no serial in the frame and none configured for the port",
-            ));
-            return;
-        };
-        if !valid_serial(serial) {
-            out.rejected.push(Rejection::new(RejectReason::InvalidSerial, "device serial"));
-            return;
-        }
-        if self.fields.is_empty() {
-            out.rejected.push(Rejection::new(RejectReason::NoFields, "no valid value"));
-            return;
-        }
-        self.fields.sort_by_key(|(s, _)| s.name);
-        out.readings.push(Reading {
-            serial: serial.to_owned(),
-            ts_ns,
-            signal_type: identity.signal_type.clone(),
-            fields: self.fields,
-        });
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod testutil {
     use super::*;
+    use crate::fields::FieldValue;
+    use crate::model::{Reading, valid_serial};
 
     pub const NOW: i64 = 1_715_941_815_000_000_000; // 2024-05-17T10:30:15Z
 
@@ -409,30 +237,6 @@ pub(crate) mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn framer_skips_noise_and_caps_its_buffer() {
-        let mut f = Framer::new(8);
-        f.push(b"xxAByy");
-        let scan = |b: &[u8]| match b {
-            [b'A', b'B', ..] => Scan::Frame((), 2),
-            [b'A'] => Scan::Incomplete,
-            _ => Scan::Skip(1, RejectReason::Noise),
-        };
-        assert_eq!(f.next(scan), Some(Ok(())));
-        assert_eq!(f.take_noise(), 2);
-        assert_eq!(f.next(scan), None);
-        assert_eq!(f.take_noise(), 2);
-        f.push(&[b'A'; 20]);
-        assert_eq!(f.next(scan), None);
-        assert_eq!(f.pending(), 1);
-        assert_eq!(f.take_noise(), 19);
-        // Undecidable bytes beyond the cap are dropped as noise.
-        let mut f = Framer::new(8);
-        f.push(&[b'A'; 30]);
-        assert_eq!(f.next(|_| Scan::<()>::Incomplete), None);
-        assert_eq!((f.pending(), f.take_noise()), (8, 22));
-    }
 
     #[test]
     fn every_protocol_has_a_distinct_name_and_line() {

@@ -22,7 +22,8 @@
 //! - The device answers the set-format command with ACK (0x06) or NAK (0x15); those bytes
 //!   are skipped like any other noise before the first frame.
 
-use super::{Decoded, FieldSet, Framer, PortIdentity, Scan, report_noise};
+use super::decoded::{Decoded, FieldSet, PortIdentity};
+use super::framer::{Framer, Scan, report_noise};
 use crate::decode::{RejectReason, Rejection};
 use crate::fields;
 

@@ -91,7 +91,7 @@ impl Hl7 {
         if h.signal_type.as_deref().is_some_and(|s| !valid_signal_type(s)) {
             p.bad("hl7.signal_type", "1 to 60 characters without control characters".into());
         }
-        if let Err(e) = crate::protocols::hl7::Zone::parse(&h.time_zone) {
+        if let Err(e) = crate::protocols::hl7::time::Zone::parse(&h.time_zone) {
             p.bad("hl7.time_zone", e.to_string());
         }
         if h.allow.is_empty() {

@@ -5,7 +5,7 @@
 //!   message's readings are committed** (intake completes an [`Ack::Mllp`]); a monitor such
 //!   as the GE B40 resends a message that got no ACK, so a gateway crash before the commit
 //!   loses nothing. AE/AR carry a fixed reason in MSA-3 (protocols.md §3.3).
-//! - **Retries** are recognised by their content ([`hl7::retry_key`]: the message without
+//! - **Retries** are recognised by their content ([`hl7::retry::retry_key`]: the message without
 //!   MSH-7, and the times of its readings), never by MSH-10 alone, whose counters restart and
 //!   wrap: a message already committed is answered AA again without being stored twice. When
 //!   in doubt it is stored: a second copy of a point overwrites the first in InfluxDB, a
@@ -45,8 +45,8 @@ use tracing::{debug, info, warn};
 use super::{Ack, Envelope};
 use crate::decode::RejectReason;
 use crate::model::loggable;
-use crate::protocols::Framer;
-use crate::protocols::hl7::{self, AckCode, Header, Zone};
+use crate::protocols::framer::Framer;
+use crate::protocols::hl7::{self, ack::AckCode, message::Header, time::Zone};
 use crate::telemetry::logging::RateLimited;
 use crate::telemetry::mllp as mllp_stats;
 use crate::telemetry::{Counters, PROTOCOL_HL7, SOURCE_MLLP, SourceCounters};
@@ -297,7 +297,7 @@ static ACK_SEQ: AtomicU64 = AtomicU64::new(1);
 fn ack_bytes(header: Option<&Header>, code: AckCode, reason: Option<&str>) -> Vec<u8> {
     let now = chrono::Utc::now();
     let control = format!("GW{}{:04}", now.format("%y%m%d%H%M%S"), ACK_SEQ.fetch_add(1, Ordering::Relaxed) % 10_000);
-    hl7::build_ack(header, code, reason, &control, &now.format("%Y%m%d%H%M%S+0000").to_string())
+    hl7::ack::build_ack(header, code, reason, &control, &now.format("%Y%m%d%H%M%S+0000").to_string())
 }
 
 impl Connection {
@@ -334,7 +334,7 @@ impl Connection {
                 },
             };
             framer.push(&buf[..n]);
-            while let Some(frame) = framer.next(|b| hl7::scan_mllp_within(b, max)) {
+            while let Some(frame) = framer.next(|b| hl7::mllp::scan_mllp_within(b, max)) {
                 let reply = match frame {
                     Ok(msg) => match self.handle(&msg, &tx, &mut reject_log).await {
                         Some(reply) => reply,
@@ -366,7 +366,7 @@ impl Connection {
     async fn handle(&self, msg: &[u8], tx: &mpsc::Sender<Envelope>, reject_log: &mut RateLimited) -> Option<Vec<u8>> {
         self.counters.hl7_messages.fetch_add(1, Relaxed);
         self.stats.messages.fetch_add(1, Relaxed);
-        let mut m = hl7::decode_message(msg, self.counters.clocks.now(), self.zone);
+        let mut m = hl7::decode::decode_message(msg, self.counters.clocks.now(), self.zone);
         self.counters.clocks.report(PROTOCOL_HL7, &m.decoded.clock_ahead);
         let control = m.header.as_ref().map(|h| loggable(&h.control_id)).unwrap_or_default();
         for r in &m.decoded.rejected {
