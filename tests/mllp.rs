@@ -368,15 +368,17 @@ async fn accepted_connections_have_tcp_keepalive() {
     // SO_KEEPALIVE; it fires within the keepalive idle time (centiseconds).
     let ours = format!(":{:04X}", s.port);
     let theirs = format!(":{:04X}", client.port());
+    // The kernel lists the connection as soon as it is established, before the gateway has
+    // accepted it and set its options: wait for the keepalive timer, not just the entry.
     let mut timer = None;
-    eventually(WAIT, "the gateway's socket is listed", || {
+    eventually(WAIT, "the gateway's socket has its keepalive timer", || {
         let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
         timer = table.lines().find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.len() > 5 && f[1].ends_with(&ours) && f[2].ends_with(&theirs)).then(|| f[5].to_owned())
         });
-        let found = timer.is_some();
-        async move { found }
+        let armed = timer.as_deref().is_some_and(|t| t.starts_with("02:"));
+        async move { armed }
     })
     .await;
     let timer = timer.expect("found");
