@@ -24,7 +24,8 @@ use crate::config::Config;
 use crate::ingest::{self, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
 use crate::queue::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
-use crate::telemetry::{self, Counters, Telemetry};
+use crate::telemetry::service::Telemetry;
+use crate::telemetry::{self, Counters};
 
 /// Messages between the sources and intake. MQTT's inflight window bounds what is in here.
 const ENVELOPE_CHANNEL: usize = 4096;
