@@ -74,7 +74,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     let (view_tx, view_rx) = watch::channel(View::new(table, fresh));
     let telemetry = Telemetry::new(&cfg.gateway.id, counters.clone(), queue.clone(), view_rx.clone());
-    let endpoint = telemetry::http::start(&cfg.http, telemetry.clone()).await.map_err(StartError::Runtime)?;
+    let endpoint =
+        telemetry::http::start(&cfg.http, telemetry.clone()).await.map_err(|e| StartError::Runtime(e.to_string()))?;
 
     let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(StartError::Config)?);
     let mqtt = if cfg.mqtt.enabled {
