@@ -17,12 +17,33 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::app::StartError;
 use crate::config::{Config, SerialPort};
 use crate::protocols::Protocol;
-use crate::simulate::{Pty, Simulation, Target};
+use crate::simulate::{Pty, SimError, Simulation, Target};
 
 /// The database the demo writes to.
 pub const DEMO_DB: &str = "heartguard_demo";
+
+/// Why the demo did not run, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{}: {error}", path.display())]
+    File { path: PathBuf, error: std::io::Error },
+    #[error("finding a free loopback port: {0}")]
+    NoPort(std::io::Error),
+    #[error(transparent)]
+    Device(#[from] SimError),
+    /// The demo's own configuration refused (its problems, `; `-separated).
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Gateway(#[from] StartError),
+}
+
+fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
+    move |error| DemoError::File { path: path.to_owned(), error }
+}
 
 /// `heartguard-gateway demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,11 +80,8 @@ fn bindings_toml() -> String {
 }
 
 /// A loopback port free right now (the demo's MLLP listener).
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free loopback port: {e}"))
+fn free_port() -> Result<u16, DemoError> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(DemoError::NoPort)
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -88,12 +106,12 @@ async fn create_database(influx_url: &str) {
 }
 
 /// Runs the demo until `shutdown`.
-pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let dir = absolute(&args.data_dir);
     let dev = dir.join("dev");
-    std::fs::create_dir_all(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+    std::fs::create_dir_all(&dev).map_err(file_error(&dev))?;
     let bindings = dir.join("demo-bindings.toml");
-    std::fs::write(&bindings, bindings_toml()).map_err(|e| format!("{}: {e}", bindings.display()))?;
+    std::fs::write(&bindings, bindings_toml()).map_err(file_error(&bindings))?;
 
     let mut cfg = Config::default();
     cfg.gateway.id = "demo".into();
@@ -114,7 +132,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
         let pty = Pty::open()?;
         let link = dev.join(protocol.as_str());
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&pty.path, &link).map_err(|e| format!("{}: {e}", link.display()))?;
+        std::os::unix::fs::symlink(&pty.path, &link).map_err(file_error(&link))?;
         cfg.serial.push(SerialPort {
             path: link,
             protocol,
@@ -143,7 +161,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
         count: None,
         start_tick: 0,
     });
-    cfg.validate().map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+    cfg.validate().map_err(|p| DemoError::Config(p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
 
     create_database(&args.influx_url).await;
     println!(
@@ -173,7 +191,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
             }
         }));
     }
-    let result = crate::app::run(cfg, shutdown).await.map_err(|e| e.to_string());
+    let result = crate::app::run(cfg, shutdown).await.map_err(DemoError::Gateway);
     stop.cancel();
     for t in tasks {
         let _ = t.await;
