@@ -125,6 +125,40 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
 
     let stop = CancellationToken::new();
     let interval = Duration::from_secs(args.interval_secs.max(1));
+    let (ptys, sims) = devices(&mut cfg, &dev, &hl7_addr, interval)?;
+    cfg.validate().map_err(|p| DemoError::Config(p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+
+    create_database(&args.influx_url).await;
+    println!(
+        "heartguard-gateway demo: 3 serial devices on pseudo-terminals ({}), an HL7 monitor on {hl7_addr}.\n\
+         Data directory: {}. Points go to InfluxDB {} database {DEMO_DB} (they wait in the queue while it is away).\n\
+         In another terminal:  heartguard-gateway status --data-dir {}\n\
+         Stop with Ctrl-C.",
+        dev.display(),
+        dir.display(),
+        args.influx_url,
+        dir.display()
+    );
+
+    let tasks: Vec<_> = sims.into_iter().map(|sim| tokio::spawn(play(sim, stop.clone()))).collect();
+    let result = crate::app::run(cfg, shutdown).await.map_err(DemoError::Gateway);
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(ptys);
+    result
+}
+
+/// The simulated devices: a pseudo-terminal for each serial device, linked in `dev` and
+/// configured as a `[[serial]]` port, and the HL7 monitor sending to `hl7_addr`. The
+/// pseudo-terminals live as long as the returned [`Pty`]s.
+fn devices(
+    cfg: &mut Config,
+    dev: &Path,
+    hl7_addr: &str,
+    interval: Duration,
+) -> Result<(Vec<Pty>, Vec<Simulation>), DemoError> {
     let mut ptys = Vec::new();
     let mut sims = Vec::new();
     for (serial, protocol) in DEVICES {
@@ -155,47 +189,25 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
         ptys.push(pty);
     }
     sims.push(Simulation {
-        target: Target::Mllp { addr: hl7_addr.clone() },
+        target: Target::Mllp { addr: hl7_addr.to_owned() },
         serial: DEVICES[3].0.into(),
         interval: interval * 5,
         count: None,
         start_tick: 0,
     });
-    cfg.validate().map_err(|p| DemoError::Config(p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+    Ok((ptys, sims))
+}
 
-    create_database(&args.influx_url).await;
-    println!(
-        "heartguard-gateway demo: 3 serial devices on pseudo-terminals ({}), an HL7 monitor on {hl7_addr}.\n\
-         Data directory: {}. Points go to InfluxDB {} database {DEMO_DB} (they wait in the queue while it is away).\n\
-         In another terminal:  heartguard-gateway status --data-dir {}\n\
-         Stop with Ctrl-C.",
-        dev.display(),
-        dir.display(),
-        args.influx_url,
-        dir.display()
-    );
-
-    let mut tasks = Vec::new();
-    for sim in sims {
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            // The listener and ports come up with the daemon: retry until they do.
-            while !stop.is_cancelled() {
-                if let Err(e) = sim.run(stop.clone()).await {
-                    tracing::debug!(error = %e, "Demo device restarts.");
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
+/// Plays one device until `stop`. The listener and ports come up with the daemon: retry until
+/// they do.
+async fn play(sim: Simulation, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        if let Err(e) = sim.run(stop.clone()).await {
+            tracing::debug!(error = %e, "Demo device restarts.");
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-        }));
+        }
     }
-    let result = crate::app::run(cfg, shutdown).await.map_err(DemoError::Gateway);
-    stop.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
-    drop(ptys);
-    result
 }
