@@ -17,13 +17,34 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::app::StartError;
 use crate::config::Config;
 use crate::ingest::serial::config::SerialPort;
 use crate::protocols::Protocol;
-use crate::simulate::{Pty, Simulation, Target};
+use crate::simulate::{Pty, SimError, Simulation, Target};
 
 /// The database the demo writes to.
 pub const DEMO_DB: &str = "heartguard_demo";
+
+/// Why the demo did not run, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{}: {error}", path.display())]
+    File { path: PathBuf, error: std::io::Error },
+    #[error("finding a free loopback port: {0}")]
+    NoPort(std::io::Error),
+    #[error(transparent)]
+    Device(#[from] SimError),
+    /// The demo's own configuration refused (its problems, `; `-separated).
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Gateway(#[from] StartError),
+}
+
+fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
+    move |error| DemoError::File { path: path.to_owned(), error }
+}
 
 /// `heartguard-gateway demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,11 +81,8 @@ fn bindings_toml() -> String {
 }
 
 /// A loopback port free right now (the demo's MLLP listener).
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free loopback port: {e}"))
+fn free_port() -> Result<u16, DemoError> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(DemoError::NoPort)
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -89,12 +107,12 @@ async fn create_database(influx_url: &str) {
 }
 
 /// Runs the demo until `shutdown`.
-pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let dir = absolute(&args.data_dir);
     let dev = dir.join("dev");
-    std::fs::create_dir_all(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+    std::fs::create_dir_all(&dev).map_err(file_error(&dev))?;
     let bindings = dir.join("demo-bindings.toml");
-    std::fs::write(&bindings, bindings_toml()).map_err(|e| format!("{}: {e}", bindings.display()))?;
+    std::fs::write(&bindings, bindings_toml()).map_err(file_error(&bindings))?;
 
     let mut cfg = Config::default();
     cfg.gateway.id = "demo".into();
@@ -108,6 +126,40 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
 
     let stop = CancellationToken::new();
     let interval = Duration::from_secs(args.interval_secs.max(1));
+    let (ptys, sims) = devices(&mut cfg, &dev, &hl7_addr, interval)?;
+    cfg.validate().map_err(|p| DemoError::Config(p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+
+    create_database(&args.influx_url).await;
+    println!(
+        "heartguard-gateway demo: 3 serial devices on pseudo-terminals ({}), an HL7 monitor on {hl7_addr}.\n\
+         Data directory: {}. Points go to InfluxDB {} database {DEMO_DB} (they wait in the queue while it is away).\n\
+         In another terminal:  heartguard-gateway status --data-dir {}\n\
+         Stop with Ctrl-C.",
+        dev.display(),
+        dir.display(),
+        args.influx_url,
+        dir.display()
+    );
+
+    let tasks: Vec<_> = sims.into_iter().map(|sim| tokio::spawn(play(sim, stop.clone()))).collect();
+    let result = crate::app::run(cfg, shutdown).await.map_err(DemoError::Gateway);
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(ptys);
+    result
+}
+
+/// The simulated devices: a pseudo-terminal for each serial device, linked in `dev` and
+/// configured as a `[[serial]]` port, and the HL7 monitor sending to `hl7_addr`. The
+/// pseudo-terminals live as long as the returned [`Pty`]s.
+fn devices(
+    cfg: &mut Config,
+    dev: &Path,
+    hl7_addr: &str,
+    interval: Duration,
+) -> Result<(Vec<Pty>, Vec<Simulation>), DemoError> {
     let mut ptys = Vec::new();
     let mut sims = Vec::new();
     for (serial, protocol) in DEVICES {
@@ -115,7 +167,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
         let pty = Pty::open()?;
         let link = dev.join(protocol.as_str());
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&pty.path, &link).map_err(|e| format!("{}: {e}", link.display()))?;
+        std::os::unix::fs::symlink(&pty.path, &link).map_err(file_error(&link))?;
         cfg.serial.push(SerialPort {
             path: link,
             protocol,
@@ -138,47 +190,25 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
         ptys.push(pty);
     }
     sims.push(Simulation {
-        target: Target::Mllp { addr: hl7_addr.clone() },
+        target: Target::Mllp { addr: hl7_addr.to_owned() },
         serial: DEVICES[3].0.into(),
         interval: interval * 5,
         count: None,
         start_tick: 0,
     });
-    cfg.validate().map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+    Ok((ptys, sims))
+}
 
-    create_database(&args.influx_url).await;
-    println!(
-        "heartguard-gateway demo: 3 serial devices on pseudo-terminals ({}), an HL7 monitor on {hl7_addr}.\n\
-         Data directory: {}. Points go to InfluxDB {} database {DEMO_DB} (they wait in the queue while it is away).\n\
-         In another terminal:  heartguard-gateway status --data-dir {}\n\
-         Stop with Ctrl-C.",
-        dev.display(),
-        dir.display(),
-        args.influx_url,
-        dir.display()
-    );
-
-    let mut tasks = Vec::new();
-    for sim in sims {
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            // The listener and ports come up with the daemon: retry until they do.
-            while !stop.is_cancelled() {
-                if let Err(e) = sim.run(stop.clone()).await {
-                    tracing::debug!(error = %e, "Demo device restarts.");
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
+/// Plays one device until `stop`. The listener and ports come up with the daemon: retry until
+/// they do.
+async fn play(sim: Simulation, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        if let Err(e) = sim.run(stop.clone()).await {
+            tracing::debug!(error = %e, "Demo device restarts.");
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-        }));
+        }
     }
-    let result = crate::app::run(cfg, shutdown).await.map_err(|e| e.to_string());
-    stop.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
-    drop(ptys);
-    result
 }

@@ -33,12 +33,15 @@
 //!   [`reload`]: SIGHUP (bindings file, log level; names what needs a restart).
 //! - [`simulate`]: simulated devices for every protocol (the `simulate` command, tests, the
 //!   demo); [`demo`]: the one-command demo.
+//! - [`cli`]: the command line, one file per command family (`main.rs` only parses and
+//!   dispatches).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod app;
 pub mod backoff;
 pub mod bindings;
+pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod demo;

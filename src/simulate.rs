@@ -17,6 +17,45 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocols::{self, Protocol, datex, hl7, masimo, nonin};
 
+/// How long a simulated HL7 monitor waits for its ACK.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a simulation stopped or did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("creating a pseudo-terminal ({step}): {error}")]
+    Pty { step: &'static str, error: std::io::Error },
+    #[error("opening {path}: {error}")]
+    Open { path: String, error: tokio_serial::Error },
+    #[error("connecting to {addr}: {error}")]
+    Connect { addr: String, error: std::io::Error },
+    /// The broker's URL, as the configuration's parser words it.
+    #[error("{0}")]
+    Broker(Box<dyn std::error::Error + Send + Sync>),
+    /// Sending or receiving failed: what was being done, and the cause.
+    #[error("{doing}: {error}")]
+    Io { doing: &'static str, error: std::io::Error },
+    #[error("the listener did not accept the message: {0}")]
+    NotAccepted(String),
+    #[error("the listener closed the connection without an ACK")]
+    Closed,
+    #[error("no ACK within 10 s")]
+    NoAck,
+    #[error("publishing: {0}")]
+    Publish(rumqttc::ClientError),
+    #[error("simulator target and sink do not match")]
+    Mismatch,
+    #[error("{}: {error}", path.display())]
+    Link { path: std::path::PathBuf, error: std::io::Error },
+    /// The command line lacks what the protocol needs.
+    #[error("{0}")]
+    Usage(&'static str),
+}
+
+fn io(doing: &'static str) -> impl FnOnce(std::io::Error) -> SimError {
+    move |error| SimError::Io { doing, error }
+}
+
 /// What one simulated tick measures.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimVitals {
@@ -158,7 +197,7 @@ pub struct Simulation {
 
 impl Simulation {
     /// Plays until `count` ticks are sent or `stop` is cancelled. Returns the ticks sent.
-    pub async fn run(&self, stop: CancellationToken) -> Result<u64, String> {
+    pub async fn run(&self, stop: CancellationToken) -> Result<u64, SimError> {
         let mut sent = 0u64;
         let mut tick = self.start_tick;
         let mut sink = Sink::connect(&self.target).await?;
@@ -187,7 +226,7 @@ enum Sink {
 }
 
 impl Sink {
-    async fn connect(target: &Target) -> Result<Sink, String> {
+    async fn connect(target: &Target) -> Result<Sink, SimError> {
         use tokio_serial::SerialPortBuilderExt;
         match target {
             Target::Serial { protocol, path } => {
@@ -195,15 +234,15 @@ impl Sink {
                 tokio_serial::new(path, l.baud)
                     .open_native_async()
                     .map(Sink::Serial)
-                    .map_err(|e| format!("opening {path}: {e}"))
+                    .map_err(|error| SimError::Open { path: path.clone(), error })
             }
             Target::Pty { .. } => Ok(Sink::Pty),
             Target::Mllp { addr } => tokio::net::TcpStream::connect(addr)
                 .await
                 .map(Sink::Mllp)
-                .map_err(|e| format!("connecting to {addr}: {e}")),
+                .map_err(|error| SimError::Connect { addr: addr.clone(), error }),
             Target::Mqtt { url } => {
-                let a = crate::ingest::mqtt::config::broker_addr(url)?;
+                let a = crate::ingest::mqtt::config::broker_addr(url).map_err(|e| SimError::Broker(e.into()))?;
                 let id = format!("heartguard-sim-{}", std::process::id());
                 let mut o = rumqttc::MqttOptions::new(id, a.host, a.port);
                 o.set_keep_alive(Duration::from_secs(30));
@@ -227,23 +266,22 @@ impl Sink {
         tick: u64,
         v: &SimVitals,
         wall: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SimError> {
         match (self, target) {
-            (Sink::Serial(port), Target::Serial { protocol, .. }) => port
-                .write_all(&serial_tick(*protocol, serial, v, wall))
-                .await
-                .map_err(|e| format!("writing to the serial port: {e}")),
+            (Sink::Serial(port), Target::Serial { protocol, .. }) => {
+                port.write_all(&serial_tick(*protocol, serial, v, wall)).await.map_err(io("writing to the serial port"))
+            }
             (Sink::Pty, Target::Pty { protocol, master }) => master
                 .write_all(&serial_tick(*protocol, serial, v, wall))
                 .await
-                .map_err(|e| format!("writing to the pseudo-terminal: {e}")),
+                .map_err(io("writing to the pseudo-terminal")),
             (Sink::Mllp(stream), _) => {
                 let msg = hl7_tick(serial, tick, v, wall);
-                stream.write_all(&hl7::mllp::frame_mllp(&msg)).await.map_err(|e| format!("sending HL7: {e}"))?;
+                stream.write_all(&hl7::mllp::frame_mllp(&msg)).await.map_err(io("sending HL7"))?;
                 let ack = read_ack(stream).await?;
                 match hl7::ack::parse_ack(&ack) {
                     Some((code, _)) if code == "AA" => Ok(()),
-                    other => Err(format!("the listener did not accept the message: {other:?}")),
+                    other => Err(SimError::NotAccepted(format!("{other:?}"))),
                 }
             }
             (Sink::Mqtt(client, _), _) => client
@@ -254,8 +292,8 @@ impl Sink {
                     json_tick(serial, v, wall),
                 )
                 .await
-                .map_err(|e| format!("publishing: {e}")),
-            _ => Err("simulator target and sink do not match".into()),
+                .map_err(SimError::Publish),
+            _ => Err(SimError::Mismatch),
         }
     }
 
@@ -277,14 +315,14 @@ impl Sink {
 }
 
 /// Reads one MLLP-framed ACK (within 10 s).
-async fn read_ack(stream: &mut tokio::net::TcpStream) -> Result<Vec<u8>, String> {
+async fn read_ack(stream: &mut tokio::net::TcpStream) -> Result<Vec<u8>, SimError> {
     let mut framer = protocols::framer::Framer::new(64 * 1024);
     let mut buf = [0u8; 1024];
     let read = async {
         loop {
-            let n = stream.read(&mut buf).await.map_err(|e| format!("reading the ACK: {e}"))?;
+            let n = stream.read(&mut buf).await.map_err(io("reading the ACK"))?;
             if n == 0 {
-                return Err("the listener closed the connection without an ACK".to_owned());
+                return Err(SimError::Closed);
             }
             framer.push(&buf[..n]);
             if let Some(Ok(m)) = framer.next(hl7::mllp::scan_mllp) {
@@ -292,7 +330,7 @@ async fn read_ack(stream: &mut tokio::net::TcpStream) -> Result<Vec<u8>, String>
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), read).await.map_err(|_| "no ACK within 10 s".to_owned())?
+    tokio::time::timeout(ACK_TIMEOUT, read).await.map_err(|_| SimError::NoAck)?
 }
 
 /// What `heartguard-gateway simulate` plays.
@@ -374,10 +412,10 @@ pub struct Pty {
 }
 
 impl Pty {
-    pub fn open() -> Result<Pty, String> {
+    pub fn open() -> Result<Pty, SimError> {
         use rustix::pty::OpenptFlags;
         use std::os::unix::fs::OpenOptionsExt;
-        let err = |what: &str, e: std::io::Error| format!("creating a pseudo-terminal ({what}): {e}");
+        let err = |step: &'static str, error: std::io::Error| SimError::Pty { step, error };
         let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
             .map_err(|e| err("openpt", e.into()))?;
         rustix::pty::grantpt(&master).map_err(|e| err("grantpt", e.into()))?;
@@ -422,7 +460,7 @@ impl PtyMaster {
 }
 
 /// Runs `simulate` until done or `stop`.
-pub async fn run_cli(args: SimArgs, stop: CancellationToken) -> Result<(), String> {
+pub async fn run_cli(args: SimArgs, stop: CancellationToken) -> Result<(), SimError> {
     let interval = Duration::from_millis(args.interval_ms.max(1));
     let mut _pty = None;
     let target = match (args.protocol.serial(), &args) {
@@ -432,17 +470,20 @@ pub async fn run_cli(args: SimArgs, stop: CancellationToken) -> Result<(), Strin
             println!("{}", pty.path);
             if let Some(link) = &args.link {
                 let _ = std::fs::remove_file(link);
-                std::os::unix::fs::symlink(&pty.path, link).map_err(|e| format!("{}: {e}", link.display()))?;
+                std::os::unix::fs::symlink(&pty.path, link)
+                    .map_err(|error| SimError::Link { path: link.clone(), error })?;
             }
             let t = Target::Pty { protocol: p, master: pty.master.clone() };
             _pty = Some(pty);
             t
         }
-        (Some(_), _) => return Err("a serial protocol needs --port PATH or --pty".into()),
+        (Some(_), _) => return Err(SimError::Usage("a serial protocol needs --port PATH or --pty")),
         (None, SimArgs { protocol: SimProtocol::Hl7, mllp: Some(a), .. }) => Target::Mllp { addr: a.clone() },
-        (None, SimArgs { protocol: SimProtocol::Hl7, .. }) => return Err("hl7 needs --mllp HOST:PORT".into()),
+        (None, SimArgs { protocol: SimProtocol::Hl7, .. }) => {
+            return Err(SimError::Usage("hl7 needs --mllp HOST:PORT"));
+        }
         (None, SimArgs { mqtt: Some(u), .. }) => Target::Mqtt { url: u.clone() },
-        (None, _) => return Err("mqtt_json needs --mqtt mqtt://HOST:PORT".into()),
+        (None, _) => return Err(SimError::Usage("mqtt_json needs --mqtt mqtt://HOST:PORT")),
     };
     let sim = Simulation { target, serial: args.serial.clone(), interval, count: args.count, start_tick: 0 };
     let sent = sim.run(stop).await?;

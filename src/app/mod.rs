@@ -40,7 +40,8 @@ use crate::config::Config;
 use crate::ingest::{self, Envelope, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
 use crate::queue::handle::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
-use crate::telemetry::{self, Counters, Telemetry};
+use crate::telemetry::service::Telemetry;
+use crate::telemetry::{self, Counters};
 use tasks::{Ended, Stage, Tasks};
 
 /// Messages between the sources and intake. MQTT's inflight window bounds what is in here.

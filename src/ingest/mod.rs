@@ -141,7 +141,7 @@ pub async fn run_intake(
                     }
                 }
                 Err(why) => {
-                    counters.unbound(why);
+                    counters.unbound(why.as_str());
                     if unbound_log.allow(&r.serial) {
                         warn!(
                             device = %loggable(&r.serial),

@@ -135,7 +135,7 @@ impl Parking {
                         remove.push(row.id);
                     }
                     Err(why) if reason == ParkReason::Fresh => {
-                        self.counters.unbound(why);
+                        self.counters.unbound(why.as_str());
                         if self.unbound_log.lock().is_ok_and(|mut l| l.allow(&r.serial)) {
                             warn!(
                                 device = %crate::model::loggable(&r.serial),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::lock;
+use super::lock::lock;
 use crate::decode::{ClockAhead, Now};
 use crate::model::loggable;
 

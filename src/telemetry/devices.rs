@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::lock::lock;
 use crate::model::Reading;
 
 /// Entries not seen for this long are forgotten.
@@ -28,7 +29,7 @@ pub struct Seen {
 impl DevicesSeen {
     /// Records the readings of one intake batch (one lock for the batch).
     pub fn record<'a>(&self, readings: impl IntoIterator<Item = &'a Reading>, now_ns: i64) {
-        let mut map = super::lock(&self.by_serial);
+        let mut map = lock(&self.by_serial);
         for r in readings {
             match map.get_mut(r.serial.as_str()) {
                 Some(s) => {
@@ -55,7 +56,7 @@ impl DevicesSeen {
 
     /// Devices heard from since `since_ns`, most recent first.
     pub fn since(&self, since_ns: i64) -> Vec<(String, Seen)> {
-        let map = super::lock(&self.by_serial);
+        let map = lock(&self.by_serial);
         let mut out: Vec<(String, Seen)> =
             map.iter().filter(|(_, s)| s.received_ns >= since_ns).map(|(k, s)| (k.clone(), *s)).collect();
         out.sort_by(|a, b| b.1.received_ns.cmp(&a.1.received_ns).then_with(|| a.0.cmp(&b.0)));

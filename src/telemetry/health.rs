@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::lock::lock;
+
 /// How often an idle stage beats.
 pub const BEAT_EVERY: Duration = Duration::from_secs(2);
 
@@ -81,7 +83,7 @@ impl Heartbeat {
 impl Health {
     /// Registers a stage (or takes over the heartbeat of one that restarted) and beats once.
     pub fn register(&self, stage: impl Into<String>) -> Arc<Heartbeat> {
-        let hb = super::lock(&self.stages)
+        let hb = lock(&self.stages)
             .entry(stage.into())
             .or_insert_with(|| Arc::new(Heartbeat { epoch: self.epoch, last_ms: AtomicU64::new(0) }))
             .clone();
@@ -92,12 +94,12 @@ impl Health {
     /// Removes a stage that ended on purpose (shutdown). A stage that ends any other way stays
     /// registered, stops beating and is reported.
     pub fn deregister(&self, stage: &str) {
-        super::lock(&self.stages).remove(stage);
+        lock(&self.stages).remove(stage);
     }
 
     /// Every registered stage with the time since its last beat.
     pub fn ages(&self) -> Vec<(String, Duration)> {
-        super::lock(&self.stages).iter().map(|(k, hb)| (k.clone(), hb.age())).collect()
+        lock(&self.stages).iter().map(|(k, hb)| (k.clone(), hb.age())).collect()
     }
 
     /// Stages that have not beaten for `STALE_AFTER`.

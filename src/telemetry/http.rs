@@ -27,16 +27,23 @@ pub struct Endpoint {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// `http.listen` could not be bound (a taken port, an address not on this machine).
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP endpoint on {listen} (http.listen): {source}")]
+pub struct BindError {
+    pub listen: String,
+    pub source: std::io::Error,
+}
+
 /// Binds `http.listen` (a taken port stops the start with a message naming the key) and
 /// serves on a task of its own.
-pub async fn start(cfg: &crate::telemetry::config::Http, telemetry: Arc<Telemetry>) -> Result<Endpoint, String> {
+pub async fn start(cfg: &crate::telemetry::config::Http, telemetry: Arc<Telemetry>) -> Result<Endpoint, BindError> {
     let stop = CancellationToken::new();
     if !cfg.enabled {
         return Ok(Endpoint { stop, task: None });
     }
-    let listener = TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| format!("HTTP endpoint on {} (http.listen): {e}", cfg.listen))?;
+    let listener =
+        TcpListener::bind(&cfg.listen).await.map_err(|source| BindError { listen: cfg.listen.clone(), source })?;
     let task = tokio::spawn(serve(listener, telemetry, stop.clone()));
     Ok(Endpoint { stop, task: Some(task) })
 }

@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
 
@@ -29,17 +30,30 @@ pub enum LogFormat {
     Json,
 }
 
-type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), tracing_subscriber::reload::Error> + Send + Sync>;
 
 /// Replaces the filter of the installed subscriber.
 static RELOAD: OnceLock<Reload> = OnceLock::new();
 
+/// Why a log level was not put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum LevelError {
+    #[error("RUST_LOG: {0}")]
+    Env(ParseError),
+    #[error("log.level: {0}")]
+    Level(ParseError),
+    #[error("logging is not initialised")]
+    NotInitialised,
+    #[error("{0}")]
+    Reload(#[from] tracing_subscriber::reload::Error),
+}
+
 /// The filter in force: `RUST_LOG` when set, else `level` (an `EnvFilter` directive such as
 /// `info` or `info,heartguard_gateway::sink=debug`).
-pub fn filter(level: &str) -> Result<EnvFilter, String> {
+pub fn filter(level: &str) -> Result<EnvFilter, LevelError> {
     match std::env::var("RUST_LOG") {
-        Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(env).map_err(|e| format!("RUST_LOG: {e}")),
-        _ => EnvFilter::try_new(level).map_err(|e| format!("log.level: {e}")),
+        Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(env).map_err(LevelError::Env),
+        _ => EnvFilter::try_new(level).map_err(LevelError::Level),
     }
 }
 
@@ -53,7 +67,7 @@ pub fn init(level: &str, format: LogFormat) {
             let builder = $builder.with_filter_reloading();
             let handle = builder.reload_handle();
             if builder.try_init().is_ok() {
-                let _ = RELOAD.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+                let _ = RELOAD.set(Box::new(move |f| handle.reload(f)));
             }
         }};
     }
@@ -69,10 +83,10 @@ pub fn init(level: &str, format: LogFormat) {
 }
 
 /// Applies a new `log.level` (SIGHUP). Returns the filter now in force, as text.
-pub fn set_level(level: &str) -> Result<String, String> {
+pub fn set_level(level: &str) -> Result<String, LevelError> {
     let f = filter(level)?;
     let text = f.to_string();
-    let reload = RELOAD.get().ok_or("logging is not initialised")?;
+    let reload = RELOAD.get().ok_or(LevelError::NotInitialised)?;
     reload(f)?;
     Ok(text)
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::lock;
+use super::lock::lock;
 
 /// Refusal reasons (the `reason` label of `heartguard_ingest_hl7_connections_refused_total`).
 pub const REFUSED_LIMIT: &str = "limit";

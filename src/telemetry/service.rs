@@ -1,17 +1,25 @@
-//! The state behind the HTTP endpoint (and, later, systemd notifications): what is ready,
-//! what is stuck, and the figures of the moment.
+//! The state behind the HTTP endpoint and the systemd notifications: what is ready, what is
+//! stuck, and the figures of the moment. The one part of telemetry that holds the queue and
+//! the binding view; no stage imports it (the application builds it and hands it to
+//! [`super::http`] and [`super::systemd`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Counters;
+use super::counters::{Counters, destination_label};
 use super::metrics::{BindingsInfo, Gauges};
-use super::status::{DestinationStatus, DeviceStatus, PortView, QueueStatus, SourceStatus, Status};
-use crate::bindings::ViewRx;
+use super::status::{
+    DEVICES_WINDOW_NS, DestinationStatus, DeviceStatus, ORIGIN_DAEMON, ORIGIN_FILE, ORIGIN_STOPPED, PortView,
+    QueueStatus, STATUS_FILE, SourceStatus, Status,
+};
+use super::systemd;
+use crate::bindings::{BindingTable, ViewRx};
 use crate::queue::handle::QueueHandle;
+use crate::queue::inspect::QueueGauges;
 
 /// How long the queue's store may take to answer a health probe.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
@@ -39,7 +47,7 @@ impl Telemetry {
         Arc::new(Self {
             counters,
             queue,
-            view: view.clone(),
+            view,
             gateway_id: gateway_id.to_owned(),
             started_ns: now,
             bindings_loaded_ns: AtomicI64::new(now),
@@ -53,14 +61,14 @@ impl Telemetry {
     /// systemd is told `READY=1`, and the watchdog starts being fed (while healthy).
     pub async fn set_ready(self: &Arc<Self>) {
         self.ready.store(true, Relaxed);
-        super::systemd::ready(&self.status_line().await);
+        systemd::ready(&self.status_line().await);
     }
 
     /// Feeds the systemd watchdog and its status line until the stop begins
     /// ([`Self::set_stopping`]).
     pub async fn notify_systemd(self: Arc<Self>) {
         let stop = self.notifier_stop.clone();
-        super::systemd::run(self, stop).await;
+        systemd::run(self, stop).await;
     }
 
     /// Notes when a new binding table is put in force (status, metrics), until the view's
@@ -82,7 +90,7 @@ impl Telemetry {
     pub fn set_stopping(&self) {
         self.stopping.store(true, Relaxed);
         self.notifier_stop.cancel();
-        super::systemd::stopping();
+        systemd::stopping();
     }
 
     /// One line for systemd's `STATUS=` (`systemctl status`).
@@ -147,7 +155,15 @@ impl Telemetry {
     }
 
     fn bindings(&self) -> BindingsInfo {
-        BindingsInfo::of(&self.view.borrow().table, self.bindings_loaded_ns.load(Relaxed))
+        let loaded_ns = self.bindings_loaded_ns.load(Relaxed);
+        let view = self.view.borrow();
+        let table: &BindingTable = &view.table;
+        BindingsInfo {
+            count: table.len() as u64,
+            source: BindingsInfo::source_label(&table.source),
+            version: table.version.clone(),
+            loaded_ns,
+        }
     }
 
     /// The figures of this moment, for a scrape.
@@ -171,99 +187,121 @@ impl Telemetry {
     /// the last one, written at a graceful stop.
     pub async fn write_status_file(&self, data_dir: &std::path::Path, stopped: bool) -> std::io::Result<()> {
         let mut status = self.status().await;
-        status.origin = if stopped { super::status::ORIGIN_STOPPED } else { super::status::ORIGIN_FILE }.into();
-        let tmp = data_dir.join(format!("{}.tmp", super::status::STATUS_FILE));
+        status.origin = if stopped { ORIGIN_STOPPED } else { ORIGIN_FILE }.into();
+        let tmp = data_dir.join(format!("{STATUS_FILE}.tmp"));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?)?;
-        std::fs::rename(tmp, data_dir.join(super::status::STATUS_FILE))
+        std::fs::rename(tmp, data_dir.join(STATUS_FILE))
     }
 
     /// The operator's summary (served as JSON at `/status`).
     pub async fn status(&self) -> Status {
         let g = self.gauges().await;
         let c = &self.counters;
-        let sources = c
-            .sources()
-            .into_iter()
-            .map(|((source, protocol), s)| SourceStatus {
-                source: source.into(),
-                protocol: protocol.into(),
-                connected: s.connection(),
-                messages: s.messages.load(Relaxed),
-                readings: s.readings.load(Relaxed),
-                rejected: s.rejected().iter().map(|(_, n)| n).sum(),
-            })
-            .collect();
-        let counted = c.destinations();
-        let mut destinations: Vec<DestinationStatus> = Vec::new();
-        for (d, waiting, oldest) in g.queue.iter().flat_map(|q| q.destinations.iter()) {
-            let name = super::destination_label(d);
-            let dc = counted.iter().find(|(n, _)| *n == name).map(|(_, dc)| dc);
-            let last = dc.map(|dc| dc.last_success_ns.load(Relaxed)).filter(|t| *t > 0);
-            destinations.push(DestinationStatus {
-                name,
-                waiting: *waiting,
-                oldest_enqueued_ns: *oldest,
-                delivered: Some(dc.map_or(0, |dc| dc.delivered.load(Relaxed))),
-                write_failures: Some(dc.map_or(0, |dc| dc.write_failures.load(Relaxed))),
-                failing: Some(dc.is_some_and(|dc| dc.failing.load(Relaxed))),
-                last_success_ns: last,
-                last_error: dc.and_then(|dc| dc.last_error()),
-            });
-        }
         let table = self.view.borrow().table.clone();
-        let devices = c
-            .devices
-            .since(g.now_ns - super::status::DEVICES_WINDOW_NS)
-            .into_iter()
-            .map(|(serial, seen)| DeviceStatus {
-                bound: !table.for_serial(&serial).is_empty(),
-                serial,
-                received_ns: seen.received_ns,
-                reading_ts_ns: seen.reading_ts_ns,
-            })
-            .collect();
-        let ports = c
-            .ports()
-            .into_iter()
-            .map(|(path, p)| PortView {
-                path,
-                protocol: p.protocol,
-                state: p.state.to_owned(),
-                frames: p.frames,
-                last_frame_ns: p.last_frame_ns,
-            })
-            .collect();
         Status {
-            origin: super::status::ORIGIN_DAEMON.into(),
+            origin: ORIGIN_DAEMON.into(),
             gateway_id: self.gateway_id.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             now_ns: g.now_ns,
             started_ns: Some(self.started_ns),
             ready: Some(g.ready),
             stuck_stages: c.health.stale().into_iter().map(|(s, a)| (s, a.as_secs())).collect(),
-            sources,
-            ports,
-            queue: g.queue.as_ref().map(|q| QueueStatus {
-                points: q.points,
-                bytes: q.bytes,
-                oldest_enqueued_ns: q.oldest_enqueued_ns,
-                db_file_bytes: q.db_file_bytes,
-                dead_letters: q.dead_letters.iter().map(|(r, n)| (r.as_str().to_owned(), *n)).collect(),
-                parked: q.parked.iter().map(|(_, n)| n).sum(),
-                parked_bytes: q.parked_bytes,
-                dead_letter_bytes: q.dead_letter_bytes,
-                evicted_parked: q.evicted_parked,
-                evicted_dead_letters: q.evicted_dead_letters,
-            }),
-            destinations,
+            sources: sources(c),
+            ports: ports(c),
+            queue: g.queue.as_ref().map(queue),
+            destinations: destinations(c, g.queue.as_ref()),
             bindings: Some(g.bindings),
             bindings_sync_errors: c.sync_errors.load(Relaxed),
-            unbound: Counters::UNBOUND
-                .iter()
-                .zip(&c.unbound)
-                .map(|(u, n)| (u.as_str().to_owned(), n.load(Relaxed)))
-                .collect(),
-            devices,
+            unbound: c.unbound_by_reason().map(|(r, n)| (r.to_owned(), n)).collect(),
+            devices: devices(c, &table, g.now_ns),
         }
     }
+}
+
+impl systemd::Probe for Telemetry {
+    fn health_problems(&self) -> impl Future<Output = Vec<String>> + Send {
+        Telemetry::health_problems(self)
+    }
+
+    fn status_line(&self) -> impl Future<Output = String> + Send {
+        Telemetry::status_line(self)
+    }
+}
+
+fn sources(c: &Counters) -> Vec<SourceStatus> {
+    c.sources()
+        .into_iter()
+        .map(|((source, protocol), s)| SourceStatus {
+            source: source.into(),
+            protocol: protocol.into(),
+            connected: s.connection(),
+            messages: s.messages.load(Relaxed),
+            readings: s.readings.load(Relaxed),
+            rejected: s.rejected().iter().map(|(_, n)| n).sum(),
+        })
+        .collect()
+}
+
+fn ports(c: &Counters) -> Vec<PortView> {
+    c.ports()
+        .into_iter()
+        .map(|(path, p)| PortView {
+            path,
+            protocol: p.protocol,
+            state: p.state.to_owned(),
+            frames: p.frames,
+            last_frame_ns: p.last_frame_ns,
+        })
+        .collect()
+}
+
+fn queue(q: &QueueGauges) -> QueueStatus {
+    QueueStatus {
+        points: q.points,
+        bytes: q.bytes,
+        oldest_enqueued_ns: q.oldest_enqueued_ns,
+        db_file_bytes: q.db_file_bytes,
+        dead_letters: q.dead_letters.iter().map(|(r, n)| (r.as_str().to_owned(), *n)).collect(),
+        parked: q.parked.iter().map(|(_, n)| n).sum(),
+        parked_bytes: q.parked_bytes,
+        dead_letter_bytes: q.dead_letter_bytes,
+        evicted_parked: q.evicted_parked,
+        evicted_dead_letters: q.evicted_dead_letters,
+    }
+}
+
+/// Every destination with points in the queue, with what its sink worker counted.
+fn destinations(c: &Counters, queue: Option<&QueueGauges>) -> Vec<DestinationStatus> {
+    let counted = c.destinations();
+    let mut destinations: Vec<DestinationStatus> = Vec::new();
+    for (d, waiting, oldest) in queue.iter().flat_map(|q| q.destinations.iter()) {
+        let name = destination_label(d);
+        let dc = counted.iter().find(|(n, _)| *n == name).map(|(_, dc)| dc);
+        let last = dc.map(|dc| dc.last_success_ns.load(Relaxed)).filter(|t| *t > 0);
+        destinations.push(DestinationStatus {
+            name,
+            waiting: *waiting,
+            oldest_enqueued_ns: *oldest,
+            delivered: Some(dc.map_or(0, |dc| dc.delivered.load(Relaxed))),
+            write_failures: Some(dc.map_or(0, |dc| dc.write_failures.load(Relaxed))),
+            failing: Some(dc.is_some_and(|dc| dc.failing.load(Relaxed))),
+            last_success_ns: last,
+            last_error: dc.and_then(|dc| dc.last_error()),
+        });
+    }
+    destinations
+}
+
+/// Devices heard from within [`DEVICES_WINDOW_NS`], and whether the table in force knows them.
+fn devices(c: &Counters, table: &BindingTable, now_ns: i64) -> Vec<DeviceStatus> {
+    c.devices
+        .since(now_ns - DEVICES_WINDOW_NS)
+        .into_iter()
+        .map(|(serial, seen)| DeviceStatus {
+            bound: !table.for_serial(&serial).is_empty(),
+            serial,
+            received_ns: seen.received_ns,
+            reading_ts_ns: seen.reading_ts_ns,
+        })
+        .collect()
 }

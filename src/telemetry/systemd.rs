@@ -5,14 +5,13 @@
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd) every call here does nothing.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-use super::service::Telemetry;
 
 /// How often `STATUS=` is refreshed when there is no watchdog to pace it.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -46,8 +45,16 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|t| (t / 2).max(Duration::from_millis(100)))
 }
 
+/// What the notifier asks the gateway on each tick (the telemetry service answers).
+pub trait Probe: Send + Sync + 'static {
+    /// What keeps the gateway from being healthy; empty when healthy.
+    fn health_problems(&self) -> impl Future<Output = Vec<String>> + Send;
+    /// One line for `STATUS=`.
+    fn status_line(&self) -> impl Future<Output = String> + Send;
+}
+
 /// Feeds the watchdog while healthy and keeps `STATUS=` current, until `stop`.
-pub async fn run(telemetry: Arc<Telemetry>, stop: CancellationToken) {
+pub async fn run(telemetry: Arc<impl Probe>, stop: CancellationToken) {
     let watchdog = watchdog_interval();
     if let Some(every) = watchdog {
         info!(every_ms = every.as_millis() as u64, "systemd watchdog enabled; fed while every stage is alive.");
