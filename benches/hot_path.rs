@@ -16,7 +16,7 @@
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
 
-use heartguard_gateway::bindings::{BindingTable, Compiled};
+use heartguard_gateway::bindings::table::{BindingTable, Compiled};
 use heartguard_gateway::model::Binding;
 use heartguard_gateway::model::Reading;
 use heartguard_gateway::protocols::{PortIdentity, Protocol};

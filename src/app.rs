@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bindings::{self, Freshness, View, postgres::PgSource};
+use crate::bindings::{self, postgres::PgSource, view::Freshness, view::View};
 use crate::config::Config;
 use crate::ingest::{self, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
 use crate::queue::QueueHandle;

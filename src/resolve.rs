@@ -4,7 +4,7 @@
 //! `started_at <= ts < ended_at`. A reading no binding covers, or that two bindings cover
 //! (several signal types and none named), is never guessed: it is unbound.
 
-use crate::bindings::{BindingTable, Compiled};
+use crate::bindings::table::{BindingTable, Compiled};
 use crate::lineproto;
 use crate::model::Reading;
 

@@ -2,75 +2,29 @@
 //!
 //! A binding joins `devices` → `signal_streams` → `timeseries_binding` →
 //! `timeseries_binding_tag` into what resolution needs: the stream identity that becomes tags,
-//! the InfluxDB destination, and the stream's time window. Bindings come from a file today
-//! (the same format is the export format of later sources) and always pass through the SQLite
-//! cache, so the gateway starts and works offline from its last copy.
+//! the InfluxDB destination, and the stream's time window. Bindings come from one source: a
+//! file, PostgreSQL or signed MQTT pushes; whichever it is, a copy always passes through the
+//! SQLite cache first, so the gateway starts and works offline from its last copy.
 //!
 //! Invariants:
 //! - a table is replaced whole (one `Arc` swap), never edited in place, so a reading is never
 //!   resolved against half an update;
 //! - nothing about a patient but the patient's id is ever held here (names are personal data).
+//!
+//! Layout: this file loads, compiles and applies binding lists; [`table`] is what resolution
+//! reads, [`view`] publishes it with its freshness; [`file`], [`postgres`] and [`push`] are
+//! the sources; [`config`] is the `[bindings]` section.
 
 pub mod config;
 pub mod file;
 pub mod postgres;
 pub mod push;
+pub mod table;
 pub mod view;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use crate::model::Binding;
-
-pub use view::{Freshness, View, ViewRx, ViewTx};
-
-/// A binding ready for the hot path: its series prefix is encoded once, here.
-#[derive(Debug, Clone)]
-pub struct Compiled {
-    pub binding: Binding,
-    pub prefix: String,
-    /// Queue id of the destination (see `queue::QueueHandle::destination_id`).
-    pub dest_id: i64,
-    /// Queue key of the stream (see `queue::QueueHandle::stream_key`), for activity.
-    pub stream_key: i64,
-}
-
-/// All bindings in force, by serial. Immutable; replaced whole.
-#[derive(Debug, Default)]
-pub struct BindingTable {
-    by_serial: HashMap<String, Vec<Compiled>>,
-    /// Where this copy came from and when, for status and logs.
-    pub source: String,
-    pub version: String,
-}
-
-impl BindingTable {
-    pub fn new(compiled: Vec<Compiled>, source: String, version: String) -> Self {
-        let mut by_serial: HashMap<String, Vec<Compiled>> = HashMap::new();
-        for c in compiled {
-            by_serial.entry(c.binding.serial.clone()).or_default().push(c);
-        }
-        Self { by_serial, source, version }
-    }
-
-    pub fn for_serial(&self, serial: &str) -> &[Compiled] {
-        self.by_serial.get(serial).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_serial.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_serial.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Compiled> {
-        self.by_serial.values().flatten()
-    }
-}
-
-pub type SharedTable = Arc<BindingTable>;
+use table::{BindingTable, Compiled};
+use view::{View, ViewTx};
 
 /// Builds the table in force at start: the bindings file if configured (stored into the
 /// cache first), else the cached copy (kept from the last sync), else an empty table.
@@ -81,9 +35,7 @@ pub async fn load_table(
     let one = |e: crate::queue::QueueError| vec![e.to_string()];
     let (bindings, source, version) = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-            let b = file::parse(&text)
-                .map_err(|p| p.into_iter().map(|m| format!("{}: {m}", path.display())).collect::<Vec<_>>())?;
+            let b = file::load(path)?;
             let source = format!("file {}", path.display());
             let version = version_of(&b);
             queue.replace_bindings(b.clone(), source.clone(), version.clone()).await.map_err(one)?;

@@ -29,7 +29,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{View, ViewTx};
+use super::view::{View, ViewTx};
 use crate::backoff::Backoff;
 use crate::model::Binding;
 use crate::queue::QueueHandle;

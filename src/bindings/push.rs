@@ -418,7 +418,7 @@ pub struct Applier {
     /// Where [`ACCEPTED_FILE`] lives.
     pub data_dir: PathBuf,
     pub queue: crate::queue::QueueHandle,
-    pub view: super::ViewTx,
+    pub view: super::view::ViewTx,
     pub counters: Arc<Counters>,
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{BindingTable, SharedTable};
+use super::table::{BindingTable, SharedTable};
 
 /// The freshness of the binding table, shared with intake and the parking resolver.
 #[derive(Debug, Clone, Copy)]

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bindings::ViewRx;
 use crate::bindings::postgres::{PgSource, connect_client};
+use crate::bindings::view::ViewRx;
 use crate::queue::QueueHandle;
 use crate::telemetry::Counters;
 

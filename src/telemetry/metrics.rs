@@ -49,7 +49,7 @@ pub struct BindingsInfo {
 }
 
 impl BindingsInfo {
-    pub fn of(table: &crate::bindings::BindingTable, loaded_ns: i64) -> Self {
+    pub fn of(table: &crate::bindings::table::BindingTable, loaded_ns: i64) -> Self {
         Self {
             count: table.len() as u64,
             source: table.source.split_whitespace().next().unwrap_or("none").to_owned(),

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::Counters;
 use super::metrics::{BindingsInfo, Gauges};
 use super::status::{DestinationStatus, DeviceStatus, PortView, QueueStatus, SourceStatus, Status};
-use crate::bindings::ViewRx;
+use crate::bindings::view::ViewRx;
 use crate::queue::QueueHandle;
 
 /// How long the queue's store may take to answer a health probe.
