@@ -16,6 +16,7 @@
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
 
+use heartguard_gateway::bindings::source::BindingSource;
 use heartguard_gateway::bindings::table::{BindingTable, Compiled};
 use heartguard_gateway::model::Binding;
 use heartguard_gateway::model::Reading;
@@ -99,7 +100,7 @@ fn table(devices: usize) -> BindingTable {
         .enumerate()
         .map(|(i, b)| Compiled { prefix: b.series_prefix(), binding: b, dest_id: 1, stream_key: i as i64 + 1 })
         .collect();
-    BindingTable::new(compiled, "bench".into(), "1".into())
+    BindingTable::new(compiled, BindingSource::None, "1".into())
 }
 
 /// Resolved and encoded points, as intake hands them to the queue.

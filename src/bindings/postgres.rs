@@ -29,6 +29,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::source::BindingSource;
 use super::view::{View, ViewTx};
 use crate::backoff::Backoff;
 use crate::model::Binding;
@@ -299,7 +300,7 @@ async fn session(
                     }
                     match tokio::time::timeout(timeout, fetch(client, &src.scope, src.keep_ended)).await {
                         Ok(Ok(list)) => {
-                            if let Err(e) = super::apply(list, &format!("postgres {}", src.label), queue, view).await {
+                            if let Err(e) = super::apply(list, BindingSource::Postgres(src.label.clone()), queue, view).await {
                                 warn!(error = %e, "Could not apply the new bindings; keeping the previous copy.");
                                 continue;
                             }

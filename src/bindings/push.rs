@@ -38,6 +38,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+use super::source::BindingSource;
 use crate::ingest::mqtt::{MqttAck, TopicHandler};
 use crate::model::Binding;
 use crate::telemetry::Counters;
@@ -406,11 +407,6 @@ impl TopicHandler for Inbox {
     }
 }
 
-/// The version of the snapshot in force, from the table's source (`push v<N> …`).
-pub fn version_in_force(source: &str) -> u64 {
-    source.strip_prefix("push v").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 /// The push task: applies the snapshots the slot hands it, if [`check`] lets them.
 pub struct Applier {
     pub gateway_id: String,
@@ -437,14 +433,14 @@ impl Applier {
             let _ack = AckOnDrop(msg.ack);
             let a = msg.auth;
             let before =
-                Before { in_force: version_in_force(&self.view.borrow().table.source), remembered: remembered.clone() };
+                Before { in_force: self.view.borrow().table.source.push_version(), remembered: remembered.clone() };
             if let Err(why) = check(&a, &self.gateway_id, &before, crate::now_ns(), self.max_age) {
                 refuse(&why, &self.counters, &log);
                 continue;
             }
             let version = a.snapshot.version;
-            let source = format!("push v{version} key {}", a.key.get(..16).unwrap_or(&a.key));
-            if let Err(e) = super::apply_if(a.snapshot.bindings, &source, &self.queue, &self.view, true).await {
+            let source = BindingSource::Push { version, key: a.key.get(..16).unwrap_or(&a.key).to_owned() };
+            if let Err(e) = super::apply_if(a.snapshot.bindings, source, &self.queue, &self.view, true).await {
                 error!(error = %e, "Could not apply a signed binding snapshot; keeping the bindings in force.");
                 continue;
             }

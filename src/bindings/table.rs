@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::source::BindingSource;
 use crate::model::Binding;
 
 /// A binding ready for the hot path: its series prefix is encoded once, here.
@@ -24,13 +25,13 @@ pub struct Compiled {
 #[derive(Debug, Default)]
 pub struct BindingTable {
     by_serial: HashMap<String, Vec<Compiled>>,
-    /// Where this copy came from and when, for status and logs.
-    pub source: String,
+    /// Where this copy came from, for status and logs.
+    pub source: BindingSource,
     pub version: String,
 }
 
 impl BindingTable {
-    pub fn new(compiled: Vec<Compiled>, source: String, version: String) -> Self {
+    pub fn new(compiled: Vec<Compiled>, source: BindingSource, version: String) -> Self {
         let mut by_serial: HashMap<String, Vec<Compiled>> = HashMap::new();
         for c in compiled {
             by_serial.entry(c.binding.serial.clone()).or_default().push(c);

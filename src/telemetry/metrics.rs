@@ -52,7 +52,7 @@ impl BindingsInfo {
     pub fn of(table: &crate::bindings::table::BindingTable, loaded_ns: i64) -> Self {
         Self {
             count: table.len() as u64,
-            source: table.source.split_whitespace().next().unwrap_or("none").to_owned(),
+            source: table.source.kind().to_owned(),
             version: table.version.clone(),
             loaded_ns,
         }

@@ -134,7 +134,7 @@ impl Telemetry {
         } else if !self.ready.load(Relaxed) {
             p.push("starting".to_owned());
         }
-        if self.view.borrow().table.source == "none" {
+        if self.view.borrow().table.source == crate::bindings::source::BindingSource::None {
             p.push("no bindings loaded".to_owned());
         }
         p.extend(self.counters.mllp.problem(crate::now_ns()));
