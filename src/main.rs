@@ -535,7 +535,7 @@ fn snapshot_bindings(from: &SnapshotSource) -> Result<Vec<heartguard_gateway::mo
     let cfg = Config::load(path).map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
     let src = app::pg_source(&cfg)?.ok_or("the configuration has no bindings.postgres_url_file")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    rt.block_on(heartguard_gateway::bindings::postgres::fetch_once(&src))
+    rt.block_on(heartguard_gateway::bindings::postgres::fetch_once(&src)).map_err(|e| e.to_string())
 }
 
 fn signed(s: &Signing) -> Result<String, String> {
