@@ -144,8 +144,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     let mqtt = match (&cfg.bindings.trusted_keys.is_empty(), mqtt) {
         (false, Some(m)) => {
-            let slot = Arc::new(bindings::push::Slot::default());
-            let applier = bindings::push::Applier {
+            let slot = Arc::new(bindings::push::inbox::Slot::default());
+            let applier = bindings::push::applier::Applier {
                 gateway_id: cfg.gateway.id.clone(),
                 max_age: Duration::from_secs(cfg.bindings.push_max_age_hours * 3600),
                 data_dir: cfg.gateway.data_dir.clone(),
@@ -155,7 +155,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             };
             tokio::spawn(applier.run(slot.clone()));
             let topic = bindings::push::topic(&cfg.gateway.id);
-            let inbox = bindings::push::Inbox::new(topic, cfg.bindings.trusted_keys.clone(), slot, counters.clone());
+            let inbox =
+                bindings::push::inbox::Inbox::new(topic, cfg.bindings.trusted_keys.clone(), slot, counters.clone());
             Some(m.with_topic_handler(Arc::new(inbox)))
         }
         (_, m) => m,

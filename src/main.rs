@@ -515,7 +515,7 @@ fn report(r: Result<(), String>) -> ExitCode {
 fn keygen(out: &Path) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let (private, public) = heartguard_gateway::bindings::push::generate_key()?;
+    let (private, public) = heartguard_gateway::bindings::push::envelope::generate_key().map_err(|e| e.to_string())?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -539,7 +539,7 @@ fn snapshot_bindings(from: &SnapshotSource) -> Result<Vec<heartguard_gateway::mo
 }
 
 fn signed(s: &Signing) -> Result<String, String> {
-    use heartguard_gateway::bindings::push;
+    use heartguard_gateway::bindings::push::envelope as push;
     let bindings = snapshot_bindings(&s.from)?;
     let key = std::fs::read_to_string(&s.key).map_err(|e| format!("{}: {e}", s.key.display()))?;
     let now = chrono::Utc::now();
@@ -549,7 +549,7 @@ fn signed(s: &Signing) -> Result<String, String> {
         created_at: now.to_rfc3339(),
         bindings,
     };
-    push::sign(&snapshot, &key)
+    push::sign(&snapshot, &key).map_err(|e| e.to_string())
 }
 
 fn publish(

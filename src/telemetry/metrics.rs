@@ -473,7 +473,7 @@ impl Collector for Scrape {
             "heartguard_bindings_push_refused",
             "Pushed binding snapshots refused or superseded, per reason.",
             MetricType::Counter,
-            crate::bindings::push::Refused::LABELS.iter().map(|r| {
+            crate::bindings::push::refused::Refused::LABELS.iter().map(|r| {
                 let n = refused.iter().find(|(x, _)| x == r).map_or(0, |(_, n)| *n);
                 ([("reason", *r)], ConstCounter::new(n))
             }),
