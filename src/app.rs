@@ -75,7 +75,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let telemetry = Telemetry::new(&cfg.gateway.id, counters.clone(), queue.clone(), view_rx.clone());
     let endpoint = telemetry::http::start(&cfg.http, telemetry.clone()).await.map_err(StartError::Runtime)?;
 
-    let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(StartError::Config)?);
+    let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(|e| StartError::Config(e.to_string()))?);
     let mqtt = if cfg.mqtt.enabled {
         Some(MqttSource::new(&cfg, counters.clone()).map_err(StartError::Config)?)
     } else {

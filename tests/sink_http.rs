@@ -15,7 +15,7 @@ use common::{Fault, FaultProxy, Influx1, WAIT, empty_400, eventually, html_400, 
 use heartguard_gateway::model::Destination;
 use heartguard_gateway::queue::{Limits, NewPoint, QueueHandle, Synchronous};
 use heartguard_gateway::sink::config::{Influx, InfluxApi};
-use heartguard_gateway::sink::influx::{InfluxClient, WriteOutcome};
+use heartguard_gateway::sink::influx::{InfluxClient, outcome::WriteOutcome};
 use heartguard_gateway::telemetry::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -38,7 +38,8 @@ use crate::queue::{Delivered, QueueHandle};
 use crate::sink::config::Influx;
 use crate::telemetry::health::{self, Heartbeat};
 use crate::telemetry::{Counters, DestinationCounters, destination_label};
-use influx::{InfluxClient, WriteOutcome};
+use influx::InfluxClient;
+use influx::outcome::WriteOutcome;
 
 /// What a worker is told by the manager.
 struct Wake {
