@@ -410,7 +410,7 @@ mod queue {
 }
 
 /// 6. The request body of one full leased batch (`influx.batch_max_lines`, 5000 by default):
-///    `sink::batch_body` joins the lines, `influx::gzip` compresses it as every write does
+///    `sink::deliver::batch_body` joins the lines, `influx::gzip` compresses it as every write does
 ///    with the shipped `gzip = true`. Bytes are the uncompressed body.
 mod batch {
     use super::*;
@@ -427,19 +427,19 @@ mod batch {
     #[divan::bench(min_time = 0.5)]
     fn body(bencher: Bencher<'_, '_>) {
         let rows = leased();
-        let bytes = sink::batch_body(&rows).len();
+        let bytes = sink::deliver::batch_body(&rows).len();
         bencher
             .counter(ItemsCount::new(rows.len()))
             .counter(BytesCount::new(bytes))
-            .bench(|| sink::batch_body(black_box(&rows)));
+            .bench(|| sink::deliver::batch_body(black_box(&rows)));
     }
 
     #[divan::bench(min_time = 0.5)]
     fn body_gzip(bencher: Bencher<'_, '_>) {
         let rows = leased();
-        let bytes = sink::batch_body(&rows).len();
+        let bytes = sink::deliver::batch_body(&rows).len();
         bencher.counter(ItemsCount::new(rows.len())).counter(BytesCount::new(bytes)).bench(|| {
-            let body = sink::batch_body(black_box(&rows));
+            let body = sink::deliver::batch_body(black_box(&rows));
             sink::influx::gzip(&body).expect("gzip")
         });
     }
