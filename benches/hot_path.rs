@@ -16,7 +16,8 @@
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
 
-use heartguard_gateway::bindings::{BindingTable, Compiled};
+use heartguard_gateway::bindings::source::BindingSource;
+use heartguard_gateway::bindings::table::{BindingTable, Compiled};
 use heartguard_gateway::model::Binding;
 use heartguard_gateway::model::Reading;
 use heartguard_gateway::protocols::Protocol;
@@ -102,7 +103,7 @@ fn table(devices: usize) -> BindingTable {
         .enumerate()
         .map(|(i, b)| Compiled { prefix: b.series_prefix(), binding: b, dest_id: 1, stream_key: i as i64 + 1 })
         .collect();
-    BindingTable::new(compiled, "bench".into(), "1".into())
+    BindingTable::new(compiled, BindingSource::None, "1".into())
 }
 
 /// Resolved and encoded points, as intake hands them to the queue.
@@ -412,7 +413,7 @@ mod queue {
 }
 
 /// 6. The request body of one full leased batch (`influx.batch_max_lines`, 5000 by default):
-///    `sink::batch_body` joins the lines, `influx::gzip` compresses it as every write does
+///    `sink::deliver::batch_body` joins the lines, `influx::gzip` compresses it as every write does
 ///    with the shipped `gzip = true`. Bytes are the uncompressed body.
 mod batch {
     use super::*;
@@ -429,19 +430,19 @@ mod batch {
     #[divan::bench(min_time = 0.5)]
     fn body(bencher: Bencher<'_, '_>) {
         let rows = leased();
-        let bytes = sink::batch_body(&rows).len();
+        let bytes = sink::deliver::batch_body(&rows).len();
         bencher
             .counter(ItemsCount::new(rows.len()))
             .counter(BytesCount::new(bytes))
-            .bench(|| sink::batch_body(black_box(&rows)));
+            .bench(|| sink::deliver::batch_body(black_box(&rows)));
     }
 
     #[divan::bench(min_time = 0.5)]
     fn body_gzip(bencher: Bencher<'_, '_>) {
         let rows = leased();
-        let bytes = sink::batch_body(&rows).len();
+        let bytes = sink::deliver::batch_body(&rows).len();
         bencher.counter(ItemsCount::new(rows.len())).counter(BytesCount::new(bytes)).bench(|| {
-            let body = sink::batch_body(black_box(&rows));
+            let body = sink::deliver::batch_body(black_box(&rows));
             sink::influx::gzip(&body).expect("gzip")
         });
     }

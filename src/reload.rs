@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::bindings::{self, View, ViewTx};
+use crate::bindings::{self, view::View, view::ViewTx};
 use crate::config::Config;
 use crate::queue::handle::QueueHandle;
 use crate::telemetry::{Counters, logging, systemd};

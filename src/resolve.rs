@@ -4,7 +4,7 @@
 //! `started_at <= ts < ended_at`. A reading no binding covers, or that two bindings cover
 //! (several signal types and none named), is never guessed: it is unbound.
 
-use crate::bindings::{BindingTable, Compiled};
+use crate::bindings::table::{BindingTable, Compiled};
 use crate::lineproto;
 use crate::model::Reading;
 
@@ -68,6 +68,7 @@ pub fn encode(c: &Compiled, r: &Reading, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bindings::source::BindingSource;
     use crate::fields;
     use crate::fields::FieldValue;
     use crate::model::Binding;
@@ -110,7 +111,7 @@ mod tests {
                 compiled(binding("old", "spo2", Some(0), Some(100))),
                 compiled(binding("new", "spo2", Some(100), None)),
             ],
-            "test".into(),
+            BindingSource::None,
             "1".into(),
         );
         assert_eq!(resolve_one(&t, &reading(99, None)).map(|c| c.binding.stream_id.as_str()), Ok("old"));
@@ -125,7 +126,7 @@ mod tests {
     fn several_signal_types_route_by_type_and_never_guess() {
         let t = BindingTable::new(
             vec![compiled(binding("a", "spo2", None, None)), compiled(binding("b", "ecg", None, None))],
-            "test".into(),
+            BindingSource::None,
             "1".into(),
         );
         assert_eq!(resolve_one(&t, &reading(5, Some("ecg"))).map(|c| c.binding.stream_id.as_str()), Ok("b"));

@@ -178,7 +178,7 @@ fn sign_cli(key: &str, version: u64, bindings: &Path) -> Vec<u8> {
 /// An envelope signed with the library, for snapshots the CLI does not make (an old
 /// `created_at`).
 fn sign_created_at(key: &str, version: u64, bindings: &Path, created_at: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
-    use heartguard_gateway::bindings::{file, push};
+    use heartguard_gateway::bindings::{file, push::envelope as push};
     let snapshot = push::Snapshot {
         gateway: "test-gw".into(),
         version,

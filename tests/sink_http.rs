@@ -15,7 +15,7 @@ use heartguard_gateway::queue::handle::QueueHandle;
 use heartguard_gateway::queue::points::NewPoint;
 use heartguard_gateway::queue::{Limits, Synchronous};
 use heartguard_gateway::sink::config::{Influx, InfluxApi};
-use heartguard_gateway::sink::influx::{InfluxClient, WriteOutcome};
+use heartguard_gateway::sink::influx::{InfluxClient, outcome::WriteOutcome};
 use heartguard_gateway::telemetry::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -12,7 +12,7 @@ use common::{
 };
 use heartguard_gateway::model::Destination;
 use heartguard_gateway::sink::config::{Influx, InfluxApi};
-use heartguard_gateway::sink::influx::{InfluxClient, WriteOutcome};
+use heartguard_gateway::sink::influx::{InfluxClient, outcome::WriteOutcome};
 use serde_json::json;
 
 fn tls_config(dir: &Path, mqtt_url: &str, mqtt_ca: &Path, certs: &TestCerts, influx_url: &str) -> String {

@@ -35,7 +35,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::bindings::{self, Freshness, View, ViewRx, ViewTx, postgres::PgSource};
+use crate::bindings::view::{Freshness, View, ViewRx, ViewTx};
+use crate::bindings::{self, postgres::PgSource};
 use crate::config::Config;
 use crate::ingest::{self, Envelope, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
 use crate::queue::handle::QueueHandle;
@@ -135,7 +136,7 @@ impl Gateway {
                 None
             };
 
-        let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(StartError::Config)?);
+        let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(|e| StartError::Config(e.to_string()))?);
         let mqtt = if cfg.mqtt.enabled {
             Some(MqttSource::new(&cfg, counters.clone()).map_err(StartError::Config)?)
         } else {
@@ -253,8 +254,8 @@ impl Gateway {
             if cfg.bindings.trusted_keys.is_empty() {
                 return m;
             }
-            let slot = Arc::new(bindings::push::Slot::default());
-            let applier = bindings::push::Applier {
+            let slot = Arc::new(bindings::push::inbox::Slot::default());
+            let applier = bindings::push::applier::Applier {
                 gateway_id: cfg.gateway.id.clone(),
                 max_age: Duration::from_secs(cfg.bindings.push_max_age_hours * 3600),
                 data_dir: cfg.gateway.data_dir.clone(),
@@ -264,7 +265,8 @@ impl Gateway {
             };
             tasks.spawn("binding pushes", Stage::Support, applier.run(slot.clone()));
             let topic = bindings::push::topic(&cfg.gateway.id);
-            let inbox = bindings::push::Inbox::new(topic, cfg.bindings.trusted_keys.clone(), slot, counters.clone());
+            let inbox =
+                bindings::push::inbox::Inbox::new(topic, cfg.bindings.trusted_keys.clone(), slot, counters.clone());
             m.with_topic_handler(Arc::new(inbox))
         });
         if let Some(m) = mqtt {

@@ -39,7 +39,9 @@ fn pg_source_from(cfg: &Config, f: &std::path::Path) -> Result<PgSource, String>
         // Require: never a silent fallback to plain text.
         config.ssl_mode(tokio_postgres::config::SslMode::Require);
         let ca = b.ca_file.as_deref().ok_or("bindings.ca_file: required for TLS")?;
-        Some(tokio_postgres_rustls::MakeRustlsConnect::new(crate::tls::client_config(ca, None)?))
+        Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+            crate::tls::client_config(ca, None).map_err(|e| e.to_string())?,
+        ))
     };
     let hosts: Vec<String> = config
         .get_hosts()

@@ -137,7 +137,7 @@ impl Bindings {
                         "\"disable\" is only allowed for a database on this machine (loopback or a Unix socket); {key} names another host"
                     ),
                 ),
-                Err(e) => p.bad(key, e),
+                Err(e) => p.bad(key, e.to_string()),
             }
         }
     }
@@ -160,9 +160,14 @@ impl Bindings {
     }
 }
 
+/// A connection string tokio-postgres cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("not a PostgreSQL connection string: {0}")]
+pub struct NotAConnectionString(#[source] tokio_postgres::Error);
+
 /// Parses a PostgreSQL connection string (URL or `key=value` form).
-pub fn postgres_config(s: &str) -> Result<tokio_postgres::Config, String> {
-    s.trim().parse::<tokio_postgres::Config>().map_err(|e| format!("not a PostgreSQL connection string: {e}"))
+pub fn postgres_config(s: &str) -> Result<tokio_postgres::Config, NotAConnectionString> {
+    s.trim().parse::<tokio_postgres::Config>().map_err(NotAConnectionString)
 }
 
 /// True when every host of `c` is on this machine. `hostaddr`, when given, is the address

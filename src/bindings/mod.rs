@@ -2,99 +2,53 @@
 //!
 //! A binding joins `devices` → `signal_streams` → `timeseries_binding` →
 //! `timeseries_binding_tag` into what resolution needs: the stream identity that becomes tags,
-//! the InfluxDB destination, and the stream's time window. Bindings come from a file today
-//! (the same format is the export format of later sources) and always pass through the SQLite
-//! cache, so the gateway starts and works offline from its last copy.
+//! the InfluxDB destination, and the stream's time window. Bindings come from one source: a
+//! file, PostgreSQL or signed MQTT pushes; whichever it is, a copy always passes through the
+//! SQLite cache first, so the gateway starts and works offline from its last copy.
 //!
 //! Invariants:
 //! - a table is replaced whole (one `Arc` swap), never edited in place, so a reading is never
 //!   resolved against half an update;
 //! - nothing about a patient but the patient's id is ever held here (names are personal data).
+//!
+//! Layout: this file loads, compiles and applies binding lists; [`table`] is what resolution
+//! reads, [`view`] publishes it with its freshness; [`file`], [`postgres`] and [`push`] are
+//! the sources; [`config`] is the `[bindings]` section.
 
 pub mod config;
 pub mod file;
 pub mod postgres;
 pub mod push;
+pub mod source;
+pub mod table;
 pub mod view;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use crate::model::Binding;
-
-pub use view::{Freshness, View, ViewRx, ViewTx};
-
-/// A binding ready for the hot path: its series prefix is encoded once, here.
-#[derive(Debug, Clone)]
-pub struct Compiled {
-    pub binding: Binding,
-    pub prefix: String,
-    /// Queue id of the destination (see `queue::handle::QueueHandle::destination_id`).
-    pub dest_id: i64,
-    /// Queue key of the stream (see `queue::handle::QueueHandle::stream_key`), for activity.
-    pub stream_key: i64,
-}
-
-/// All bindings in force, by serial. Immutable; replaced whole.
-#[derive(Debug, Default)]
-pub struct BindingTable {
-    by_serial: HashMap<String, Vec<Compiled>>,
-    /// Where this copy came from and when, for status and logs.
-    pub source: String,
-    pub version: String,
-}
-
-impl BindingTable {
-    pub fn new(compiled: Vec<Compiled>, source: String, version: String) -> Self {
-        let mut by_serial: HashMap<String, Vec<Compiled>> = HashMap::new();
-        for c in compiled {
-            by_serial.entry(c.binding.serial.clone()).or_default().push(c);
-        }
-        Self { by_serial, source, version }
-    }
-
-    pub fn for_serial(&self, serial: &str) -> &[Compiled] {
-        self.by_serial.get(serial).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_serial.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_serial.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Compiled> {
-        self.by_serial.values().flatten()
-    }
-}
-
-pub type SharedTable = Arc<BindingTable>;
+use crate::queue::QueueError;
+use crate::queue::handle::QueueHandle;
+use source::{BindingSource, UnknownSource};
+use table::{BindingTable, Compiled};
+use view::{View, ViewTx};
 
 /// Builds the table in force at start: the bindings file if configured (stored into the
 /// cache first), else the cached copy (kept from the last sync), else an empty table.
-pub async fn load_table(
-    file: Option<&std::path::Path>,
-    queue: &crate::queue::handle::QueueHandle,
-) -> Result<BindingTable, Vec<String>> {
-    let one = |e: crate::queue::QueueError| vec![e.to_string()];
+pub async fn load_table(file: Option<&std::path::Path>, queue: &QueueHandle) -> Result<BindingTable, Vec<String>> {
+    let one = |e: QueueError| vec![e.to_string()];
     let (bindings, source, version) = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-            let b = file::parse(&text)
-                .map_err(|p| p.into_iter().map(|m| format!("{}: {m}", path.display())).collect::<Vec<_>>())?;
-            let source = format!("file {}", path.display());
+            let b = file::load(path)?;
+            let source = BindingSource::File(path.to_path_buf());
             let version = version_of(&b);
-            queue.replace_bindings(b.clone(), source.clone(), version.clone()).await.map_err(one)?;
+            queue.replace_bindings(b.clone(), source.to_string(), version.clone()).await.map_err(one)?;
             (b, source, version)
         }
-        None => queue
-            .load_bindings()
-            .await
-            .map_err(one)?
-            .map(|c| (c.bindings, c.source, c.version))
-            .unwrap_or_else(|| (Vec::new(), "none".into(), String::new())),
+        None => match queue.load_bindings().await.map_err(one)? {
+            Some(crate::queue::cache::CachedBindings { bindings: b, source, version }) => {
+                let source = source.parse().map_err(|e: UnknownSource| vec![format!("binding cache: {e}")])?;
+                (b, source, version)
+            }
+            None => (Vec::new(), BindingSource::None, String::new()),
+        },
     };
     compile(bindings, source, version, queue).await.map_err(one)
 }
@@ -102,10 +56,10 @@ pub async fn load_table(
 /// Encodes every binding's series prefix and registers its destination.
 pub async fn compile(
     bindings: Vec<Binding>,
-    source: String,
+    source: BindingSource,
     version: String,
-    queue: &crate::queue::handle::QueueHandle,
-) -> Result<BindingTable, crate::queue::QueueError> {
+    queue: &QueueHandle,
+) -> Result<BindingTable, QueueError> {
     let mut compiled = Vec::with_capacity(bindings.len());
     for b in bindings {
         let dest_id = queue.destination_id(b.destination()).await?;
@@ -126,10 +80,10 @@ pub fn version_of(bindings: &[Binding]) -> String {
 /// validation are left out and logged; the rest apply.
 pub async fn apply(
     list: Vec<Binding>,
-    source: &str,
-    queue: &crate::queue::handle::QueueHandle,
+    source: BindingSource,
+    queue: &QueueHandle,
     view: &ViewTx,
-) -> Result<bool, String> {
+) -> Result<bool, QueueError> {
     apply_if(list, source, queue, view, false).await
 }
 
@@ -137,11 +91,11 @@ pub async fn apply(
 /// unchanged (a newer signed snapshot must be recorded as the one in force).
 pub async fn apply_if(
     list: Vec<Binding>,
-    source: &str,
-    queue: &crate::queue::handle::QueueHandle,
+    source: BindingSource,
+    queue: &QueueHandle,
     view: &ViewTx,
     always: bool,
-) -> Result<bool, String> {
+) -> Result<bool, QueueError> {
     let (list, refused): (Vec<Binding>, Vec<Binding>) = list.into_iter().partition(|b| b.problems().is_empty());
     for b in &refused {
         tracing::error!(device = %crate::model::loggable(&b.serial), stream = %b.stream_id, problems = %b.problems().join("; "), "Binding refused; the device's readings stay parked until it is fixed centrally.");
@@ -150,15 +104,39 @@ pub async fn apply_if(
     if !always && view.borrow().table.version == version {
         return Ok(false);
     }
-    queue.replace_bindings(list.clone(), source.to_owned(), version.clone()).await.map_err(|e| e.to_string())?;
+    let text = source.to_string();
+    queue.replace_bindings(list.clone(), text.clone(), version.clone()).await?;
     let n = list.len();
-    let table = compile(list, source.to_owned(), version.clone(), queue).await.map_err(|e| e.to_string())?;
+    let table = compile(list, source, version.clone(), queue).await?;
     View::put_table(view, table);
-    tracing::info!(bindings = n, %source, %version, "Bindings updated.");
+    tracing::info!(bindings = n, source = %text, %version, "Bindings updated.");
     Ok(true)
 }
 
 /// A stable content hash, used as the version of a bindings file.
 fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Limits, Synchronous};
+
+    /// The cache keeps a table's source as text; at start it reads back as the source it was,
+    /// so the version of a pushed snapshot still bars older ones.
+    #[tokio::test]
+    async fn the_cached_source_reads_back_as_the_source_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (queue, _store) = QueueHandle::open(dir.path(), Synchronous::Normal, Limits::default()).expect("open");
+        assert_eq!(load_table(None, &queue).await.expect("nothing cached").source, BindingSource::None);
+        let pushed = BindingSource::Push { version: 5, key: "0123456789abcdef".into() };
+        queue.replace_bindings(Vec::new(), pushed.to_string(), "v".into()).await.expect("store");
+        let table = load_table(None, &queue).await.expect("cached");
+        assert_eq!(table.source, pushed);
+        assert_eq!(table.source.push_version(), 5);
+        queue.replace_bindings(Vec::new(), "cache".into(), "v".into()).await.expect("store");
+        let problems = load_table(None, &queue).await.expect_err("a source the gateway never writes");
+        assert_eq!(problems, ["binding cache: the source \"cache\" is not one this gateway writes"]);
+    }
 }

@@ -29,7 +29,8 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{View, ViewTx};
+use super::source::BindingSource;
+use super::view::{View, ViewTx};
 use crate::backoff::Backoff;
 use crate::model::Binding;
 use crate::queue::handle::QueueHandle;
@@ -150,10 +151,20 @@ pub async fn fetch(client: &mut Client, scope: &Scope, keep_ended: Duration) -> 
     Ok(bindings)
 }
 
+/// Why a one-off load failed, with the label of the database it was read from.
+#[derive(Debug, thiserror::Error)]
+#[error("{label}: {error}")]
+pub struct FetchOnceError {
+    pub label: String,
+    #[source]
+    pub error: FetchError,
+}
+
 /// Connects, loads the scope once and disconnects (operator commands: `bindings export`).
-pub async fn fetch_once(src: &PgSource) -> Result<Vec<Binding>, String> {
-    let (mut client, _notes, task) = connect(src).await.map_err(|e| format!("{}: {e}", src.label))?;
-    let r = fetch(&mut client, &src.scope, src.keep_ended).await.map_err(|e| format!("{}: {e}", src.label));
+pub async fn fetch_once(src: &PgSource) -> Result<Vec<Binding>, FetchOnceError> {
+    let failed = |error| FetchOnceError { label: src.label.clone(), error };
+    let (mut client, _notes, task) = connect(src).await.map_err(|e| failed(FetchError::Database(e)))?;
+    let r = fetch(&mut client, &src.scope, src.keep_ended).await.map_err(failed);
     task.abort();
     r
 }
@@ -240,7 +251,16 @@ pub async fn run(
         info!(database = %src.label, "Connected to PostgreSQL for bindings; listening for changes.");
         was_connected = true;
         backoff.reset();
-        let err = session(&src, &mut client, &mut notes, &queue, &view, &counters, &shutdown).await;
+        let mut session = Session {
+            src: &src,
+            client: &mut client,
+            queue: &queue,
+            view: &view,
+            counters: &counters,
+            dirty: true,
+            refused: None,
+        };
+        let err = session.run(&mut notes, &shutdown).await;
         task.abort();
         match err {
             None => return,
@@ -252,89 +272,123 @@ pub async fn run(
     }
 }
 
-/// One connected session; returns `None` on shutdown, else why it ended.
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    src: &PgSource,
-    client: &mut Client,
-    notes: &mut mpsc::UnboundedReceiver<()>,
-    queue: &QueueHandle,
-    view: &ViewTx,
-    counters: &Counters,
-    shutdown: &CancellationToken,
-) -> Option<String> {
-    let timeout = Duration::from_secs(10);
-    let mut dirty = true;
-    // While a snapshot is refused: when to try again, and why (logged once per reason).
-    let mut refused: Option<(tokio::time::Instant, String)> = None;
-    let mut refresh = tokio::time::interval(src.refresh);
-    refresh.tick().await;
-    let mut poll = tokio::time::interval(src.poll);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            n = notes.recv() => match n {
-                Some(()) => dirty = true,
-                None => return Some("connection closed".into()),
-            },
-            _ = refresh.tick() => dirty = true,
-            _ = poll.tick() => {
-                // The round trip that moves the fresh-until mark.
-                let sent = chrono::Utc::now();
-                let row = match tokio::time::timeout(timeout, client.query_one("SELECT now()", &[])).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => return Some(e.to_string()),
-                    Err(_) => return Some("no answer within 10 s".into()),
-                };
-                let db_now: chrono::DateTime<chrono::Utc> = row.get(0);
-                // Notifications committed before `db_now` have arrived by now: take them in.
-                while notes.try_recv().is_ok() {
-                    dirty = true;
-                }
-                if dirty {
-                    // The mark stays where it is until a snapshot is in force.
-                    if refused.as_ref().is_some_and(|(retry, _)| tokio::time::Instant::now() < *retry) {
-                        continue;
-                    }
-                    match tokio::time::timeout(timeout, fetch(client, &src.scope, src.keep_ended)).await {
-                        Ok(Ok(list)) => {
-                            if let Err(e) = super::apply(list, &format!("postgres {}", src.label), queue, view).await {
-                                warn!(error = %e, "Could not apply the new bindings; keeping the previous copy.");
-                                continue;
-                            }
-                            if refused.take().is_some() {
-                                info!(database = %src.label, "Binding snapshots from PostgreSQL are readable again.");
-                            }
-                            dirty = false;
-                        }
-                        Ok(Err(FetchError::Database(e))) => return Some(e.to_string()),
-                        Ok(Err(e @ FetchError::Unreadable { .. })) => {
-                            counters.sync_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let why = e.to_string();
-                            if refused.as_ref().is_none_or(|(_, before)| *before != why) {
-                                error!(
-                                    database = %src.label,
-                                    error = %why,
-                                    "Refused a binding snapshot from PostgreSQL: a row does not read as the gateway expects (a central schema change?). The bindings in force stay; readings newer than the last fresh copy wait, then use them."
-                                );
-                            }
-                            refused = Some((tokio::time::Instant::now() + REFUSED_RETRY, why));
-                            continue;
-                        }
-                        Err(_) => return Some("binding query took more than 10 s".into()),
-                    }
-                }
-                let received = chrono::Utc::now();
-                let local_mid = sent + (received - sent) / 2;
-                let skew_ms = (db_now - local_mid).num_milliseconds();
-                counters.clock_skew_ms.store(skew_ms, std::sync::atomic::Ordering::Relaxed);
-                // A change is stamped with its transaction's start but visible only from its
-                // commit: the margin covers transactions that take that long.
-                let fresh_until_ns = db_now.timestamp_nanos_opt().unwrap_or(i64::MIN).saturating_sub(src.margin.as_nanos() as i64);
-                // After the table: the mark promises what the table in force holds.
-                View::advance(view, fresh_until_ns);
+/// How long the database may take to answer a round trip or the binding query.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connected session ended: the sync reconnects.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("connection closed")]
+    Closed,
+    #[error("{0}")]
+    Database(tokio_postgres::Error),
+    #[error("no answer within 10 s")]
+    NoAnswer,
+    #[error("binding query took more than 10 s")]
+    SlowQuery,
+}
+
+/// One connected session: what it works with, and what it still owes the table.
+struct Session<'a> {
+    src: &'a PgSource,
+    client: &'a mut Client,
+    queue: &'a QueueHandle,
+    view: &'a ViewTx,
+    counters: &'a Counters,
+    /// Changes may have been committed that the table does not hold yet.
+    dirty: bool,
+    /// While a snapshot is refused: when to try again, and why (logged once per reason).
+    refused: Option<(tokio::time::Instant, String)>,
+}
+
+impl Session<'_> {
+    /// Runs until `shutdown` (then `None`) or until the connection fails (then why).
+    async fn run(&mut self, notes: &mut mpsc::UnboundedReceiver<()>, shutdown: &CancellationToken) -> Option<Lost> {
+        let mut refresh = tokio::time::interval(self.src.refresh);
+        refresh.tick().await;
+        let mut poll = tokio::time::interval(self.src.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                n = notes.recv() => match n {
+                    Some(()) => self.dirty = true,
+                    None => return Some(Lost::Closed),
+                },
+                _ = refresh.tick() => self.dirty = true,
+                _ = poll.tick() => if let Err(lost) = self.round_trip(notes).await {
+                    return Some(lost);
+                },
             }
+        }
+    }
+
+    /// The round trip that moves the fresh-until mark: the database's clock, then every
+    /// change committed before it in the table, then the mark.
+    async fn round_trip(&mut self, notes: &mut mpsc::UnboundedReceiver<()>) -> Result<(), Lost> {
+        let sent = chrono::Utc::now();
+        let row = match tokio::time::timeout(ANSWER_TIMEOUT, self.client.query_one("SELECT now()", &[])).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(Lost::Database(e)),
+            Err(_) => return Err(Lost::NoAnswer),
+        };
+        let db_now: chrono::DateTime<chrono::Utc> = row.get(0);
+        // Notifications committed before `db_now` have arrived by now: take them in.
+        while notes.try_recv().is_ok() {
+            self.dirty = true;
+        }
+        // The mark stays where it is until a snapshot is in force.
+        if self.dirty && !self.load_snapshot().await? {
+            return Ok(());
+        }
+        let received = chrono::Utc::now();
+        let local_mid = sent + (received - sent) / 2;
+        let skew_ms = (db_now - local_mid).num_milliseconds();
+        self.counters.clock_skew_ms.store(skew_ms, std::sync::atomic::Ordering::Relaxed);
+        // A change is stamped with its transaction's start but visible only from its
+        // commit: the margin covers transactions that take that long.
+        let fresh_until_ns =
+            db_now.timestamp_nanos_opt().unwrap_or(i64::MIN).saturating_sub(self.src.margin.as_nanos() as i64);
+        // After the table: the mark promises what the table in force holds.
+        View::advance(self.view, fresh_until_ns);
+        Ok(())
+    }
+
+    /// Loads the scope's snapshot and puts it in force; true once the table holds it, false
+    /// while it is refused or could not be applied (tried again at the next round trip).
+    async fn load_snapshot(&mut self) -> Result<bool, Lost> {
+        let src = self.src;
+        if self.refused.as_ref().is_some_and(|(retry, _)| tokio::time::Instant::now() < *retry) {
+            return Ok(false);
+        }
+        match tokio::time::timeout(ANSWER_TIMEOUT, fetch(self.client, &src.scope, src.keep_ended)).await {
+            Ok(Ok(list)) => {
+                let source = BindingSource::Postgres(src.label.clone());
+                if let Err(e) = super::apply(list, source, self.queue, self.view).await {
+                    warn!(error = %e, "Could not apply the new bindings; keeping the previous copy.");
+                    return Ok(false);
+                }
+                if self.refused.take().is_some() {
+                    info!(database = %src.label, "Binding snapshots from PostgreSQL are readable again.");
+                }
+                self.dirty = false;
+                Ok(true)
+            }
+            Ok(Err(FetchError::Database(e))) => Err(Lost::Database(e)),
+            Ok(Err(e @ FetchError::Unreadable { .. })) => {
+                self.counters.sync_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let why = e.to_string();
+                if self.refused.as_ref().is_none_or(|(_, before)| *before != why) {
+                    error!(
+                        database = %src.label,
+                        error = %why,
+                        "Refused a binding snapshot from PostgreSQL: a row does not read as the gateway expects (a central schema change?). The bindings in force stay; readings newer than the last fresh copy wait, then use them."
+                    );
+                }
+                self.refused = Some((tokio::time::Instant::now() + REFUSED_RETRY, why));
+                Ok(false)
+            }
+            Err(_) => Err(Lost::SlowQuery),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{BindingTable, SharedTable};
+use super::table::{BindingTable, SharedTable};
 
 /// The freshness of the binding table, shared with intake and the parking resolver.
 #[derive(Debug, Clone, Copy)]
@@ -90,9 +90,10 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bindings::source::BindingSource;
 
     fn table(version: i64) -> BindingTable {
-        BindingTable::new(Vec::new(), "test".into(), version.to_string())
+        BindingTable::new(Vec::new(), BindingSource::None, version.to_string())
     }
 
     /// The sync's order (table n, then mark n) against readers taking views all the while: no

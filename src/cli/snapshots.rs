@@ -78,7 +78,7 @@ pub struct Signing {
 pub fn keygen(out: &Path) -> Result<(), SnapshotError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let (private, public) = push::generate_key().map_err(|e| SnapshotError::Key(e.into()))?;
+    let (private, public) = push::envelope::generate_key().map_err(|e| SnapshotError::Key(e.into()))?;
     let file_error = |error| SnapshotError::File { path: out.to_owned(), error };
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(out).map_err(file_error)?;
     writeln!(f, "{private}").map_err(file_error)?;
@@ -105,13 +105,13 @@ pub fn signed(s: &Signing) -> Result<String, SnapshotError> {
     let bindings = bindings(&s.from)?;
     let key = std::fs::read_to_string(&s.key).map_err(|error| SnapshotError::File { path: s.key.clone(), error })?;
     let now = chrono::Utc::now();
-    let snapshot = push::Snapshot {
+    let snapshot = push::envelope::Snapshot {
         gateway: s.gateway.clone(),
         version: s.version.unwrap_or(now.timestamp_millis().max(0) as u64),
         created_at: now.to_rfc3339(),
         bindings,
     };
-    push::sign(&snapshot, &key).map_err(|e| SnapshotError::Key(e.into()))
+    push::envelope::sign(&snapshot, &key).map_err(|e| SnapshotError::Key(e.into()))
 }
 
 /// Publishes `envelope`, retained, to the push topic of `gateway`; waits for the PUBACK.

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::{Notify, mpsc};
 use tracing::{error, warn};
 
-use crate::bindings::ViewRx;
+use crate::bindings::view::ViewRx;
 use crate::model::{Reading, loggable};
 use crate::queue::handle::QueueHandle;
 use crate::queue::intake::Batch;
@@ -183,7 +183,7 @@ pub async fn run_intake(
 }
 
 /// The queued point for reading `r` under binding `c`.
-pub fn encode(c: &crate::bindings::Compiled, r: &Reading, now: i64) -> NewPoint {
+pub fn encode(c: &crate::bindings::table::Compiled, r: &Reading, now: i64) -> NewPoint {
     let mut line = String::with_capacity(c.prefix.len() + 24 * r.fields.len() + 24);
     resolve::encode(c, r, &mut line);
     NewPoint { dest_id: c.dest_id, line, enqueued_ns: now, stream_key: c.stream_key, ts_ns: r.ts_ns }

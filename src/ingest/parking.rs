@@ -1,7 +1,7 @@
 //! Parked readings: durable, already acknowledged, waiting for their binding.
 //!
 //! Two reasons to park (see `queue::parked`): `fresh` — the binding copy is not yet known to be
-//! current as of the reading's time (PostgreSQL sync, [`crate::bindings::Freshness`]); and
+//! current as of the reading's time (PostgreSQL sync, [`crate::bindings::view::Freshness`]); and
 //! `unbound` — no binding covers the reading (unknown device, stream ended). This task
 //! resolves them as soon as that changes and queues their points; a reading nobody claims
 //! within `max_park_age` moves to the dead letters with the reason `unbound`. Nothing is
@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::Touched;
-use crate::bindings::{Freshness, SharedTable, ViewRx};
+use crate::bindings::table::SharedTable;
+use crate::bindings::view::{Freshness, ViewRx};
 use crate::model::Reading;
 use crate::queue::handle::QueueHandle;
 use crate::queue::parked::ParkReason;

@@ -19,8 +19,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bindings::ViewRx;
 use crate::bindings::postgres::{PgSource, connect_client};
+use crate::bindings::view::ViewRx;
+use crate::queue::QueueError;
+use crate::queue::activity::{Activity, Gap};
 use crate::queue::handle::QueueHandle;
 use crate::telemetry::Counters;
 
@@ -106,13 +108,28 @@ impl Reporter {
     }
 
     /// One report in one transaction; returns (streams, gaps) sent.
-    async fn report(&self, client: &mut tokio_postgres::Client) -> Result<(usize, usize), String> {
-        let activity = self.queue.activity().await.map_err(|e| e.to_string())?;
-        let gaps = self.queue.unreported_gaps().await.map_err(|e| e.to_string())?;
+    async fn report(&self, client: &mut tokio_postgres::Client) -> Result<(usize, usize), ReportError> {
+        let activity = self.queue.activity().await?;
+        let gaps = self.queue.unreported_gaps().await?;
         let now = crate::now_ns();
-        let ts = |ns: i64| chrono::DateTime::from_timestamp_nanos(ns).naive_utc();
-        let is_uuid = |s: &str| s.parse::<uuid::Uuid>().is_ok();
-        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let tx = client.transaction().await?;
+        let sent = self.upsert_activity(&tx, &activity, now).await?;
+        let sent_gaps = self.upsert_gaps(&tx, &gaps).await?;
+        tx.commit().await?;
+        let counts = (sent.len(), sent_gaps.len());
+        // Recorded only after PostgreSQL committed: a crash in between resends the same
+        // figures, which the upserts make harmless.
+        self.queue.mark_reported(sent, sent_gaps, now).await?;
+        Ok(counts)
+    }
+
+    /// Upserts every stream's figures; returns (stream key, readings, delivered) of each sent.
+    async fn upsert_activity(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        activity: &[Activity],
+        now: i64,
+    ) -> Result<Vec<(i64, u64, u64)>, tokio_postgres::Error> {
         let upsert = tx
             .prepare(
                 "INSERT INTO stream_activity (gateway_id, stream_id, last_reading_at, last_delivered_at, readings_received,
@@ -124,8 +141,7 @@ impl Reporter {
                    interval_started_at = excluded.interval_started_at, interval_readings = excluded.interval_readings,
                    interval_points = excluded.interval_points, reported_at = excluded.reported_at",
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let mut sent = Vec::new();
         for a in activity.iter().filter(|a| is_uuid(&a.stream_id)) {
             tx.execute(
@@ -143,18 +159,25 @@ impl Reporter {
                     &ts(now),
                 ],
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             sent.push((a.stream_key, a.readings, a.delivered));
         }
+        Ok(sent)
+    }
+
+    /// Upserts every gap not reported since it changed; returns (gap id, closed) of each sent.
+    async fn upsert_gaps(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        gaps: &[Gap],
+    ) -> Result<Vec<(i64, bool)>, tokio_postgres::Error> {
         let gap = tx
             .prepare(
                 "INSERT INTO stream_gaps (gateway_id, stream_id, started_at, ended_at, threshold_ms)
                  VALUES ($1, $2::text::uuid, $3, $4, $5)
                  ON CONFLICT (gateway_id, stream_id, started_at) DO UPDATE SET ended_at = excluded.ended_at",
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let mut sent_gaps = Vec::new();
         for g in gaps.iter().filter(|g| is_uuid(&g.stream_id)) {
             tx.execute(
@@ -167,17 +190,30 @@ impl Reporter {
                     &(g.threshold_ns / 1_000_000),
                 ],
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             sent_gaps.push((g.id, g.ended_ns.is_some()));
         }
-        tx.commit().await.map_err(|e| e.to_string())?;
-        let counts = (sent.len(), sent_gaps.len());
-        // Recorded only after PostgreSQL committed: a crash in between resends the same
-        // figures, which the upserts make harmless.
-        self.queue.mark_reported(sent, sent_gaps, now).await.map_err(|e| e.to_string())?;
-        Ok(counts)
+        Ok(sent_gaps)
     }
+}
+
+/// Why a report failed; it is retried with the next one.
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// A time as PostgreSQL's `TIMESTAMP` (UTC) takes it.
+fn ts(ns: i64) -> chrono::NaiveDateTime {
+    chrono::DateTime::from_timestamp_nanos(ns).naive_utc()
+}
+
+/// Only streams with a UUID id are reported: the central tables key them by UUID.
+fn is_uuid(s: &str) -> bool {
+    s.parse::<uuid::Uuid>().is_ok()
 }
 
 /// A stream's gap threshold: `factor` sample periods, at least `min`.

@@ -49,6 +49,6 @@ mod tests {
         use crate::queue::parked::ParkReason;
         assert_eq!([PARKED_FRESH, PARKED_UNBOUND], ParkReason::ALL.map(ParkReason::as_str));
         assert_eq!(DEAD_LETTER_REASONS, [DeadLetterReason::Rejected.as_str(), DeadLetterReason::TooLarge.as_str()]);
-        assert_eq!(PUSH_REFUSED_REASONS, crate::bindings::push::Refused::LABELS);
+        assert_eq!(PUSH_REFUSED_REASONS, crate::bindings::push::refused::Refused::LABELS);
     }
 }

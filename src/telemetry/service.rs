@@ -17,7 +17,8 @@ use super::status::{
     QueueStatus, STATUS_FILE, SourceStatus, Status,
 };
 use super::systemd;
-use crate::bindings::{BindingTable, ViewRx};
+use crate::bindings::table::BindingTable;
+use crate::bindings::view::ViewRx;
 use crate::queue::handle::QueueHandle;
 use crate::queue::inspect::QueueGauges;
 
@@ -146,7 +147,7 @@ impl Telemetry {
         } else if !self.ready.load(Relaxed) {
             p.push("starting".to_owned());
         }
-        if self.view.borrow().table.source == "none" {
+        if self.view.borrow().table.source == crate::bindings::source::BindingSource::None {
             p.push("no bindings loaded".to_owned());
         }
         p.extend(self.counters.mllp.problem(crate::now_ns()));
@@ -160,7 +161,7 @@ impl Telemetry {
         let table: &BindingTable = &view.table;
         BindingsInfo {
             count: table.len() as u64,
-            source: BindingsInfo::source_label(&table.source),
+            source: table.source.kind().to_owned(),
             version: table.version.clone(),
             loaded_ns,
         }
