@@ -138,7 +138,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let (queue, counters, done) = (queue.clone(), counters.clone(), intake_done.clone());
         let view_rx = view_rx.clone();
         tokio::spawn(async move {
-            ingest::run_intake(env_rx, view_rx, queue, counters, touched_tx, recheck).await;
+            ingest::intake::run_intake(env_rx, view_rx, queue, counters, touched_tx, recheck).await;
             done.cancel();
         })
     };
