@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::bindings::{self, Freshness, View, postgres::PgSource};
 use crate::config::Config;
-use crate::ingest::{self, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
+use crate::ingest::{self, mllp::MllpSource, mqtt::source::MqttSource, serial::SerialSource};
 use crate::queue::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
 use crate::telemetry::{self, Counters, Telemetry};
@@ -77,7 +77,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(StartError::Config)?);
     let mqtt = if cfg.mqtt.enabled {
-        Some(MqttSource::new(&cfg, counters.clone()).map_err(StartError::Config)?)
+        Some(MqttSource::new(&cfg, counters.clone()).map_err(|e| StartError::Config(e.to_string()))?)
     } else {
         None
     };

@@ -38,7 +38,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use crate::ingest::mqtt::{MqttAck, TopicHandler};
+use crate::ingest::mqtt::ack::{MqttAck, TopicHandler};
 use crate::model::Binding;
 use crate::telemetry::Counters;
 use crate::telemetry::logging::RateLimited;
@@ -575,7 +575,7 @@ mod tests {
     }
 
     /// An acknowledgement whose PUBACK can be seen.
-    fn ack() -> (Option<MqttAck>, tokio::sync::mpsc::UnboundedReceiver<crate::ingest::mqtt::Out>) {
+    fn ack() -> (Option<MqttAck>, tokio::sync::mpsc::UnboundedReceiver<crate::ingest::mqtt::writer::Out>) {
         let (ack, rx) = MqttAck::observed(1);
         (Some(ack), rx)
     }

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{error, warn};
 
 use crate::bindings::view::{View, ViewRx};
-use crate::ingest::mqtt::AckBatch;
+use crate::ingest::mqtt::ack::AckBatch;
 use crate::ingest::{Ack, Envelope, Touched};
 use crate::model::{Reading, loggable};
 use crate::queue::{Batch, NewParked, NewPoint, PARKED_FRESH, PARKED_UNBOUND, QueueHandle};

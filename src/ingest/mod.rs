@@ -22,7 +22,7 @@ pub mod mqtt;
 pub mod parking;
 pub mod serial;
 
-use crate::ingest::mqtt::MqttAck;
+use crate::ingest::mqtt::ack::MqttAck;
 use crate::model::Reading;
 
 /// What a source hands to intake: the readings of one message and how to acknowledge it.
