@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::bindings::{self, Freshness, View, postgres::PgSource};
 use crate::config::Config;
-use crate::ingest::{self, mllp::MllpSource, mqtt::source::MqttSource, serial::SerialSource};
+use crate::ingest::{self, mllp::listener::MllpSource, mqtt::source::MqttSource, serial::SerialSource};
 use crate::queue::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
 use crate::telemetry::{self, Counters, Telemetry};
@@ -84,8 +84,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     let serial: Vec<SerialSource> = cfg.serial.iter().map(|p| SerialSource::new(p, counters.clone())).collect();
     let mllp = if cfg.hl7.enabled {
-        let tls = ingest::mllp::tls_acceptor(&cfg.hl7).map_err(StartError::Config)?;
-        Some(MllpSource::bind(&cfg.hl7, tls, counters.clone()).await.map_err(StartError::Runtime)?)
+        let tls = ingest::mllp::listener::tls_acceptor(&cfg.hl7).map_err(|e| StartError::Config(e.to_string()))?;
+        Some(MllpSource::bind(&cfg.hl7, tls, counters.clone()).await.map_err(|e| StartError::Runtime(e.to_string()))?)
     } else {
         None
     };
