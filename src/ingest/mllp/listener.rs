@@ -270,4 +270,24 @@ mod tests {
         assert!(!only_this_machine_may_connect(addr("127.0.0.1:2575"), &loopback));
         assert!(!only_this_machine_may_connect(addr("10.20.3.1:2575"), &[loopback[0], net("10.20.0.0/16")]));
     }
+
+    async fn bind_error(h: Hl7) -> String {
+        match MllpSource::bind(&h, None, Arc::new(Counters::default())).await {
+            Ok(_) => panic!("bound {}", h.listen),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Startup prints these; each names its key.
+    #[tokio::test]
+    async fn bind_errors_name_their_key() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listen = taken.local_addr().expect("address").to_string();
+        let e = bind_error(Hl7 { listen: listen.clone(), ..Hl7::default() }).await;
+        assert!(e.starts_with(&format!("hl7.listen {listen}: cannot listen: ")), "{e}");
+        let e = bind_error(Hl7 { allow: vec!["host".into()], ..Hl7::default() }).await;
+        assert_eq!(e, "hl7.allow: \"host\" is not an address or a CIDR network (e.g. 10.20.0.0/16)");
+        let e = bind_error(Hl7 { time_zone: "Mars/Olympus".into(), ..Hl7::default() }).await;
+        assert!(e.starts_with("hl7.time_zone: "), "{e}");
+    }
 }

@@ -257,6 +257,20 @@ mod tests {
         assert!(TopicPattern::parse("a/#/b").is_err() && TopicPattern::parse("a/x+/b").is_err());
     }
 
+    /// `check-config` prints these after the key.
+    #[test]
+    fn url_and_topic_problems_read_as_before() {
+        let url = |u: &str| broker_addr(u).expect_err(u).to_string();
+        assert_eq!(url("http://x"), r#""http://x" must start with mqtt:// or mqtts://"#);
+        assert_eq!(url("mqtt://broker:x"), r#""x" is not a port number"#);
+        assert_eq!(url("mqtt://:1"), r#""mqtt://:1" has no host"#);
+        let topic = |t: &str| TopicPattern::parse(t).expect_err(t).to_string();
+        assert_eq!(topic(""), "must not be empty");
+        assert_eq!(topic("a/{serial}/{serial}"), "{serial} may appear once");
+        assert_eq!(topic("a/#/b"), "'#' must be the last level");
+        assert_eq!(topic("a/x+/b"), r#"level "x+": wildcards must fill a whole level"#);
+    }
+
     #[test]
     fn broker_urls() {
         assert_eq!(
