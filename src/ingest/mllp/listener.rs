@@ -37,6 +37,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the listener cannot be set up. Each message names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
+    /// `Zone::parse`'s text.
     #[error("hl7.time_zone: {0}")]
     TimeZone(String),
     #[error("hl7.allow: {0}")]
@@ -49,7 +50,7 @@ pub enum BindError {
 /// `hl7.client_ca_file`.
 #[derive(Debug, thiserror::Error)]
 #[error("hl7.tls_cert_file: {0}")]
-pub struct TlsSetupError(String);
+pub struct TlsSetupError(String); // `tls::server_config`'s text
 
 /// The MLLP listener, bound.
 pub struct MllpSource {

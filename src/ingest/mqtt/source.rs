@@ -24,13 +24,17 @@ use crate::ingest::mqtt::writer::{Out, WriteError, write_loop};
 use crate::telemetry::health::{self, Heartbeat};
 use crate::telemetry::{Counters, PROTOCOL_JSON, SOURCE_MQTT, SourceCounters};
 
-/// Why the source cannot be built from its configuration.
+/// Why the source cannot be built from its configuration. The configuration was validated
+/// before, so most of these mean that a file it names changed since (the password, a
+/// certificate). Messages name the key, except those of the URL and topics, which
+/// validation reports under their keys.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error(transparent)]
     Url(#[from] BrokerUrlError),
     #[error("mqtt.ca_file: required for mqtts://")]
     NoCa,
+    /// The CA or client certificate files could not be loaded (`tls::client_config`'s text).
     #[error("mqtt TLS: {0}")]
     Tls(String),
     #[error("mqtt.url: {host:?} is not a valid TLS server name: {source}")]
@@ -41,8 +45,10 @@ pub enum SetupError {
     Topic(#[from] TopicError),
 }
 
+/// The MQTT source, built from `[mqtt]`.
 pub struct MqttSource {
     broker: Broker,
+    /// Kept across sessions: the receipt memory for redeliveries outlives reconnects.
     publishes: Publishes,
     counters: Arc<Counters>,
     stats: Arc<SourceCounters>,
