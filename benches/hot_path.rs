@@ -113,7 +113,7 @@ fn points(devices: usize, count: usize) -> Vec<NewPoint> {
         .iter()
         .map(|r| {
             let c = resolve::resolve_one(&table, r).expect("bound");
-            ingest::encode(c, r, r.ts_ns)
+            ingest::intake::encode(c, r, r.ts_ns)
         })
         .collect()
 }
@@ -216,7 +216,7 @@ mod resolution {
 
 /// 4. Line-protocol encoding of a resolved reading (4–5 fields, 7 tags, about 360 bytes). `line` appends to one
 ///    reused buffer (`resolve::encode`, the encoder itself); `point` is what intake does per
-///    reading (`ingest::encode`: a new line string and the queue's `NewPoint`).
+///    reading (`ingest::intake::encode`: a new line string and the queue's `NewPoint`).
 mod encode {
     use super::*;
 
@@ -256,7 +256,7 @@ mod encode {
             readings.iter().map(|r| (resolve::resolve_one(&table, r).expect("bound"), r)).collect();
         bencher.counter(ItemsCount::new(resolved.len())).bench_local(|| {
             for (c, r) in &resolved {
-                black_box(ingest::encode(black_box(c), black_box(r), r.ts_ns));
+                black_box(ingest::intake::encode(black_box(c), black_box(r), r.ts_ns));
             }
         });
     }

@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 use crate::bindings::view::{Freshness, View, ViewRx, ViewTx};
 use crate::bindings::{self, postgres::PgSource};
 use crate::config::Config;
-use crate::ingest::{self, Envelope, mllp::MllpSource, mqtt::MqttSource, serial::SerialSource};
+use crate::ingest::{self, Envelope, mllp::listener::MllpSource, mqtt::source::MqttSource, serial::SerialSource};
 use crate::queue::handle::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
 use crate::telemetry::service::Telemetry;
@@ -138,14 +138,18 @@ impl Gateway {
 
         let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(|e| StartError::Config(e.to_string()))?);
         let mqtt = if cfg.mqtt.enabled {
-            Some(MqttSource::new(&cfg, counters.clone()).map_err(StartError::Config)?)
+            Some(MqttSource::new(&cfg, counters.clone()).map_err(|e| StartError::Config(e.to_string()))?)
         } else {
             None
         };
         let serial = cfg.serial.iter().map(|p| SerialSource::new(p, counters.clone())).collect();
         let mllp = if cfg.hl7.enabled {
-            let tls = ingest::mllp::tls_acceptor(&cfg.hl7).map_err(StartError::Config)?;
-            Some(MllpSource::bind(&cfg.hl7, tls, counters.clone()).await.map_err(StartError::Runtime)?)
+            let tls = ingest::mllp::listener::tls_acceptor(&cfg.hl7).map_err(|e| StartError::Config(e.to_string()))?;
+            Some(
+                MllpSource::bind(&cfg.hl7, tls, counters.clone())
+                    .await
+                    .map_err(|e| StartError::Runtime(e.to_string()))?,
+            )
         } else {
             None
         };
@@ -246,7 +250,7 @@ impl Gateway {
             let (queue, counters, done) = (queue.clone(), counters.clone(), intake_done.clone());
             let view_rx = view_rx.clone();
             tasks.spawn("intake", Stage::Intake, async move {
-                ingest::run_intake(env_rx, view_rx, queue, counters, touched_tx, recheck).await;
+                ingest::intake::run_intake(env_rx, view_rx, queue, counters, touched_tx, recheck).await;
                 done.cancel();
             });
         }

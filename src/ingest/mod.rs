@@ -6,43 +6,24 @@
 //! ```
 //! Shutdown flows with the data: when every source has dropped its sender, intake commits what
 //! it holds, acknowledges it and returns.
+//!
+//! Parts:
+//! - the sources: [`mqtt`] (QoS 1 messages of a persistent session), [`serial`] (bedside
+//!   devices on serial ports), [`mllp`] (HL7 v2 over TCP);
+//! - [`intake`]: batches, resolution, the commit, and the acknowledgements after it;
+//! - [`parking`]: readings committed without a binding, resolved once one covers them.
+//!
+//! This file holds what every source shares: the [`Envelope`] it hands to intake and the
+//! [`Ack`] that tells it its message is safely stored.
 
+pub mod intake;
 pub mod mllp;
 pub mod mqtt;
 pub mod parking;
 pub mod serial;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-
-use tokio::sync::{Notify, mpsc};
-use tracing::{error, warn};
-
-use crate::bindings::view::ViewRx;
-use crate::model::{Reading, loggable};
-use crate::queue::handle::QueueHandle;
-use crate::queue::intake::Batch;
-use crate::queue::parked::{NewParked, ParkReason};
-use crate::queue::points::NewPoint;
-use crate::resolve;
-use crate::telemetry::logging::RateLimited;
-use crate::telemetry::{Counters, health};
-
-/// Most envelopes gathered into one commit.
-const INTAKE_BATCH_MAX: usize = 512;
-
-/// How long intake waits for more envelopes before committing a batch that is not full.
-/// Every commit costs a WAL write and an fsync whatever its size: at 1,000 readings/s from
-/// 32 devices readings arrive one by one, and committing each alone cost the gateway about
-/// four times the CPU per reading it needs at full load (BENCHMARKS.md). A few milliseconds
-/// are nothing beside the flush interval, and an acknowledgement waits no longer than that.
-const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// A batch this large is committed without lingering. Under load batches are larger anyway,
-/// and waiting would only stall: the broker sends no more than its inflight window until
-/// intake acknowledges, so once that window is in hand nothing else can arrive.
-const LINGER_BELOW: usize = 64;
+use crate::ingest::mqtt::ack::MqttAck;
+use crate::model::Reading;
 
 /// What a source hands to intake: the readings of one message and how to acknowledge it.
 pub struct Envelope {
@@ -55,7 +36,7 @@ pub struct Envelope {
 /// How to tell a source that its message is safely committed.
 pub enum Ack {
     /// A QoS 1 MQTT message, acknowledged on the connection it came in on.
-    Mqtt(mqtt::MqttAck),
+    Mqtt(MqttAck),
     /// An HL7 message over MLLP: its connection writes the ACK once this fires.
     Mllp(tokio::sync::oneshot::Sender<()>),
 }
@@ -74,152 +55,3 @@ impl Ack {
 
 /// Tells sinks how many points a commit added per destination.
 pub type Touched = Vec<(i64, u64)>;
-
-/// The intake stage. Returns when every sender is dropped and the last batch is committed.
-///
-/// `recheck` asks the parking resolver for a pass over every `unbound` reading: intake
-/// resolves a batch against the table in force when the batch was taken, and commits it
-/// afterwards; a table put in force in between has not seen the readings it parked.
-pub async fn run_intake(
-    mut rx: mpsc::Receiver<Envelope>,
-    view_rx: ViewRx,
-    queue: QueueHandle,
-    counters: Arc<Counters>,
-    touched_tx: mpsc::UnboundedSender<Touched>,
-    recheck: Arc<Notify>,
-) {
-    let mut batch: Vec<Envelope> = Vec::with_capacity(INTAKE_BATCH_MAX);
-    let mut unbound_log = RateLimited::new(std::time::Duration::from_secs(60));
-    let heartbeat = counters.health.register(health::STAGE_INTAKE);
-    loop {
-        let first = match tokio::time::timeout(health::BEAT_EVERY, rx.recv()).await {
-            Err(_idle) => {
-                heartbeat.beat();
-                continue;
-            }
-            Ok(None) => break,
-            Ok(Some(e)) => e,
-        };
-        heartbeat.beat();
-        batch.push(first);
-        let linger_until = tokio::time::Instant::now() + COMMIT_LINGER;
-        while batch.len() < INTAKE_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(mpsc::error::TryRecvError::Empty) if batch.len() >= LINGER_BELOW => break,
-                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
-                    Ok(Some(e)) => batch.push(e),
-                    // The linger is over, or every source is gone (the next `recv` ends intake).
-                    Ok(None) | Err(_) => break,
-                },
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            }
-        }
-        // One value: its table holds every change its freshness mark promises.
-        let view = view_rx.borrow().clone();
-        let (table, fresh) = (&view.table, view.fresh);
-        let now = crate::now_ns();
-        counters.devices.record(batch.iter().flat_map(|e| &e.readings), now);
-        let mut found = Vec::new();
-        let mut out = Batch::default();
-        let mut touched: HashMap<i64, u64> = HashMap::new();
-        let mut unbound = 0u32;
-        for r in batch.iter().flat_map(|e| &e.readings) {
-            let Some(stale) = fresh.resolvable(r.ts_ns) else {
-                // The binding copy is not yet known to be current as of this reading.
-                out.parked.push(park(r, ParkReason::Fresh, now));
-                continue;
-            };
-            match resolve::resolve(table, r, &mut found) {
-                Ok(()) => {
-                    if stale {
-                        counters.resolved_stale.fetch_add(1, Relaxed);
-                    }
-                    for c in found.drain(..) {
-                        out.points.push(encode(c, r, now));
-                        *touched.entry(c.dest_id).or_default() += 1;
-                    }
-                }
-                Err(why) => {
-                    counters.unbound(why.as_str());
-                    if unbound_log.allow(&r.serial) {
-                        warn!(
-                            device = %loggable(&r.serial),
-                            reason = why.as_str(),
-                            "Reading has no binding; parked until one covers it (counted; logged once a minute per device)."
-                        );
-                    }
-                    out.parked.push(park(r, ParkReason::Unbound, now));
-                    unbound += 1;
-                }
-            }
-        }
-        let (n, parked) = (out.points.len() as u64, out.parked.len() as u64);
-        if n + parked > 0 {
-            let dropped = heartbeat.while_waiting(commit(&queue, Arc::new(out))).await;
-            counters.queue_dropped.fetch_add(dropped, Relaxed);
-        }
-        // The commit may have waited (a busy or full queue) while a new table came: the parking
-        // resolver's pass for it may have run before these readings were there to be found.
-        if unbound > 0 && !view_rx.borrow().holds(&view.table) {
-            recheck.notify_one();
-        }
-        counters.readings_queued.fetch_add(n, Relaxed);
-        counters.parked.fetch_add(parked, Relaxed);
-        let mut mqtt_acks = mqtt::AckBatch::default();
-        for env in batch.drain(..) {
-            match env.ack {
-                Some(Ack::Mqtt(ack)) => mqtt_acks.push(ack),
-                Some(ack) => ack.send(),
-                None => {}
-            }
-        }
-        mqtt_acks.send();
-        if !touched.is_empty() {
-            let _ = touched_tx.send(touched.into_iter().collect());
-        }
-    }
-    counters.health.deregister(health::STAGE_INTAKE);
-}
-
-/// The queued point for reading `r` under binding `c`.
-pub fn encode(c: &crate::bindings::table::Compiled, r: &Reading, now: i64) -> NewPoint {
-    let mut line = String::with_capacity(c.prefix.len() + 24 * r.fields.len() + 24);
-    resolve::encode(c, r, &mut line);
-    NewPoint { dest_id: c.dest_id, line, enqueued_ns: now, stream_key: c.stream_key, ts_ns: r.ts_ns }
-}
-
-fn park(r: &Reading, reason: ParkReason, now: i64) -> NewParked {
-    NewParked { serial: r.serial.clone(), ts_ns: r.ts_ns, reason, body: r.to_stored(), parked_ns: now }
-}
-
-/// Commits, retrying until it works: nothing was acknowledged yet, and giving up would mean
-/// acknowledging data that is not stored. Returns how many waiting points were dropped to
-/// make room.
-async fn commit(queue: &QueueHandle, batch: Arc<Batch>) -> u64 {
-    let mut delay = std::time::Duration::from_millis(100);
-    loop {
-        match queue.append_shared(batch.clone()).await {
-            Ok(report) => {
-                if report.dropped > 0 {
-                    warn!(
-                        dropped = report.dropped,
-                        bytes = report.dropped_bytes,
-                        "Queue full: dropped the oldest waiting points to make room (policy drop_oldest)."
-                    );
-                }
-                return report.dropped;
-            }
-            // Full is a state the store already logged once; the sources hold the data.
-            Err(crate::queue::QueueError::Full(_)) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(1));
-            }
-            Err(e) => {
-                error!(error = %e, readings = batch.points.len() + batch.parked.len(), "Queue commit failed; holding the readings unacknowledged and retrying.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(2));
-            }
-        }
-    }
-}

@@ -21,9 +21,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::Touched;
 use crate::bindings::table::SharedTable;
 use crate::bindings::view::{Freshness, ViewRx};
+use crate::ingest::{Touched, intake};
 use crate::model::Reading;
 use crate::queue::handle::QueueHandle;
 use crate::queue::parked::ParkReason;
@@ -40,7 +40,8 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 pub struct Parking {
     pub queue: QueueHandle,
     pub view: ViewRx,
-    /// Intake's request for a pass over every `unbound` reading (see [`super::run_intake`]).
+    /// Intake's request for a pass over every `unbound` reading (see
+    /// [`intake::run_intake`]).
     pub recheck: Arc<Notify>,
     pub counters: Arc<Counters>,
     pub touched: mpsc::UnboundedSender<Touched>,
@@ -129,7 +130,7 @@ impl Parking {
                 match resolve::resolve(table, &r, &mut found) {
                     Ok(()) => {
                         for c in found.drain(..) {
-                            points.push(super::encode(c, &r, now));
+                            points.push(intake::encode(c, &r, now));
                             *touched.entry(c.dest_id).or_default() += 1;
                         }
                         stale += u64::from(is_stale);

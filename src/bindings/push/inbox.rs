@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::envelope::{Authenticated, authenticate};
 use super::refused::Refused;
-use crate::ingest::mqtt::{MqttAck, TopicHandler};
+use crate::ingest::mqtt::ack::{MqttAck, TopicHandler};
 use crate::telemetry::Counters;
 use crate::telemetry::logging::RateLimited;
 
@@ -145,7 +145,7 @@ mod tests {
     }
 
     /// An acknowledgement whose PUBACK can be seen.
-    fn ack() -> (Option<MqttAck>, tokio::sync::mpsc::UnboundedReceiver<crate::ingest::mqtt::Out>) {
+    fn ack() -> (Option<MqttAck>, tokio::sync::mpsc::UnboundedReceiver<crate::ingest::mqtt::writer::Out>) {
         let (ack, rx) = MqttAck::observed(1);
         (Some(ack), rx)
     }

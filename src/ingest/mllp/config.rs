@@ -58,15 +58,20 @@ impl Default for Hl7 {
     }
 }
 
+/// An entry of `hl7.allow` that is neither an address nor a network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an address or a CIDR network (e.g. 10.20.0.0/16)")]
+pub struct PeerNetworkError(String);
+
 /// A peer address (`10.20.1.7`, `::1`) or network (`10.20.0.0/16`) of `hl7.allow`.
-pub fn peer_network(s: &str) -> Result<ipnet::IpNet, String> {
+pub fn peer_network(s: &str) -> Result<ipnet::IpNet, PeerNetworkError> {
     let s = s.trim();
     let net = if s.contains('/') {
         s.parse::<ipnet::IpNet>().ok()
     } else {
         s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)
     };
-    net.ok_or_else(|| format!("{s:?} is not an address or a CIDR network (e.g. 10.20.0.0/16)"))
+    net.ok_or_else(|| PeerNetworkError(s.to_owned()))
 }
 
 impl Hl7 {
@@ -99,7 +104,7 @@ impl Hl7 {
         }
         for (n, a) in h.allow.iter().enumerate() {
             if let Err(e) = peer_network(a) {
-                p.bad(&format!("hl7.allow[{n}]"), e);
+                p.bad(&format!("hl7.allow[{n}]"), e.to_string());
             }
         }
         if h.tls_cert_file.is_some() != h.tls_key_file.is_some() {

@@ -58,23 +58,42 @@ pub struct BrokerAddr {
     pub tls: bool,
 }
 
+/// Why `mqtt.url` names no broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    #[error("{0:?} must start with mqtt:// or mqtts://")]
+    Scheme(String),
+    #[error("{0:?} is not a port number")]
+    Port(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+}
+
+/// The commands that publish to the broker (`publish-bindings`, the simulator) report
+/// errors as text.
+impl From<BrokerUrlError> for String {
+    fn from(e: BrokerUrlError) -> Self {
+        e.to_string()
+    }
+}
+
 /// Parses `mqtt://host[:port]`.
-pub fn broker_addr(url: &str) -> Result<BrokerAddr, String> {
+pub fn broker_addr(url: &str) -> Result<BrokerAddr, BrokerUrlError> {
     let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
         (Some(r), _) => (r, false),
         (_, Some(r)) => (r, true),
-        _ => return Err(format!("{url:?} must start with mqtt:// or mqtts://")),
+        _ => return Err(BrokerUrlError::Scheme(url.to_owned())),
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h, p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))?)
+            (h, p.parse::<u16>().map_err(|_| BrokerUrlError::Port(p.to_owned()))?)
         }
         _ => (rest, if tls { 8883 } else { 1883 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains('/') {
-        return Err(format!("{url:?} has no host"));
+        return Err(BrokerUrlError::NoHost(url.to_owned()));
     }
     Ok(BrokerAddr { host: host.to_owned(), port, tls })
 }
@@ -88,20 +107,33 @@ pub struct TopicPattern {
     pub serial_level: Option<usize>,
 }
 
+/// Why a topic of `mqtt.topics` is not a filter the gateway can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("{{serial}} may appear once")]
+    SerialTwice,
+    #[error("'#' must be the last level")]
+    HashNotLast,
+    #[error("level {0:?}: wildcards must fill a whole level")]
+    PartialWildcard(String),
+}
+
 impl TopicPattern {
-    pub fn parse(t: &str) -> Result<Self, String> {
+    pub fn parse(t: &str) -> Result<Self, TopicError> {
         if t.is_empty() {
-            return Err("must not be empty".into());
+            return Err(TopicError::Empty);
         }
         let levels: Vec<&str> = t.split('/').collect();
         let mut serial_level = None;
         for (i, l) in levels.iter().enumerate() {
             match *l {
                 "{serial}" if serial_level.is_none() => serial_level = Some(i),
-                "{serial}" => return Err("{serial} may appear once".into()),
-                "#" if i + 1 != levels.len() => return Err("'#' must be the last level".into()),
+                "{serial}" => return Err(TopicError::SerialTwice),
+                "#" if i + 1 != levels.len() => return Err(TopicError::HashNotLast),
                 l if l != "#" && l != "+" && (l.contains(['+', '#', '{', '}'])) => {
-                    return Err(format!("level {l:?}: wildcards must fill a whole level"));
+                    return Err(TopicError::PartialWildcard(l.to_owned()));
                 }
                 _ => {}
             }
@@ -164,14 +196,14 @@ impl Mqtt {
     fn validate_session(&self, p: &mut Problems) {
         let m = self;
         if let Err(e) = broker_addr(&m.url) {
-            p.bad("mqtt.url", e);
+            p.bad("mqtt.url", e.to_string());
         }
         if m.topics.is_empty() {
             p.bad("mqtt.topics", "at least one topic filter".into());
         }
         for (i, t) in m.topics.iter().enumerate() {
             if let Err(e) = TopicPattern::parse(t) {
-                p.bad(&format!("mqtt.topics[{i}]"), e);
+                p.bad(&format!("mqtt.topics[{i}]"), e.to_string());
             }
         }
         if let Some(id) = &m.client_id
@@ -223,6 +255,20 @@ mod tests {
         assert_eq!(p.serial_of("devices/ABC-001/other"), None);
         assert!(topic_matches("a/#", "a/b/c") && !topic_matches("a/+", "a/b/c"));
         assert!(TopicPattern::parse("a/#/b").is_err() && TopicPattern::parse("a/x+/b").is_err());
+    }
+
+    /// `check-config` prints these after the key.
+    #[test]
+    fn url_and_topic_problems_read_as_before() {
+        let url = |u: &str| broker_addr(u).expect_err(u).to_string();
+        assert_eq!(url("http://x"), r#""http://x" must start with mqtt:// or mqtts://"#);
+        assert_eq!(url("mqtt://broker:x"), r#""x" is not a port number"#);
+        assert_eq!(url("mqtt://:1"), r#""mqtt://:1" has no host"#);
+        let topic = |t: &str| TopicPattern::parse(t).expect_err(t).to_string();
+        assert_eq!(topic(""), "must not be empty");
+        assert_eq!(topic("a/{serial}/{serial}"), "{serial} may appear once");
+        assert_eq!(topic("a/#/b"), "'#' must be the last level");
+        assert_eq!(topic("a/x+/b"), r#"level "x+": wildcards must fill a whole level"#);
     }
 
     #[test]

@@ -30,9 +30,9 @@ use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Envelope;
 use crate::backoff::Backoff;
-use crate::model::loggable;
+use crate::ingest::Envelope;
+use crate::model::{Reading, loggable};
 use crate::protocols::decoded::PortIdentity;
 use crate::protocols::{self, FlowControl, Parity, Protocol};
 use crate::telemetry::logging::RateLimited;
@@ -153,6 +153,8 @@ impl SerialSource {
         info!(port = %self.path, "Serial source stopped.");
     }
 
+    /// Reads an opened port until shutdown or until the device is lost: sends the protocol's
+    /// on-connect bytes, then decodes what comes and hands the readings on through `ring`.
     async fn read_port(
         &self,
         mut port: tokio_serial::SerialStream,
@@ -162,9 +164,9 @@ impl SerialSource {
     ) -> Closed {
         let hello = self.protocol.on_connect();
         if !hello.is_empty()
-            && let Err(e) = port.write_all(&hello).await
+            && let Err(source) = port.write_all(&hello).await
         {
-            return Closed::Lost(format!("sending the {} start command: {e}", self.protocol));
+            return Closed::Lost(Lost::Hello { protocol: self.protocol, source });
         }
         let mut decoder = self.protocol.decoder(self.identity.clone());
         let mut buf = vec![0u8; READ_CHUNK];
@@ -178,14 +180,8 @@ impl SerialSource {
                 _ = shutdown.cancelled() => return Closed::Shutdown,
                 _ = drain(ring, tx), if !ring.is_empty() => continue,
                 _ = tokio::time::sleep_until(deadline), if !silent => {
-                    silent = true;
-                    self.counters.serial_watchdog.fetch_add(1, Relaxed);
-                    self.counters.serial_ports_silent.fetch_add(1, Relaxed);
-                    self.counters.port(&self.path, |p| p.state = "silent");
-                    warn!(port = %self.path, protocol = %self.protocol, secs = self.frame_timeout.as_secs(), "No frame from the serial device for the watchdog period (counted); asking it again.");
-                    if !hello.is_empty() && let Err(e) = port.write_all(&hello).await {
-                        self.unsilence(&mut silent);
-                        return Closed::Lost(format!("resending the start command: {e}"));
+                    if let Err(lost) = self.watchdog(&mut port, &hello, &mut silent).await {
+                        return Closed::Lost(lost);
                     }
                     continue;
                 }
@@ -194,7 +190,7 @@ impl SerialSource {
             let n = match n {
                 Ok(0) => {
                     self.unsilence(&mut silent);
-                    return Closed::Lost("end of file".into());
+                    return Closed::Lost(Lost::Eof);
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -202,53 +198,84 @@ impl SerialSource {
                 }
                 Err(e) => {
                     self.unsilence(&mut silent);
-                    return Closed::Lost(e.to_string());
+                    return Closed::Lost(Lost::Read(e));
                 }
             };
             let d = decoder.feed(&buf[..n], crate::now_ns());
             if d.frames > 0 {
                 last_frame = Instant::now();
-                self.counters.serial_frames.fetch_add(d.frames, Relaxed);
-                self.stats.messages.fetch_add(d.frames, Relaxed);
-                let now = crate::now_ns();
-                self.counters.port(&self.path, |p| {
-                    p.state = "open";
-                    p.frames += d.frames;
-                    p.last_frame_ns = Some(now);
-                });
-                if silent {
-                    info!(port = %self.path, "Frames from the serial device again.");
-                    self.unsilence(&mut silent);
+                self.frames(d.frames, &mut silent);
+            }
+            self.count(&d, &mut reject_log);
+            self.hold(d.readings, ring, &mut overflow_log);
+            if !forward(ring, tx) {
+                return Closed::Shutdown;
+            }
+        }
+    }
+
+    /// No frame for the watchdog period: counts it, marks the port silent and sends the
+    /// on-connect bytes again.
+    async fn watchdog(
+        &self,
+        port: &mut tokio_serial::SerialStream,
+        hello: &[u8],
+        silent: &mut bool,
+    ) -> Result<(), Lost> {
+        *silent = true;
+        self.counters.serial_watchdog.fetch_add(1, Relaxed);
+        self.counters.serial_ports_silent.fetch_add(1, Relaxed);
+        self.counters.port(&self.path, |p| p.state = "silent");
+        warn!(port = %self.path, protocol = %self.protocol, secs = self.frame_timeout.as_secs(), "No frame from the serial device for the watchdog period (counted); asking it again.");
+        if !hello.is_empty()
+            && let Err(e) = port.write_all(hello).await
+        {
+            self.unsilence(silent);
+            return Err(Lost::HelloAgain(e));
+        }
+        Ok(())
+    }
+
+    /// Valid frames came: counted, and the port is no longer silent.
+    fn frames(&self, frames: u64, silent: &mut bool) {
+        self.counters.serial_frames.fetch_add(frames, Relaxed);
+        self.stats.messages.fetch_add(frames, Relaxed);
+        let now = crate::now_ns();
+        self.counters.port(&self.path, |p| {
+            p.state = "open";
+            p.frames += frames;
+            p.last_frame_ns = Some(now);
+        });
+        if *silent {
+            info!(port = %self.path, "Frames from the serial device again.");
+            self.unsilence(silent);
+        }
+    }
+
+    /// Counts the readings and rejections of one read, and logs the rejections (at most every
+    /// 10 s per reason).
+    fn count(&self, d: &protocols::decoded::Decoded, reject_log: &mut RateLimited) {
+        self.stats.readings.fetch_add(d.readings.len() as u64, Relaxed);
+        self.stats.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
+        for r in &d.rejected {
+            self.stats.reject(r.reason.as_str());
+            if reject_log.allow(r.reason.as_str()) {
+                warn!(port = %self.path, protocol = %self.protocol, reason = r.reason.as_str(), detail = %loggable(&r.detail), "Rejected serial data (counted; logged at most every 10 s per reason).");
+            }
+        }
+    }
+
+    /// Puts readings in the ring, one envelope each, dropping the oldest when it is full.
+    fn hold(&self, readings: Vec<Reading>, ring: &mut VecDeque<Envelope>, overflow_log: &mut RateLimited) {
+        for reading in readings {
+            if ring.len() >= PORT_RING {
+                ring.pop_front();
+                self.counters.serial_overflow.fetch_add(1, Relaxed);
+                if overflow_log.allow("overflow") {
+                    warn!(port = %self.path, "Intake is behind: dropped the oldest unread reading of this port (counted).");
                 }
             }
-            self.stats.readings.fetch_add(d.readings.len() as u64, Relaxed);
-            self.stats.dropped_fields.fetch_add(u64::from(d.dropped_fields), Relaxed);
-            for r in &d.rejected {
-                self.stats.reject(r.reason.as_str());
-                if reject_log.allow(r.reason.as_str()) {
-                    warn!(port = %self.path, protocol = %self.protocol, reason = r.reason.as_str(), detail = %loggable(&r.detail), "Rejected serial data (counted; logged at most every 10 s per reason).");
-                }
-            }
-            for reading in d.readings {
-                if ring.len() >= PORT_RING {
-                    ring.pop_front();
-                    self.counters.serial_overflow.fetch_add(1, Relaxed);
-                    if overflow_log.allow("overflow") {
-                        warn!(port = %self.path, "Intake is behind: dropped the oldest unread reading of this port (counted).");
-                    }
-                }
-                ring.push_back(Envelope { readings: vec![reading], ack: None });
-            }
-            while let Some(env) = ring.pop_front() {
-                match tx.try_send(env) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(env)) => {
-                        ring.push_front(env);
-                        break;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Closed::Shutdown,
-                }
-            }
+            ring.push_back(Envelope { readings: vec![reading], ack: None });
         }
     }
 
@@ -262,7 +289,35 @@ impl SerialSource {
 /// Why a port was given up.
 enum Closed {
     Shutdown,
-    Lost(String),
+    Lost(Lost),
+}
+
+/// Why a device was lost.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("sending the {protocol} start command: {source}")]
+    Hello { protocol: Protocol, source: std::io::Error },
+    #[error("resending the start command: {0}")]
+    HelloAgain(#[source] std::io::Error),
+    #[error("end of file")]
+    Eof,
+    #[error(transparent)]
+    Read(std::io::Error),
+}
+
+/// Hands held readings to intake while its channel has room; false once intake is gone.
+fn forward(ring: &mut VecDeque<Envelope>, tx: &mpsc::Sender<Envelope>) -> bool {
+    while let Some(env) = ring.pop_front() {
+        match tx.try_send(env) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(env)) => {
+                ring.push_front(env);
+                break;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        }
+    }
+    true
 }
 
 /// Moves held readings into intake as it frees room; pending forever when the ring is empty.
