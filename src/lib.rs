@@ -49,6 +49,7 @@ pub mod fields;
 pub mod ingest;
 pub mod lineproto;
 pub mod model;
+pub mod pipeline;
 pub mod protocols;
 pub mod queue;
 pub mod reload;

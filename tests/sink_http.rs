@@ -3,6 +3,9 @@
 //! redirect) and to see the exact request; against a real InfluxDB behind a fault-injecting
 //! proxy where the points must arrive once the way is clear.
 
+use heartguard_gateway::bindings::table::BindingTable;
+use heartguard_gateway::bindings::view::{Freshness, View};
+use heartguard_gateway::pipeline::Pipeline;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -150,15 +153,10 @@ fn start_sinks(
     let client = Arc::new(InfluxClient::new(&cfg).expect("client"));
     let counters = Arc::new(Counters::default());
     let stop = tokio_util::sync::CancellationToken::new();
-    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let sinks = tokio::spawn(heartguard_gateway::sink::run_sinks(
-        queue.clone(),
-        client,
-        cfg,
-        counters.clone(),
-        rx,
-        stop.clone(),
-    ));
+    // Nothing else commits: the bindings are never read here.
+    let (_view_tx, view) = tokio::sync::watch::channel(View::new(BindingTable::default(), Freshness::always()));
+    let (pipe, rx) = Pipeline::new(queue.clone(), view, counters.clone());
+    let sinks = tokio::spawn(heartguard_gateway::sink::run_sinks(pipe, rx, client, cfg, stop.clone()));
     (counters, stop, sinks)
 }
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -39,6 +39,7 @@ use crate::bindings::view::{Freshness, View, ViewRx, ViewTx};
 use crate::bindings::{self, postgres::PgSource};
 use crate::config::Config;
 use crate::ingest::{self, Envelope, mllp::listener::MllpSource, mqtt::source::MqttSource, serial::SerialSource};
+use crate::pipeline::{Pipeline, Touched};
 use crate::queue::handle::QueueHandle;
 use crate::sink::{self, influx::InfluxClient};
 use crate::telemetry::service::Telemetry;
@@ -58,14 +59,25 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 pub enum StartError {
     /// The configuration cannot be put in force (exit 78).
     #[error("{0}")]
-    Config(String),
+    Config(BoxError),
     /// The start failed (exit 1).
     #[error("{0}")]
-    Runtime(String),
+    Runtime(BoxError),
     /// A task ended while the gateway ran, or panicked while it stopped; the gateway stopped
     /// in order (exit 1).
     #[error("task {task} ended while the gateway was running; it stopped in order")]
     TaskEnded { task: String },
+}
+
+/// A component's own error, kept whole (its message names the key or the file).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn config_error(e: impl Into<BoxError>) -> StartError {
+    StartError::Config(e.into())
+}
+
+fn runtime_error(e: impl Into<BoxError>) -> StartError {
+    StartError::Runtime(e.into())
 }
 
 /// Runs the gateway until `shutdown` completes (or a task ends on its own).
@@ -102,24 +114,20 @@ impl Gateway {
             segment_points: crate::queue::segment::MAX_POINTS.min(cfg.influx.batch_max_lines),
             ..cfg.queue.limits()
         };
-        let (queue, store_thread) =
-            QueueHandle::open(&cfg.gateway.data_dir, cfg.queue.synchronous, limits).map_err(|e| {
-                StartError::Runtime(format!("opening the queue in {}: {e}", cfg.gateway.data_dir.display()))
-            })?;
-        let stats = queue.stats().await.map_err(|e| StartError::Runtime(e.to_string()))?;
+        let (queue, store_thread) = QueueHandle::open(&cfg.gateway.data_dir, cfg.queue.synchronous, limits)
+            .map_err(|e| runtime_error(format!("opening the queue in {}: {e}", cfg.gateway.data_dir.display())))?;
+        let stats = queue.stats().await.map_err(runtime_error)?;
         info!(data_dir = %cfg.gateway.data_dir.display(), waiting = stats.points, "Queue opened.");
 
-        let table = bindings::load_table(cfg.bindings.file.as_deref(), &queue)
-            .await
-            .map_err(|p| StartError::Config(p.join("\n")))?;
+        let table =
+            bindings::load_table(cfg.bindings.file.as_deref(), &queue).await.map_err(|p| config_error(p.join("\n")))?;
         if table.is_empty() {
             warn!(source = %table.source, "No bindings: every reading will be counted as unbound and not written.");
         } else {
             info!(bindings = table.len(), source = %table.source, version = %table.version, "Bindings loaded.");
         }
-        let pg = postgres::pg_source(&cfg).map_err(StartError::Config)?;
-        let report =
-            if cfg.report.enabled { Some(postgres::report_source(&cfg).map_err(StartError::Config)?) } else { None };
+        let pg = postgres::pg_source(&cfg).map_err(config_error)?;
+        let report = if cfg.report.enabled { Some(postgres::report_source(&cfg).map_err(config_error)?) } else { None };
         let fresh = match &pg {
             // Until the first round trip, nothing newer than the start is known to be current.
             Some(src) => Freshness::unknown(src.stale_grace),
@@ -127,29 +135,23 @@ impl Gateway {
         };
         let (view_tx, view_rx) = watch::channel(View::new(table, fresh));
         let telemetry = Telemetry::new(&cfg.gateway.id, counters.clone(), queue.clone(), view_rx.clone());
-        let http =
-            if cfg.http.enabled {
-                Some(TcpListener::bind(&cfg.http.listen).await.map_err(|e| {
-                    StartError::Runtime(format!("HTTP endpoint on {} (http.listen): {e}", cfg.http.listen))
-                })?)
-            } else {
-                None
-            };
-
-        let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(|e| StartError::Config(e.to_string()))?);
-        let mqtt = if cfg.mqtt.enabled {
-            Some(MqttSource::new(&cfg, counters.clone()).map_err(|e| StartError::Config(e.to_string()))?)
+        let http = if cfg.http.enabled {
+            Some(
+                TcpListener::bind(&cfg.http.listen)
+                    .await
+                    .map_err(|e| runtime_error(format!("HTTP endpoint on {} (http.listen): {e}", cfg.http.listen)))?,
+            )
         } else {
             None
         };
+
+        let client = Arc::new(InfluxClient::new(&cfg.influx).map_err(config_error)?);
+        let mqtt =
+            if cfg.mqtt.enabled { Some(MqttSource::new(&cfg, counters.clone()).map_err(config_error)?) } else { None };
         let serial = cfg.serial.iter().map(|p| SerialSource::new(p, counters.clone())).collect();
         let mllp = if cfg.hl7.enabled {
-            let tls = ingest::mllp::listener::tls_acceptor(&cfg.hl7).map_err(|e| StartError::Config(e.to_string()))?;
-            Some(
-                MllpSource::bind(&cfg.hl7, tls, counters.clone())
-                    .await
-                    .map_err(|e| StartError::Runtime(e.to_string()))?,
-            )
+            let tls = ingest::mllp::listener::tls_acceptor(&cfg.hl7).map_err(config_error)?;
+            Some(MllpSource::bind(&cfg.hl7, tls, counters.clone()).await.map_err(runtime_error)?)
         } else {
             None
         };
@@ -199,112 +201,139 @@ impl Gateway {
             pg,
             report,
         } = self;
-        let stops = Stops::default();
-        let mut tasks = Tasks::default();
-        let (env_tx, env_rx) = mpsc::channel::<Envelope>(ENVELOPE_CHANNEL);
-        let (touched_tx, touched_rx) = mpsc::unbounded_channel();
-        let intake_done = CancellationToken::new();
-
-        tasks.spawn(
-            "sinks",
-            Stage::Delivery,
-            sink::run_sinks(
-                queue.clone(),
-                client,
-                cfg.influx.clone(),
-                counters.clone(),
-                touched_rx,
-                stops.delivery.clone(),
-            ),
-        );
+        let (pipe, touched_rx) = Pipeline::new(queue.clone(), view_rx.clone(), counters.clone());
+        let mut s =
+            Spawner { cfg: &cfg, pipe: &pipe, view_tx: &view_tx, stops: Stops::default(), tasks: Tasks::default() };
         let recheck = Arc::new(tokio::sync::Notify::new());
+        s.delivery(touched_rx, client, recheck.clone(), pg, report);
+        let env_tx = s.sources(recheck, mqtt, serial, mllp);
+        s.support(&telemetry, http);
+        let Spawner { stops, tasks, .. } = s;
+        Running { cfg, counters, queue, store_thread, telemetry, tasks, stops, env_tx: Some(env_tx) }
+    }
+}
+
+/// Puts the tasks of each stage in the set.
+struct Spawner<'a> {
+    cfg: &'a Config,
+    pipe: &'a Pipeline,
+    view_tx: &'a ViewTx,
+    stops: Stops,
+    tasks: Tasks,
+}
+
+impl Spawner<'_> {
+    /// Sinks, parking, the reporter and the PostgreSQL binding sync.
+    fn delivery(
+        &mut self,
+        touched: mpsc::UnboundedReceiver<Touched>,
+        client: Arc<InfluxClient>,
+        recheck: Arc<Notify>,
+        pg: Option<PgSource>,
+        report: Option<PgSource>,
+    ) {
+        let (cfg, pipe, stop) = (self.cfg, self.pipe, &self.stops.delivery);
+        let sinks = sink::run_sinks(pipe.clone(), touched, client, cfg.influx.clone(), stop.clone());
+        self.tasks.spawn("sinks", Stage::Delivery, sinks);
         let parking = ingest::parking::Parking {
-            queue: queue.clone(),
-            view: view_rx.clone(),
-            recheck: recheck.clone(),
-            counters: counters.clone(),
-            touched: touched_tx.clone(),
+            pipe: pipe.clone(),
+            recheck,
             max_park_age: Duration::from_millis(cfg.bindings.max_park_age_ms),
             unbound_log: std::sync::Mutex::new(telemetry::logging::RateLimited::new(Duration::from_secs(60))),
         };
-        tasks.spawn("parking", Stage::Delivery, parking.run(stops.delivery.clone()));
+        self.tasks.spawn("parking", Stage::Delivery, parking.run(stop.clone()));
         if let Some(pg) = report {
             let r = crate::report::Reporter {
-                queue: queue.clone(),
-                view: view_rx.clone(),
-                counters: counters.clone(),
+                pipe: pipe.clone(),
                 gateway_id: cfg.gateway.id.clone(),
                 pg,
                 interval: Duration::from_millis(cfg.report.interval_ms),
                 gap_factor: cfg.report.gap_factor,
                 gap_min: Duration::from_millis(cfg.report.gap_min_ms),
             };
-            tasks.spawn("reporter", Stage::Delivery, r.run(stops.delivery.clone()));
+            self.tasks.spawn("reporter", Stage::Delivery, r.run(stop.clone()));
         }
         if let Some(src) = pg {
-            let sync =
-                bindings::postgres::run(src, queue.clone(), view_tx.clone(), counters.clone(), stops.delivery.clone());
-            tasks.spawn("bindings sync", Stage::Delivery, sync);
+            let sync = bindings::postgres::run(
+                src,
+                pipe.queue.clone(),
+                self.view_tx.clone(),
+                pipe.counters.clone(),
+                stop.clone(),
+            );
+            self.tasks.spawn("bindings sync", Stage::Delivery, sync);
         }
-        {
-            let (queue, counters, done) = (queue.clone(), counters.clone(), intake_done.clone());
-            let view_rx = view_rx.clone();
-            tasks.spawn("intake", Stage::Intake, async move {
-                ingest::intake::run_intake(env_rx, view_rx, queue, counters, touched_tx, recheck).await;
-                done.cancel();
-            });
-        }
-        let mqtt = mqtt.map(|m| {
-            if cfg.bindings.trusted_keys.is_empty() {
-                return m;
-            }
-            let slot = Arc::new(bindings::push::inbox::Slot::default());
-            let applier = bindings::push::applier::Applier {
-                gateway_id: cfg.gateway.id.clone(),
-                max_age: Duration::from_secs(cfg.bindings.push_max_age_hours * 3600),
-                data_dir: cfg.gateway.data_dir.clone(),
-                queue: queue.clone(),
-                view: view_tx.clone(),
-                counters: counters.clone(),
-            };
-            tasks.spawn("binding pushes", Stage::Support, applier.run(slot.clone()));
-            let topic = bindings::push::topic(&cfg.gateway.id);
-            let inbox =
-                bindings::push::inbox::Inbox::new(topic, cfg.bindings.trusted_keys.clone(), slot, counters.clone());
-            m.with_topic_handler(Arc::new(inbox))
+    }
+
+    /// Intake and the sources feeding it (with the push receiver on the MQTT connection);
+    /// returns the sender `Running` holds until the stop.
+    fn sources(
+        &mut self,
+        recheck: Arc<Notify>,
+        mqtt: Option<MqttSource>,
+        serial: Vec<SerialSource>,
+        mllp: Option<MllpSource>,
+    ) -> mpsc::Sender<Envelope> {
+        let (env_tx, env_rx) = mpsc::channel::<Envelope>(ENVELOPE_CHANNEL);
+        let intake_done = CancellationToken::new();
+        let (pipe, done) = (self.pipe.clone(), intake_done.clone());
+        self.tasks.spawn("intake", Stage::Intake, async move {
+            ingest::intake::run_intake(env_rx, pipe, recheck).await;
+            done.cancel();
         });
-        if let Some(m) = mqtt {
-            tasks.spawn("mqtt", Stage::Sources, m.run(env_tx.clone(), stops.sources.clone(), intake_done));
+        let stop = self.stops.sources.clone();
+        if let Some(m) = mqtt.map(|m| self.with_pushes(m)) {
+            self.tasks.spawn("mqtt", Stage::Sources, m.run(env_tx.clone(), stop.clone(), intake_done));
         }
         for port in serial {
             let name = format!("serial {}", port.path());
-            tasks.spawn(name, Stage::Sources, port.run(env_tx.clone(), stops.sources.clone()));
+            self.tasks.spawn(name, Stage::Sources, port.run(env_tx.clone(), stop.clone()));
         }
         if let Some(l) = mllp {
-            tasks.spawn("hl7", Stage::Sources, l.run(env_tx.clone(), stops.sources.clone()));
+            self.tasks.spawn("hl7", Stage::Sources, l.run(env_tx.clone(), stop));
         }
+        env_tx
+    }
 
+    /// With `bindings.trusted_keys`, the MQTT source also takes signed binding snapshots.
+    fn with_pushes(&mut self, m: MqttSource) -> MqttSource {
+        let (cfg, pipe) = (self.cfg, self.pipe);
+        if cfg.bindings.trusted_keys.is_empty() {
+            return m;
+        }
+        let slot = Arc::new(bindings::push::inbox::Slot::default());
+        let applier = bindings::push::applier::Applier {
+            gateway_id: cfg.gateway.id.clone(),
+            max_age: Duration::from_secs(cfg.bindings.push_max_age_hours * 3600),
+            data_dir: cfg.gateway.data_dir.clone(),
+            queue: pipe.queue.clone(),
+            view: self.view_tx.clone(),
+            counters: pipe.counters.clone(),
+        };
+        self.tasks.spawn("binding pushes", Stage::Support, applier.run(slot.clone()));
+        let topic = bindings::push::topic(&cfg.gateway.id);
+        let inbox =
+            bindings::push::inbox::Inbox::new(topic, cfg.bindings.trusted_keys.clone(), slot, pipe.counters.clone());
+        m.with_topic_handler(Arc::new(inbox))
+    }
+
+    /// Reloads, the bindings watcher, summaries and the HTTP endpoint.
+    fn support(&mut self, telemetry: &Arc<Telemetry>, http: Option<TcpListener>) {
+        let (cfg, pipe) = (self.cfg, self.pipe);
         let reloader = crate::reload::Reloader {
             cfg: cfg.clone(),
-            queue: queue.clone(),
-            view: view_tx,
-            counters: counters.clone(),
+            queue: pipe.queue.clone(),
+            view: self.view_tx.clone(),
+            counters: pipe.counters.clone(),
         };
-        tasks.spawn("reload", Stage::Support, reloader.run(stops.sources.clone()));
-        tasks.spawn("bindings watch", Stage::Support, telemetry.clone().watch_bindings(view_rx));
-        tasks.spawn(
-            "summaries",
-            Stage::Support,
-            summaries(telemetry.clone(), counters.clone(), cfg.gateway.data_dir.clone()),
-        );
+        self.tasks.spawn("reload", Stage::Support, reloader.run(self.stops.sources.clone()));
+        self.tasks.spawn("bindings watch", Stage::Support, telemetry.clone().watch_bindings(pipe.view.clone()));
+        let summaries = summaries(telemetry.clone(), pipe.counters.clone(), cfg.gateway.data_dir.clone());
+        self.tasks.spawn("summaries", Stage::Support, summaries);
         if let Some(listener) = http {
-            tasks.spawn(
-                "http",
-                Stage::Support,
-                telemetry::http::serve(listener, telemetry.clone(), stops.support.clone()),
-            );
+            let serve = telemetry::http::serve(listener, telemetry.clone(), self.stops.support.clone());
+            self.tasks.spawn("http", Stage::Support, serve);
         }
-        Running { cfg, counters, queue, store_thread, telemetry, tasks, stops, env_tx: Some(env_tx) }
     }
 }
 

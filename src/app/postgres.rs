@@ -6,27 +6,42 @@ use std::time::Duration;
 
 use crate::bindings::{self, postgres::PgSource};
 use crate::config::Config;
+use crate::config::secrets::SecretError;
+
+/// Why a PostgreSQL source cannot be built; each message names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum PgSourceError {
+    #[error("report.postgres_url_file: reporting needs a database")]
+    NoDatabase,
+    #[error("bindings.postgres_url_file: {0}")]
+    Secret(#[source] SecretError),
+    #[error("bindings.postgres_url_file: {0}")]
+    ConnectionString(#[source] crate::bindings::config::NotAConnectionString),
+    #[error("bindings.ca_file: required for TLS")]
+    NoCa,
+    #[error("{0}")]
+    Tls(#[source] crate::tls::TlsError),
+}
 
 /// The database the reporter writes to: `report.postgres_url_file` or the bindings one.
-pub fn report_source(cfg: &Config) -> Result<PgSource, String> {
+pub fn report_source(cfg: &Config) -> Result<PgSource, PgSourceError> {
     let file = cfg.report.postgres_url_file.as_deref().or(cfg.bindings.postgres_url_file.as_deref());
-    let file = file.ok_or("report.postgres_url_file: reporting needs a database")?;
+    let file = file.ok_or(PgSourceError::NoDatabase)?;
     pg_source_from(cfg, file)
 }
 
 /// The PostgreSQL binding source, if configured.
-pub fn pg_source(cfg: &Config) -> Result<Option<PgSource>, String> {
+pub fn pg_source(cfg: &Config) -> Result<Option<PgSource>, PgSourceError> {
     match &cfg.bindings.postgres_url_file {
         Some(f) => pg_source_from(cfg, f).map(Some),
         None => Ok(None),
     }
 }
 
-fn pg_source_from(cfg: &Config, f: &std::path::Path) -> Result<PgSource, String> {
+fn pg_source_from(cfg: &Config, f: &std::path::Path) -> Result<PgSource, PgSourceError> {
     let b = &cfg.bindings;
-    let url = crate::config::secrets::read_secret(f).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
-    let mut config =
-        crate::bindings::config::postgres_config(&url).map_err(|e| format!("bindings.postgres_url_file: {e}"))?;
+    let url = crate::config::secrets::read_secret(f).map_err(PgSourceError::Secret)?;
+    let mut config = crate::bindings::config::postgres_config(&url).map_err(PgSourceError::ConnectionString)?;
     config
         .application_name(format!("heartguard-gateway {}", cfg.gateway.id))
         .connect_timeout(Duration::from_secs(10))
@@ -38,9 +53,9 @@ fn pg_source_from(cfg: &Config, f: &std::path::Path) -> Result<PgSource, String>
     } else {
         // Require: never a silent fallback to plain text.
         config.ssl_mode(tokio_postgres::config::SslMode::Require);
-        let ca = b.ca_file.as_deref().ok_or("bindings.ca_file: required for TLS")?;
+        let ca = b.ca_file.as_deref().ok_or(PgSourceError::NoCa)?;
         Some(tokio_postgres_rustls::MakeRustlsConnect::new(
-            crate::tls::client_config(ca, None).map_err(|e| e.to_string())?,
+            crate::tls::client_config(ca, None).map_err(PgSourceError::Tls)?,
         ))
     };
     let hosts: Vec<String> = config

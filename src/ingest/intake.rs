@@ -14,10 +14,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::{Notify, mpsc};
 use tracing::{error, warn};
 
-use crate::bindings::view::{View, ViewRx};
+use crate::bindings::view::View;
 use crate::ingest::mqtt::ack::AckBatch;
-use crate::ingest::{Ack, Envelope, Touched};
+use crate::ingest::{Ack, Envelope};
 use crate::model::{Reading, loggable};
+use crate::pipeline::Pipeline;
 use crate::queue::handle::QueueHandle;
 use crate::queue::intake::Batch;
 use crate::queue::parked::{NewParked, ParkReason};
@@ -47,14 +48,8 @@ const LINGER_BELOW: usize = 64;
 /// `recheck` asks the parking resolver for a pass over every `unbound` reading: intake
 /// resolves a batch against the table in force when the batch was taken, and commits it
 /// afterwards; a table put in force in between has not seen the readings it parked.
-pub async fn run_intake(
-    mut rx: mpsc::Receiver<Envelope>,
-    view_rx: ViewRx,
-    queue: QueueHandle,
-    counters: Arc<Counters>,
-    touched_tx: mpsc::UnboundedSender<Touched>,
-    recheck: Arc<Notify>,
-) {
+pub async fn run_intake(mut rx: mpsc::Receiver<Envelope>, pipe: Pipeline, recheck: Arc<Notify>) {
+    let Pipeline { queue, view: view_rx, counters, touched: touched_tx } = pipe;
     let mut batch: Vec<Envelope> = Vec::with_capacity(INTAKE_BATCH_MAX);
     let mut unbound_log = RateLimited::new(std::time::Duration::from_secs(60));
     let heartbeat = counters.health.register(health::STAGE_INTAKE);
@@ -222,5 +217,69 @@ async fn commit(queue: &QueueHandle, batch: Arc<Batch>) -> u64 {
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::source::BindingSource;
+    use crate::bindings::view::View;
+    use crate::fields::{FieldValue, lookup};
+    use crate::model::Binding;
+    use crate::pipeline::Pipeline;
+
+    fn binding(serial: &str) -> Binding {
+        Binding {
+            serial: serial.into(),
+            device_id: "d".into(),
+            stream_id: "s".into(),
+            patient_id: "p".into(),
+            org_id: "o".into(),
+            signal_type: "vital_signs".into(),
+            influx_org: String::new(),
+            influx_bucket: "heartguard".into(),
+            measurement: "vital_signs".into(),
+            started_at: None,
+            ended_at: None,
+            sample_rate_hz: None,
+            tags: Default::default(),
+        }
+    }
+
+    fn reading(serial: &str) -> Reading {
+        let hr = lookup("heart_rate").expect("field");
+        Reading {
+            serial: serial.into(),
+            ts_ns: crate::now_ns(),
+            signal_type: None,
+            fields: vec![(hr, FieldValue::Int(72))],
+        }
+    }
+
+    /// One envelope, a bound and an unknown device: the first is queued, the second parked,
+    /// the sinks are told, and the acknowledgement comes only once both are committed.
+    #[tokio::test]
+    async fn a_message_is_acknowledged_once_its_readings_are_queued_or_parked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut t = Pipeline::for_test(dir.path()).expect("pipeline");
+        let table = crate::bindings::compile(vec![binding("ABC-001")], BindingSource::None, "1".into(), &t.pipe.queue)
+            .await
+            .expect("compile");
+        let dest = table.for_serial("ABC-001")[0].dest_id;
+        View::put_table(&t.view_tx, table);
+
+        let (env_tx, env_rx) = mpsc::channel(8);
+        let intake = tokio::spawn(run_intake(env_rx, t.pipe.clone(), Arc::new(Notify::new())));
+        let (done, acked) = tokio::sync::oneshot::channel();
+        let env = Envelope { readings: vec![reading("ABC-001"), reading("XYZ-999")], ack: Some(Ack::Mllp(done)) };
+        env_tx.send(env).await.expect("send");
+        acked.await.expect("acknowledged");
+
+        let stats = t.pipe.queue.stats().await.expect("stats");
+        assert_eq!((stats.points, stats.parked), (1, 1));
+        assert_eq!(t.touched.recv().await, Some(vec![(dest, 1)]));
+        drop(env_tx);
+        intake.await.expect("intake ends once its senders are gone");
     }
 }

@@ -52,6 +52,3 @@ impl Ack {
         }
     }
 }
-
-/// Tells sinks how many points a commit added per destination.
-pub type Touched = Vec<(i64, u64)>;

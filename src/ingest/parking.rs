@@ -16,19 +16,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::bindings::table::SharedTable;
-use crate::bindings::view::{Freshness, ViewRx};
-use crate::ingest::{Touched, intake};
+use crate::bindings::view::Freshness;
+use crate::ingest::intake;
 use crate::model::Reading;
-use crate::queue::handle::QueueHandle;
+use crate::pipeline::Pipeline;
 use crate::queue::parked::ParkReason;
 use crate::resolve;
-use crate::telemetry::Counters;
 
 /// Rows read per scan step.
 const PAGE: usize = 1000;
@@ -38,13 +37,10 @@ const TICK: Duration = Duration::from_millis(100);
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Parking {
-    pub queue: QueueHandle,
-    pub view: ViewRx,
+    pub pipe: Pipeline,
     /// Intake's request for a pass over every `unbound` reading (see
     /// [`intake::run_intake`]).
     pub recheck: Arc<Notify>,
-    pub counters: Arc<Counters>,
-    pub touched: mpsc::UnboundedSender<Touched>,
     pub max_park_age: Duration,
     pub unbound_log: std::sync::Mutex<crate::telemetry::logging::RateLimited>,
 }
@@ -62,11 +58,11 @@ impl Parking {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 // Also a freshness advance: the readings it makes resolvable go now.
-                r = self.view.changed() => if r.is_err() { return },
+                r = self.pipe.view.changed() => if r.is_err() { return },
                 _ = self.recheck.notified() => recheck = true,
                 _ = tick.tick() => {}
             }
-            let view = self.view.borrow_and_update().clone();
+            let view = self.pipe.view.borrow_and_update().clone();
             let (table, fresh) = (&view.table, view.fresh);
             // Readings waiting for freshness whose time the mark has now passed (or all of
             // them once the mark has stopped for longer than the grace).
@@ -89,10 +85,10 @@ impl Parking {
             if last_expiry.elapsed() >= EXPIRE_EVERY {
                 last_expiry = Instant::now();
                 let cutoff = crate::now_ns().saturating_sub(self.max_park_age.as_nanos().min(i64::MAX as u128) as i64);
-                match self.queue.expire_parked(cutoff).await {
+                match self.pipe.queue.expire_parked(cutoff).await {
                     Ok(0) => {}
                     Ok(n) => {
-                        self.counters.expired_unbound.fetch_add(n, Relaxed);
+                        self.pipe.counters.expired_unbound.fetch_add(n, Relaxed);
                         warn!(
                             readings = n,
                             "Parked readings found no binding within max_park_age_ms; moved to the dead letters (reason unbound)."
@@ -115,7 +111,7 @@ impl Parking {
         let mut after = 0;
         let mut found = Vec::new();
         loop {
-            let rows = self.queue.scan_parked(reason, max_ts, after, PAGE).await?;
+            let rows = self.pipe.queue.scan_parked(reason, max_ts, after, PAGE).await?;
             let Some(last) = rows.last().map(|r| r.id) else { return Ok(()) };
             let now = crate::now_ns();
             let (mut points, mut remove, mut repark) = (Vec::new(), Vec::new(), Vec::new());
@@ -137,7 +133,7 @@ impl Parking {
                         remove.push(row.id);
                     }
                     Err(why) if reason == ParkReason::Fresh => {
-                        self.counters.unbound(why.as_str());
+                        self.pipe.counters.unbound(why.as_str());
                         if self.unbound_log.lock().is_ok_and(|mut l| l.allow(&r.serial)) {
                             warn!(
                                 device = %crate::model::loggable(&r.serial),
@@ -152,15 +148,15 @@ impl Parking {
             }
             if !remove.is_empty() || !repark.is_empty() {
                 let n = remove.len() as u64;
-                self.queue.promote(points, remove, repark).await?;
-                self.counters.unparked.fetch_add(n, Relaxed);
-                self.counters.resolved_stale.fetch_add(stale, Relaxed);
-                self.counters.readings_queued.fetch_add(n, Relaxed);
+                self.pipe.queue.promote(points, remove, repark).await?;
+                self.pipe.counters.unparked.fetch_add(n, Relaxed);
+                self.pipe.counters.resolved_stale.fetch_add(stale, Relaxed);
+                self.pipe.counters.readings_queued.fetch_add(n, Relaxed);
                 if reason == ParkReason::Unbound && n > 0 {
                     info!(readings = n, "Parked readings found their binding and were queued.");
                 }
                 if !touched.is_empty() {
-                    let _ = self.touched.send(touched.into_iter().collect());
+                    let _ = self.pipe.touched.send(touched.into_iter().collect());
                 }
             }
             after = last;

@@ -12,7 +12,6 @@
 
 pub mod config;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -20,19 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::bindings::postgres::{PgSource, connect_client};
-use crate::bindings::view::ViewRx;
+use crate::pipeline::Pipeline;
 use crate::queue::QueueError;
 use crate::queue::activity::{Activity, Gap};
-use crate::queue::handle::QueueHandle;
-use crate::telemetry::Counters;
 
 /// How often gaps are looked for.
 const GAP_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Reporter {
-    pub queue: QueueHandle,
-    pub view: ViewRx,
-    pub counters: Arc<Counters>,
+    pub pipe: Pipeline,
     pub gateway_id: String,
     pub pg: PgSource,
     pub interval: Duration,
@@ -87,8 +82,8 @@ impl Reporter {
     }
 
     async fn check_gaps(&self) {
-        let Ok(activity) = self.queue.activity().await else { return };
-        let table = self.view.borrow().table.clone();
+        let Ok(activity) = self.pipe.queue.activity().await else { return };
+        let table = self.pipe.view.borrow().table.clone();
         let now = crate::now_ns();
         for a in activity {
             let (Some(last), None) = (a.last_reading_ns, a.open_gap_ns) else { continue };
@@ -99,9 +94,9 @@ impl Reporter {
             }
             let threshold = threshold_ns(b.sample_rate_hz, self.gap_factor, self.gap_min);
             if now.saturating_sub(last) > threshold
-                && matches!(self.queue.open_gap(a.stream_key, last, threshold).await, Ok(true))
+                && matches!(self.pipe.queue.open_gap(a.stream_key, last, threshold).await, Ok(true))
             {
-                self.counters.gaps_opened.fetch_add(1, Relaxed);
+                self.pipe.counters.gaps_opened.fetch_add(1, Relaxed);
                 info!(stream = %a.stream_id, device = %crate::model::loggable(&b.serial), threshold_ms = threshold / 1_000_000, "Data gap: no reading for longer than the stream's threshold.");
             }
         }
@@ -109,8 +104,8 @@ impl Reporter {
 
     /// One report in one transaction; returns (streams, gaps) sent.
     async fn report(&self, client: &mut tokio_postgres::Client) -> Result<(usize, usize), ReportError> {
-        let activity = self.queue.activity().await?;
-        let gaps = self.queue.unreported_gaps().await?;
+        let activity = self.pipe.queue.activity().await?;
+        let gaps = self.pipe.queue.unreported_gaps().await?;
         let now = crate::now_ns();
         let tx = client.transaction().await?;
         let sent = self.upsert_activity(&tx, &activity, now).await?;
@@ -119,7 +114,7 @@ impl Reporter {
         let counts = (sent.len(), sent_gaps.len());
         // Recorded only after PostgreSQL committed: a crash in between resends the same
         // figures, which the upserts make harmless.
-        self.queue.mark_reported(sent, sent_gaps, now).await?;
+        self.pipe.queue.mark_reported(sent, sent_gaps, now).await?;
         Ok(counts)
     }
 

@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use crate::ingest::Touched;
 use crate::model::Destination;
+use crate::pipeline::{Pipeline, Touched};
 use crate::queue::handle::QueueHandle;
 use crate::sink::config::Influx;
 use crate::telemetry::health;
@@ -49,13 +49,13 @@ use worker::{Wake, Worker};
 
 /// Runs the workers until `shutdown`; workers finish the request in flight, start no new one.
 pub async fn run_sinks(
-    queue: QueueHandle,
+    pipe: Pipeline,
+    mut touched: mpsc::UnboundedReceiver<Touched>,
     client: Arc<InfluxClient>,
     cfg: Influx,
-    counters: Arc<Counters>,
-    mut touched: mpsc::UnboundedReceiver<Touched>,
     shutdown: CancellationToken,
 ) {
+    let Pipeline { queue, counters, .. } = pipe;
     let heartbeat = counters.health.register(health::STAGE_SINKS);
     let mut manager = Manager {
         queue,
