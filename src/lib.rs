@@ -36,6 +36,7 @@
 //! - [`cli`]: the command line, one file per command family (`main.rs` only parses and
 //!   dispatches).
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 #![deny(rust_2018_idioms)]
 
 pub mod app;

@@ -1,6 +1,7 @@
 //! `heartguard-gateway`: the daemon and the operator's tools in one binary. The commands are
 //! in `heartguard_gateway::cli`; here they are parsed, dispatched and turned into an exit code.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::ExitCode;
 
