@@ -12,25 +12,29 @@
 //! report: queue activity + gaps ─► PostgreSQL
 //! ```
 //!
-//! Module map, in the order data flows:
+//! Module map, in the order data flows (`docs/architecture.md` follows one reading through
+//! them, file by file):
 //! - [`ingest`]: transports (MQTT, serial ports, HL7 over MLLP) and the intake stage that
-//!   resolves, commits and only then acknowledges; [`ingest::parking`] resolves parked
-//!   readings once they can be.
+//!   resolves, commits and only then acknowledges ([`ingest::intake`]); [`ingest::parking`]
+//!   resolves parked readings once they can be.
 //! - [`decode`]: payload formats → [`model::Reading`]. Never panics on any input.
 //! - [`protocols`]: bedside device protocols (Nonin, Masimo, GE Datex, HL7 PCD-01) → readings;
 //!   pure, panic-free, fuzzed.
-//! - [`fields`]: the canonical field table (names, types, legacy aliases).
+//! - [`model`], [`fields`]: the domain types (a reading, a binding, a destination) and the
+//!   canonical field table (names, types, legacy aliases).
 //! - [`bindings`]: which stream a device's reading belongs to: from a file, PostgreSQL
-//!   ([`bindings::postgres`]) or signed MQTT pushes ([`bindings::push`]), via the SQLite cache.
+//!   ([`bindings::postgres`]) or signed MQTT pushes ([`bindings::push`]), via the SQLite cache;
+//!   the table in force and its freshness as one value ([`bindings::view`]).
 //! - [`resolve`]: `Reading` + binding → an encoded line for one destination.
 //! - [`lineproto`]: the only place that knows InfluxDB line-protocol syntax.
 //! - [`queue`]: the only place that knows SQL; a point waits here until InfluxDB answered 2xx.
 //! - [`sink`]: batching, HTTP, retries, dead letters; one worker per destination.
 //! - [`report`]: per-stream activity and data gaps, reported to PostgreSQL.
-//! - [`app`]: wiring and the shutdown order. [`config`]: the TOML file and its validation.
-//!   [`tls`]: the one rustls client configuration. [`telemetry`]: logs, counters, heartbeats,
-//!   the HTTP endpoint (metrics, health, readiness, status) and systemd notifications.
-//!   [`reload`]: SIGHUP (bindings file, log level; names what needs a restart).
+//! - [`pipeline`]: what the stages share (queue, bindings view, counters, the sinks' channel).
+//! - [`app`]: build → spawn → stop. [`config`]: the file, its sections (each beside its
+//!   component) and their validation. [`tls`]: rustls configurations. [`telemetry`]: logs,
+//!   counters, heartbeats, the HTTP endpoint (metrics, health, readiness, status) and systemd
+//!   notifications. [`reload`]: SIGHUP (bindings file, log level; names what needs a restart).
 //! - [`simulate`]: simulated devices for every protocol (the `simulate` command, tests, the
 //!   demo); [`demo`]: the one-command demo.
 //! - [`cli`]: the command line, one file per command family (`main.rs` only parses and
